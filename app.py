@@ -1,0 +1,9 @@
+"""DermTriage: streamlit entry point. Lays out navigation and the sidebar; pages do the rest."""
+import streamlit as st
+
+st.set_page_config(page_title="DermTriage", page_icon="🩺", layout="wide")
+
+nav = st.navigation([
+    st.Page("pages/triage.py", title="Triage", icon="🔎", default=True),
+])
+nav.run()

@@ -1,0 +1,195 @@
+"""Model files: safetensors weights plus a JSON model card; never a pickle.
+
+``weights/<name>.safetensors`` holds the tensors, ``weights/<name>.json`` the card
+(architecture, classes, taxonomy, preprocessing, temperature, thresholds, training command,
+metrics, provenance). Every write goes to a temporary file first and is renamed into place,
+so a crash never leaves a half-written model. Training checkpoints (for resuming) use the
+same format: optimizer and RNG state are tensors in safetensors, the rest JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .models import DermNet, create_model, list_archs
+from .taxonomy import Taxonomy
+from .triage import Thresholds
+
+CARD_VERSION = 1
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_MODEL = WEIGHTS_DIR / "default.json"
+REQUIRED = ("arch", "taxonomy", "use_metadata", "preprocessing", "temperature", "thresholds")
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used, with the reason."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode("utf-8"))
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class ModelCard:
+    """The JSON sidecar of a model, read into typed accessors."""
+
+    data: dict
+    path: Path | None = None
+
+    @property
+    def taxonomy(self) -> Taxonomy:
+        return Taxonomy.from_dict(self.data["taxonomy"])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.taxonomy.classes
+
+    @property
+    def arch(self) -> str:
+        return self.data["arch"]
+
+    @property
+    def use_metadata(self) -> bool:
+        return bool(self.data["use_metadata"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.data["preprocessing"]["input_size"])
+
+    @property
+    def mean(self) -> list[float]:
+        return self.data["preprocessing"]["mean"]
+
+    @property
+    def std(self) -> list[float]:
+        return self.data["preprocessing"]["std"]
+
+    @property
+    def temperature(self) -> float:
+        return float(self.data["temperature"])
+
+    @property
+    def thresholds(self) -> Thresholds:
+        t = self.data["thresholds"]
+        return Thresholds(dict(t["classes"]), dict(t["tiers"]), t.get("name", "model default"))
+
+    @property
+    def name(self) -> str:
+        return self.data.get("name") or (self.path.stem if self.path else "model")
+
+    @property
+    def version(self) -> str:
+        return str(self.data.get("version", "0"))
+
+    def validate(self) -> None:
+        missing = [k for k in REQUIRED if k not in self.data]
+        if missing:
+            raise ModelError(f"model card {self.path} lacks {missing}")
+        if self.arch not in list_archs():
+            raise ModelError(f"model card {self.path}: unknown architecture {self.arch!r}")
+        try:
+            self.thresholds.check(self.taxonomy)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"model card {self.path}: {e}") from None
+        if not self.temperature > 0:
+            raise ModelError(f"model card {self.path}: temperature must be positive")
+
+
+def _card_paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.json"
+    if p.suffix == ".safetensors":
+        p = p.with_suffix(".json")
+    if p.suffix != ".json":
+        raise ModelError(f"{path}: give a model card (.json), its .safetensors, or a run folder")
+    return p, p.with_suffix(".safetensors")
+
+
+def save_model(model: DermNet, card: dict, path: str | Path) -> Path:
+    """Write ``<path>.safetensors`` then ``<path>.json`` (the card last: it marks completeness)."""
+    card_path, weights_path = _card_paths(Path(path).with_suffix(".json"))
+    card = {"format_version": CARD_VERSION, **card, "weights_file": weights_path.name}
+    atomic_save_tensors(weights_path, model.state_dict(), metadata={"arch": model.arch})
+    atomic_write_json(card_path, card)
+    return card_path
+
+
+def read_card(path: str | Path | None = None) -> ModelCard:
+    card_path, _ = _card_paths(path or DEFAULT_MODEL)
+    if not card_path.is_file():
+        raise ModelError(f"model card not found: {card_path}")
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"model card {card_path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"model card {card_path} is not a JSON object")
+    card = ModelCard(data, card_path)
+    card.validate()
+    return card
+
+
+def load_model(path: str | Path | None = None) -> tuple[DermNet, ModelCard]:
+    """Load weights + card (default: the shipped model), refusing anything inconsistent.
+
+    Raises:
+        ModelError: missing/truncated files, wrong classes, wrong tensor names or shapes.
+    """
+    card = read_card(path)
+    weights = card.path.with_name(card.data.get("weights_file", card.path.with_suffix(".safetensors").name))
+    if weights.parent != card.path.parent or not weights.is_file():
+        raise ModelError(f"weights file not found next to {card.path}: {weights.name}")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"{weights} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    model = create_model(card.arch, len(card.classes), card.use_metadata, pretrained="none")
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise ModelError(f"{weights} does not match a {card.arch} with {len(card.classes)} classes "
+                         f"(metadata={card.use_metadata}): missing {missing[:3]}, unexpected {extra[:3]}")
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        k = bad[0]
+        raise ModelError(f"{weights}: tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(own[k].shape)} "
+                         f"(the card says {len(card.classes)} classes)")
+    model.load_state_dict(state)
+    model.eval()
+    return model, card

@@ -1,0 +1,67 @@
+"""A loaded model ready for single photos: preprocessing, calibration, triage.
+
+The Streamlit app shares one :class:`Predictor` between sessions (``st.cache_resource``),
+so prediction holds no per-request state; explanation methods that hook the network take
+``self.lock``.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .calibration import softmax
+from .checkpoint import ModelCard, load_model
+from .clinical import Clinical, encode
+from .device import pick_device
+from .transforms import eval_transform
+from .triage import Thresholds, TriageResult, triage
+
+
+class Predictor:
+    def __init__(self, model, card: ModelCard, device: torch.device | None = None):
+        self.device = device or pick_device()
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.card = card
+        self.taxonomy = card.taxonomy
+        self.transform = eval_transform(card.input_size, card.mean, card.std)
+        self.lock = threading.Lock()
+
+    @classmethod
+    def from_path(cls, path: str | Path | None = None, device=None) -> "Predictor":
+        """Load a model card + weights (default: the shipped model)."""
+        model, card = load_model(path)
+        return cls(model, card, device)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transform(im) for im in images]).to(self.device, memory_format=torch.channels_last)
+
+    def meta_tensor(self, clinical: Clinical | None, n: int) -> torch.Tensor | None:
+        if not self.card.use_metadata:
+            return None
+        return torch.from_numpy(encode(clinical or Clinical())).to(self.device).expand(n, -1)
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor, clinical: Clinical | None = None) -> np.ndarray:
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            return self.model(x, self.meta_tensor(clinical, len(x))).float().cpu().numpy()
+
+    def probabilities(self, images: list[Image.Image], clinical: Clinical | None = None) -> np.ndarray:
+        """Calibrated (temperature-scaled) class probabilities, one row per image."""
+        return softmax(self.logits(self.preprocess(images), clinical), self.card.temperature)
+
+    def predict(self, image: Image.Image, clinical: Clinical | None = None,
+                thresholds: Thresholds | None = None) -> TriageResult:
+        """Differential diagnosis and risk tier of one photo (already cropped to the lesion)."""
+        thresholds = thresholds or self.card.thresholds
+        thresholds.check(self.taxonomy)
+        result = triage(self.probabilities([image], clinical)[0], self.taxonomy, thresholds)
+        used = (clinical or Clinical()).given()
+        if self.card.use_metadata:
+            result.notes.append(f"clinical data used: {', '.join(used)}" if used else "no clinical data given")
+        elif used:
+            result.notes.append("this model does not use clinical data; the values given were ignored")
+        return result

@@ -1,0 +1,77 @@
+"""Lesion-grouped, class-stratified, seeded train/val/test splits, saved and reused.
+
+Several HAM10000 images show the same lesion; splitting by image would leak lesions
+between train and test and inflate every metric. Splits are therefore made over the
+table's ``group`` column (lesion_id, else patient_id, else image_id).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+SPLITS = ("train", "val", "test")
+
+
+def make_splits(table: pd.DataFrame, val_frac: float = 0.15, test_frac: float = 0.15, seed: int = 0) -> pd.Series:
+    """Assign each row to train/val/test; returns a Series aligned with ``table``.
+
+    No group ever appears in two splits; class proportions are kept close to the whole.
+    """
+    if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
+        raise ValueError(f"split fractions must be in (0, 1) and sum below 1, got val={val_frac} test={test_frac}")
+    split = np.array(["train"] * len(table), dtype=object)
+    y, groups = table["y"].to_numpy(), table["group"].to_numpy()
+
+    def carve(idx: np.ndarray, frac: float, name: str, rs: int) -> None:
+        n_splits = max(2, round(1 / frac))
+        n_groups = len(np.unique(groups[idx]))
+        if n_groups < 2:
+            raise ValueError(f"only {n_groups} lesion group(s): too few to split")
+        largest = int(np.bincount(y[idx]).max())
+        if largest < n_splits:  # tiny dataset: hold out a larger share rather than fail
+            warnings.warn(f"too few images per class for a {frac:.0%} {name} split; holding out 1/{max(2, largest)}")
+            n_splits = max(2, min(largest, n_groups))
+        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=rs)
+        _, held = next(cv.split(idx, y[idx], groups[idx]))
+        split[idx[held]] = name
+
+    carve(np.arange(len(table)), test_frac, "test", seed)
+    rest = np.flatnonzero(split == "train")
+    carve(rest, val_frac / (1 - test_frac), "val", seed + 1)
+    return pd.Series(split, index=table.index, name="split")
+
+
+def save_splits(table: pd.DataFrame, split: pd.Series, path: str | Path) -> None:
+    """Write ``image_id,group,split`` so the same split is reused by every later run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = pd.DataFrame({"image_id": table["image_id"], "group": table["group"], "split": split})
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    out.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def load_splits(table: pd.DataFrame, path: str | Path) -> pd.Series:
+    """Read a split file and align it to ``table``; images the file does not list are an error."""
+    saved = pd.read_csv(path, dtype=str).set_index("image_id")["split"]
+    missing = table.loc[~table["image_id"].isin(saved.index), "image_id"]
+    if len(missing):
+        raise ValueError(f"split file {path} does not list {len(missing)} image(s), e.g. {missing.iloc[0]!r}")
+    bad = set(saved.unique()) - set(SPLITS)
+    if bad:
+        raise ValueError(f"split file {path} has unknown split names {sorted(bad)}")
+    return pd.Series(saved.loc[table["image_id"]].to_numpy(), index=table.index, name="split")
+
+
+def get_splits(table: pd.DataFrame, path: str | Path, seed: int = 0) -> pd.Series:
+    """Reuse the split saved at ``path``; create and save it if it does not exist yet."""
+    path = Path(path)
+    if path.is_file():
+        return load_splits(table, path)
+    split = make_splits(table, seed=seed)
+    save_splits(table, split, path)
+    return split

@@ -1,0 +1,351 @@
+"""Training: fine-tune a registry architecture on a dataset folder and write a model card.
+
+One function, :func:`train`, used by the CLI, the Model lab and ``torchrun`` alike.
+It follows the seed papers (augmentation, class-imbalance weighting, early stopping on the
+validation split), then calibrates (temperature scaling) and picks operating thresholds on
+validation, and reports the test split. Runs on CUDA with mixed precision when present, on
+CPU otherwise, and under ``torchrun`` as DistributedDataParallel (gloo on CPU, nccl on GPU).
+
+Everything a run writes lives in its folder::
+
+    split.csv            lesion-grouped split (reused when present)
+    progress.json        live progress (epoch, batch, elapsed, ETA), rewritten atomically
+    log.jsonl            one line per epoch
+    last.safetensors/.json   resumable checkpoint (weights, optimizer, RNG; no pickle)
+    model.safetensors/.json  the finished model and its card
+    report_val.json, report_test.json
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from . import __version__
+from . import metrics as M
+from .calibration import fit_temperature, softmax
+from .checkpoint import atomic_save_tensors, atomic_write_json, save_model
+from .data import LesionDataset, load_table, resolve_data_dir
+from .device import pick_device
+from .evaluation import build_report, predict_table
+from .models import DEFAULT_ARCH, create_model, data_config, freeze_early, get_arch
+from .splits import get_splits
+from .taxonomy import load_taxonomy
+from .transforms import eval_transform, train_transform
+from .triage import fit_thresholds
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None
+    out: str = "runs/run"
+    arch: str = DEFAULT_ARCH
+    taxonomy: str = "ham7"
+    csv: str | None = None
+    split_file: str | None = None       # default: <out>/split.csv
+    seed: int = 0
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    image_size: tuple[int, int] | None = None  # (H, W); default: the architecture's
+    metadata: bool = True
+    meta_dropout: float = 0.3
+    pretrained: str = "offline"
+    freeze_early: bool = True
+    class_weighting: str = "sqrt"        # none | sqrt | inverse
+    patience: int = 4
+    workers: int = 1
+    tier_sensitivity: dict = field(default_factory=lambda: {"high-risk": 0.90, "dangerous": 0.90})
+    limit: int | None = None             # use only the first N images (smoke runs)
+    resume: bool = True
+    device: str | None = None
+
+
+class Stopped(Exception):
+    """Raised when the run's STOP file appears (the Model lab's Stop button)."""
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def class_weights(y: np.ndarray, n_classes: int, mode: str) -> torch.Tensor:
+    """Loss weights against class imbalance, normalised to mean 1 over the samples."""
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    if mode == "none":
+        w = np.ones(n_classes)
+    elif mode in ("sqrt", "inverse"):
+        w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
+        w = np.sqrt(w) if mode == "sqrt" else w
+    else:
+        raise ValueError(f"class_weighting must be none, sqrt or inverse, got {mode!r}")
+    w = w / (w[y].mean() if len(y) else 1.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _lr_lambda(total_steps: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+    return f
+
+
+def _optim_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {f"optim.{pid}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
+               for pid, st in sd["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _optim_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, pid, k = key.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(out: Path, model, opt, sched, epoch: int, history: list, best: dict) -> None:
+    """Resumable state: weights + optimizer + RNG as safetensors, counters as JSON (no pickle)."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_t, opt_meta = _optim_tensors(opt)
+    tensors.update(opt_t)
+    tensors["rng.torch"] = torch.get_rng_state()
+    atomic_save_tensors(out / "last.safetensors", tensors)
+    atomic_write_json(out / "last.json", {"epoch": epoch, "scheduler_step": sched.last_epoch, "history": history,
+                                          "best": best, **opt_meta})
+
+
+def load_checkpoint(out: Path, model, opt, sched) -> tuple[int, list, dict] | None:
+    if not (out / "last.json").is_file() or not (out / "last.safetensors").is_file():
+        return None
+    meta = json.loads((out / "last.json").read_text())
+    tensors = load_file(out / "last.safetensors")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    _optim_from_tensors(opt, tensors, meta)
+    torch.set_rng_state(tensors["rng.torch"])
+    sched.last_epoch = meta["scheduler_step"]  # the restored param_groups already hold the current lr
+    sched._last_lr = [g["lr"] for g in opt.param_groups]
+    return meta["epoch"], meta["history"], meta["best"]
+
+
+def _write_progress(out: Path, **kw) -> None:
+    atomic_write_json(out / "progress.json", {"time": time.time(), **kw})
+
+
+def _val_metrics(y, logits) -> dict:
+    probs = softmax(logits)
+    aucs = [M.auc_score((y == i).astype(int), probs[:, i]) for i in range(probs.shape[1])]
+    return {"val_loss": float(torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(y))),
+            "val_accuracy": M.accuracy_score(y, probs.argmax(1)),
+            "val_balanced_accuracy": M.balanced_accuracy_score(y, probs.argmax(1)),
+            "val_macro_auc": float(np.nanmean(aucs))}
+
+
+def train(cfg: TrainConfig, command: str = "") -> Path | None:
+    """Train, calibrate, pick thresholds, evaluate; returns the model card path (rank 0).
+
+    Resumes from ``<out>/last.*`` when present. Creating ``<out>/STOP`` stops the run
+    cleanly after the current batch, leaving a resumable checkpoint.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(cfg.device)
+    if world > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    rank = dist.get_rank() if world > 1 else 0
+    try:
+        return _train(cfg, command, device, rank, world)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, world: int) -> Path | None:
+    t0 = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "STOP").unlink(missing_ok=True) if rank == 0 else None
+    _seed_all(cfg.seed)
+    tax = load_taxonomy(cfg.taxonomy)
+    data_dir = resolve_data_dir(cfg.data)
+    table = load_table(data_dir, tax, cfg.csv)
+    if cfg.limit:
+        table = table.iloc[: cfg.limit].reset_index(drop=True)
+    split_file = Path(cfg.split_file) if cfg.split_file else out / "split.csv"
+    if rank == 0:
+        split = get_splits(table, split_file, cfg.seed)
+    if world > 1:
+        dist.barrier()
+    split = get_splits(table, split_file, cfg.seed)
+    parts = {s: table[split == s].reset_index(drop=True) for s in ("train", "val", "test")}
+    if len(parts["train"]) == 0 or len(parts["val"]) == 0:
+        raise ValueError("the split left no training or no validation images")
+
+    dcfg = data_config(cfg.arch)
+    size = tuple(cfg.image_size) if cfg.image_size else tuple(get_arch(cfg.arch).input_size)
+    dcfg["input_size"] = list(size)
+    train_ds = LesionDataset(parts["train"], train_transform(size, dcfg["mean"], dcfg["std"]),
+                             meta_dropout=cfg.meta_dropout if cfg.metadata else 0.0)
+    sampler = (torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed)
+               if world > 1 else torch.utils.data.RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed)))
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                                         drop_last=len(train_ds) > cfg.batch_size * world,
+                                         persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
+
+    _seed_all(cfg.seed)
+    model = create_model(cfg.arch, len(tax.classes), cfg.metadata, cfg.pretrained)
+    frozen = freeze_early(model) if cfg.freeze_early else []
+    model.to(device, memory_format=torch.channels_last)
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    weights = class_weights(parts["train"]["y"].to_numpy(), len(tax.classes), cfg.class_weighting).to(device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(loader))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.epochs * steps_per_epoch, steps_per_epoch // 2 + 1))
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, history, best = 0, [], {"epoch": -1, "val_loss": float("inf")}
+    if cfg.resume:
+        restored = load_checkpoint(out, model, opt, sched)
+        if restored:
+            start_epoch, history, best = restored
+            if rank == 0:
+                print(f"resuming {out} after epoch {start_epoch}")
+
+    val_tf = dict(input_size=size, mean=dcfg["mean"], std=dcfg["std"], device=device, progress=False)
+    stop_file = out / "STOP"
+    bad_epochs = sum(1 for h in history if h["epoch"] > best["epoch"])
+    for epoch in range(start_epoch, cfg.epochs):
+        if bad_epochs >= cfg.patience:
+            break
+        if world > 1:
+            sampler.set_epoch(epoch)
+        net.train()
+        for name in frozen:  # frozen layers keep their ImageNet BatchNorm statistics
+            model.backbone.get_submodule(name).eval()
+        t_epoch, losses = time.time(), []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False)
+        for b, (x, meta, y) in enumerate(bar):
+            x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
+            meta, y = meta.to(device), y.to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                logits = net(x, meta if cfg.metadata else None)
+                loss = torch.nn.functional.cross_entropy(logits.float(), y, weight=weights)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if rank == 0 and (b % 10 == 0 or b == len(loader) - 1):
+                done = (epoch - start_epoch) * len(loader) + b + 1
+                left = (cfg.epochs - epoch) * len(loader) - b - 1
+                el = time.time() - t0
+                _write_progress(out, state="training", epoch=epoch + 1, epochs=cfg.epochs, batch=b + 1,
+                                batches=len(loader), loss=float(np.mean(losses[-20:])), elapsed_s=el,
+                                eta_s=el / done * left, history=history)
+            if stop_file.exists():
+                if rank == 0:
+                    save_checkpoint(out, model, opt, sched, epoch, history, best)
+                    _write_progress(out, state="stopped", epoch=epoch + 1, epochs=cfg.epochs, history=history)
+                raise Stopped(f"stopped by {stop_file}; resume with the same command")
+
+        stop_early = torch.zeros(1)
+        if rank == 0:
+            pv = predict_table(model, parts["val"], use_metadata=cfg.metadata, **val_tf)
+            row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
+                   "seconds": time.time() - t_epoch, **_val_metrics(parts["val"]["y"].to_numpy(), pv["logits"])}
+            history.append(row)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            if row["val_loss"] < best["val_loss"]:
+                best = {"epoch": epoch + 1, "val_loss": row["val_loss"]}
+                atomic_save_tensors(out / "best.safetensors", model.state_dict())
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            save_checkpoint(out, model, opt, sched, epoch + 1, history, best)
+            stop_early[0] = float(bad_epochs >= cfg.patience)
+        if world > 1:
+            dist.broadcast(stop_early, 0)
+        if stop_early.item():
+            break
+
+    if rank != 0:
+        return None
+    _write_progress(out, state="calibrating", history=history, elapsed_s=time.time() - t0)
+    model.load_state_dict(load_file(out / "best.safetensors"))
+    train_seconds = time.time() - t0
+    pv = predict_table(model, parts["val"], use_metadata=cfg.metadata, **val_tf)
+    yv = parts["val"]["y"].to_numpy()
+    temperature = fit_temperature(pv["logits"], yv)
+    thresholds = fit_thresholds(softmax(pv["logits"], temperature), yv, tax, cfg.tier_sensitivity)
+    reports = {"val": build_report(yv, pv["logits"], temperature, thresholds, tax, parts["val"])}
+    if len(parts["test"]):
+        pt = predict_table(model, parts["test"], use_metadata=cfg.metadata, **val_tf)
+        reports["test"] = build_report(parts["test"]["y"].to_numpy(), pt["logits"], temperature, thresholds, tax,
+                                       parts["test"])
+    for name, rep in reports.items():
+        atomic_write_json(out / f"report_{name}.json", rep)
+
+    card = {
+        "name": out.name, "version": time.strftime("%Y%m%d-%H%M%S"), "arch": cfg.arch,
+        "timm_name": get_arch(cfg.arch).timm_name, "classes": list(tax.classes), "taxonomy": tax.to_dict(),
+        "use_metadata": cfg.metadata, "preprocessing": {**dcfg, "resize": "cover then centre-crop"},
+        "temperature": temperature,
+        "thresholds": {"name": thresholds.name, "classes": thresholds.classes, "tiers": thresholds.tiers,
+                       "tier_sensitivity_targets": cfg.tier_sensitivity},
+        "training": {"command": command, "config": {**asdict(cfg), "image_size": list(size)},
+                     "frozen_layers": frozen, "epochs_run": len(history), "best_epoch": best["epoch"],
+                     "history": history, "wall_time_s": round(train_seconds, 1),
+                     "device": str(device) + (f" x{world}" if world > 1 else ""),
+                     "torch": torch.__version__, "derm_core": __version__,
+                     "cpu_threads": torch.get_num_threads(),
+                     "split_file": os.path.relpath(split_file, out), "split_counts": {s: len(p) for s, p in parts.items()},
+                     "data": {"folder": str(data_dir), "n_images": len(table), **_provenance(data_dir)}},
+        "metrics": {name: _headline(rep) for name, rep in reports.items()},
+    }
+    path = save_model(model, card, out / "model")
+    _write_progress(out, state="done", history=history, elapsed_s=time.time() - t0, model=str(path))
+    return path
+
+
+def _provenance(data_dir: Path) -> dict:
+    """Title and licence lines of the dataset's README, so the card says where the data came from."""
+    readme = data_dir / "README.md"
+    if not readme.is_file():
+        return {}
+    lines = [ln.strip("# ").strip() for ln in readme.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    lic = next((ln for ln in lines if ln.lower().startswith("license")), None)
+    return {"source": lines[0], **({"license": lic} if lic else {})}
+
+
+def _headline(rep: dict) -> dict:
+    """The report without its bulky parts, for the model card."""
+    keep = ("n_images", "accuracy", "balanced_accuracy", "top2_accuracy", "top3_accuracy", "macro_auc", "ece",
+            "ece_uncalibrated")
+    return {**{k: rep[k] for k in keep},
+            "per_class": {c: {k: v[k] for k in ("n", "auc", "sensitivity", "specificity", "threshold")}
+                          for c, v in rep["per_class"].items()},
+            "tiers": rep["tiers"]}

@@ -1,0 +1,57 @@
+"""Image preprocessing and the papers' augmentation (torchvision transforms v2).
+
+Augmentation follows the seed papers: rotation, zoom (random resized crop), horizontal and
+vertical flips, elastic distortion and lighting/colour variation. Evaluation and inference
+share one deterministic path: resize to cover the model's (H, W), then centre-crop.
+"""
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+
+class ResizeCover(torch.nn.Module):
+    """Resize so the image covers (H, W) keeping its aspect ratio, then centre-crop to (H, W)."""
+
+    def __init__(self, size: tuple[int, int]):
+        super().__init__()
+        self.size = tuple(size)
+
+    def forward(self, img):
+        h, w = F.get_size(img)
+        H, W = self.size
+        scale = max(H / h, W / w)
+        img = F.resize(img, [max(H, round(h * scale)), max(W, round(w * scale))], antialias=True)
+        return F.center_crop(img, [H, W])
+
+
+def _finish(mean, std) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+
+
+def eval_transform(size: tuple[int, int], mean, std) -> v2.Compose:
+    """Deterministic preprocessing shared by evaluation and the triage page."""
+    return v2.Compose([v2.ToImage(), ResizeCover(size), *_finish(mean, std)])
+
+
+def train_transform(size: tuple[int, int], mean, std) -> v2.Compose:
+    """The papers' augmentation: rotation, zoom, flips, elastic distortion, lighting."""
+    H, W = size
+    return v2.Compose([
+        v2.ToImage(),
+        ResizeCover((round(H * 1.15), round(W * 1.15))),
+        v2.RandomRotation(180),
+        v2.RandomResizedCrop((H, W), scale=(0.45, 1.0), ratio=(W / H * 0.8, W / H * 1.25), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.RandomApply([v2.ElasticTransform(alpha=25.0, sigma=6.0)], p=0.2),
+        v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.2, hue=0.03),
+        *_finish(mean, std),
+    ])
+
+
+def to_pil_preview(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The photo exactly as the model sees it (before normalisation), for display and overlays."""
+    return F.to_pil_image(ResizeCover(size)(F.pil_to_tensor(img)))

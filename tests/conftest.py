@@ -1,0 +1,90 @@
+"""Shared fixtures: small synthetic datasets, a tiny untrained model, the HAM10000 folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from derm_core.checkpoint import ModelCard
+from derm_core.models import create_model
+from derm_core.predictor import Predictor
+from derm_core.taxonomy import load_taxonomy
+
+ROOT = Path(__file__).resolve().parent.parent
+HAM_DIR = Path(os.environ.get("DERMTRIAGE_HAM10000", ROOT.parent / "shared" / "data" / "ham10000"))
+CLASS_COLOURS = {"akiec": (200, 60, 60), "bcc": (230, 150, 180), "bkl": (150, 100, 50), "df": (120, 70, 90),
+                 "mel": (30, 20, 25), "nv": (100, 60, 40), "vasc": (180, 20, 60)}
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def lesion_image(colour, size=(64, 48), seed=0) -> Image.Image:
+    """A skin-coloured photo with one elliptical 'lesion' of the given colour."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = Image.new("RGB", size, (224, 180, 160))
+    d = ImageDraw.Draw(img)
+    cx, cy = w / 2 + rng.integers(-4, 5), h / 2 + rng.integers(-3, 4)
+    rx, ry = w * rng.uniform(0.2, 0.3), h * rng.uniform(0.2, 0.3)
+    d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=tuple(int(c) for c in colour))
+    arr = np.asarray(img).astype(int) + rng.integers(-12, 13, (h, w, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def write_dataset(root: Path, per_class: int = 10, layout: str = "generic", size=(64, 48)) -> Path:
+    """A labelled folder in the generic (labels.csv) or HAM10000 (metadata.csv) layout."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    rng = np.random.default_rng(0)
+    for c, colour in CLASS_COLOURS.items():
+        for i in range(per_class):
+            image_id = f"{c}_{i:03d}"
+            lesion = f"L_{c}_{i // 2}"  # two images per lesion
+            lesion_image(colour, size, seed=hash((c, i)) % 2**31).save(root / "images" / f"{image_id}.jpg", quality=95)
+            rows.append({"image_id": image_id, "label": c, "lesion_id": lesion, "age": float(rng.integers(20, 80)),
+                         "sex": rng.choice(["male", "female"]), "site": rng.choice(["back", "face", "trunk"])})
+    df = pd.DataFrame(rows)
+    if layout == "ham":
+        df = df.rename(columns={"label": "dx", "site": "localization"})
+        df.to_csv(root / "metadata.csv", index=False)
+    else:
+        df.to_csv(root / "labels.csv", index=False)
+    return root
+
+
+@pytest.fixture
+def synthetic_data(tmp_path) -> Path:
+    return write_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def ham7():
+    return load_taxonomy("ham7")
+
+
+def tiny_card(taxonomy, use_metadata=True, size=(48, 64)) -> ModelCard:
+    return ModelCard({
+        "arch": "tiny_test", "taxonomy": taxonomy.to_dict(), "use_metadata": use_metadata,
+        "preprocessing": {"input_size": list(size), "mean": [0.5] * 3, "std": [0.5] * 3},
+        "temperature": 1.0,
+        "thresholds": {"classes": {c: 0.3 for c in taxonomy.classes}, "tiers": {"high-risk": 0.3, "dangerous": 0.3}},
+    })
+
+
+@pytest.fixture
+def tiny_predictor(ham7) -> Predictor:
+    torch.manual_seed(0)
+    model = create_model("tiny_test", len(ham7.classes), use_metadata=True, pretrained="none")
+    return Predictor(model, tiny_card(ham7), device=torch.device("cpu"))
+
+
+@pytest.fixture
+def ham_dir() -> Path:
+    if not (HAM_DIR / "metadata.csv").is_file():
+        pytest.skip(f"HAM10000 folder not found at {HAM_DIR} (set DERMTRIAGE_HAM10000 to run this test)")
+    return HAM_DIR

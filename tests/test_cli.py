@@ -1,0 +1,66 @@
+"""The CLI contract: train, evaluate (report.json + ISIC CSV), predict --json."""
+import json
+
+import pandas as pd
+import pytest
+
+from derm_core.cli import main
+from conftest import CLASS_COLOURS, lesion_image
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import write_dataset
+    root = tmp_path_factory.mktemp("cli")
+    data = write_dataset(root / "data", per_class=6)
+    rc = main(["train", "--data", str(data), "--out", str(root / "run"), "--arch", "tiny_test", "--epochs", "1",
+               "--batch-size", "16", "--pretrained", "none", "--workers", "0"])
+    assert rc == 0
+    return root, data
+
+
+def test_evaluate_writes_report_and_isic_csv(trained, capsys):
+    root, data = trained
+    rc = main(["evaluate", "--data", str(data), "--model", str(root / "run" / "model.json"),
+               "--out", str(root / "report.json"), "--predictions", str(root / "preds.csv")])
+    assert rc == 0
+    rep = json.loads((root / "report.json").read_text())
+    assert rep["n_images"] == 42
+    assert {"accuracy", "balanced_accuracy", "macro_auc", "per_class", "tiers", "ece"} <= set(rep)
+    assert set(rep["per_class"]["mel"]) >= {"auc", "sensitivity", "specificity", "threshold"}
+    assert set(rep["tiers"]["dangerous"]) >= {"auc", "sensitivity", "specificity"}
+    assert set(rep["subgroups"]) == {"sex", "age_band", "site"}
+    preds = pd.read_csv(root / "preds.csv")
+    assert list(preds.columns) == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert len(preds) == 42 and (abs(preds.iloc[:, 1:].sum(1) - 1) < 1e-4).all()
+
+
+def test_evaluate_test_split_only(trained):
+    root, data = trained
+    assert main(["evaluate", "--data", str(data), "--model", str(root / "run"), "--split", "test",
+                 "--out", str(root / "test.json")]) == 0
+    split = pd.read_csv(root / "run" / "split.csv")
+    assert json.loads((root / "test.json").read_text())["n_images"] == (split["split"] == "test").sum()
+
+
+def test_predict_json(trained, tmp_path, capsys):
+    root, _ = trained
+    img = tmp_path / "x.png"
+    lesion_image(CLASS_COLOURS["bcc"]).save(img)
+    assert main(["predict", str(img), "--age", "60", "--sex", "female", "--site", "face",
+                 "--model", str(root / "run"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert abs(sum(out["probabilities"].values()) - 1) < 1e-5
+    assert out["risk_tier"] in ("low-risk", "high-risk", "dangerous") and out["action"]
+    assert out["differential"] and "age, sex, site" in out["notes"][0]
+
+
+def test_clear_errors(trained, tmp_path, capsys):
+    root, _ = trained
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert main(["predict", str(bad), "--model", str(root / "run")]) == 2
+    assert "not an image format" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(tmp_path), "--model", str(root / "run")]) == 2
+    assert "metadata.csv" in capsys.readouterr().err
+    assert main(["predict", str(bad), "--model", str(tmp_path / "none.json")]) == 2

@@ -1,0 +1,40 @@
+"""The offline ImageNet weights map onto timm by position: proven by a real photo."""
+import numpy as np
+import pytest
+import timm
+import torch
+from skimage.data import chelsea
+from torchvision.transforms.v2 import functional as F
+
+from derm_core.models import create_model, imagenet_state_dict, offline_weights_path
+
+CATS = {281, 282, 283, 284, 285, 287}  # tabby, tiger cat, Persian, Siamese, Egyptian cat, lynx
+
+
+def test_lite0_weights_ship_with_package():
+    assert offline_weights_path("tf_efficientnet_lite0").endswith(".pth")
+    assert offline_weights_path("resnet50") is None
+
+
+def test_chelsea_top5_are_cats():
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    net.load_state_dict(imagenet_state_dict("tf_efficientnet_lite0"))
+    img = torch.from_numpy(chelsea()).permute(2, 0, 1)
+    x = F.normalize(F.to_dtype(F.center_crop(F.resize(img, 256, antialias=True), 224), torch.float32, scale=True),
+                    [0.5] * 3, [0.5] * 3)
+    with torch.no_grad():
+        top5 = net.eval()(x[None]).softmax(1)[0].topk(5).indices.tolist()
+    assert top5[0] in {281, 282, 285}
+    assert len(CATS.intersection(top5)) >= 4
+
+
+def test_dermnet_backbone_gets_the_weights():
+    m = create_model("tf_efficientnet_lite0", 7, pretrained="offline")
+    ref = imagenet_state_dict("tf_efficientnet_lite0")
+    assert torch.equal(m.backbone.conv_stem.weight, ref["conv_stem.weight"])
+    assert torch.equal(m.backbone.bn2.running_var, ref["bn2.running_var"])
+
+
+def test_arch_without_offline_weights_warns():
+    with pytest.warns(UserWarning, match="from scratch"):
+        create_model("tiny_test", 7, pretrained="offline")

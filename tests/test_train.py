@@ -1,0 +1,101 @@
+"""Train -> save -> load -> predict on a tiny synthetic set; resume; DDP with 2 CPU processes."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from derm_core.checkpoint import load_model
+from derm_core.predictor import Predictor
+from derm_core.train import Stopped, TrainConfig, class_weights, train
+from conftest import CLASS_COLOURS, ROOT, lesion_image
+
+REQUIRED_REPORT_KEYS = {"accuracy", "balanced_accuracy", "macro_auc", "per_class", "tiers", "ece", "n_images"}
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), arch="tiny_test", epochs=2, batch_size=16, lr=3e-3,
+                pretrained="none", workers=0, patience=5)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_save_load_predict_round_trip(synthetic_data, tmp_path):
+    card_path = train(_cfg(synthetic_data, tmp_path / "run", epochs=3), command="pytest")
+    card = json.loads(card_path.read_text())
+    assert card["training"]["command"] == "pytest" and card["training"]["epochs_run"] == 3
+    assert card["temperature"] > 0 and set(card["thresholds"]["classes"]) == set(CLASS_COLOURS)
+    assert set(card["metrics"]["test"]) >= {"accuracy", "balanced_accuracy", "macro_auc"}
+    for split in ("val", "test"):
+        assert REQUIRED_REPORT_KEYS <= set(json.loads((tmp_path / "run" / f"report_{split}.json").read_text()))
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 3
+    # the split file is reused and lesion-disjoint
+    import pandas as pd
+    s = pd.read_csv(tmp_path / "run" / "split.csv")
+    assert (s.groupby("group")["split"].nunique() == 1).all()
+
+    model, loaded = load_model(card_path)
+    p = Predictor(model, loaded, device=torch.device("cpu"))
+    res = p.predict(lesion_image(CLASS_COLOURS["mel"]))
+    assert abs(sum(res.probs.values()) - 1) < 1e-5
+    assert res.tier in ("low-risk", "high-risk", "dangerous") and res.differential
+
+
+def test_learns_the_synthetic_classes(synthetic_data, tmp_path):
+    card_path = train(_cfg(synthetic_data, tmp_path / "run", epochs=8, metadata=False))
+    hist = json.loads(card_path.read_text())["training"]["history"]
+    assert hist[-1]["val_accuracy"] > 0.5  # 7 balanced classes: chance is 0.14
+    assert hist[-1]["val_loss"] < hist[0]["val_loss"]
+
+
+def test_stop_then_resume(synthetic_data, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(synthetic_data, out, epochs=1))
+    first = json.loads((out / "last.json").read_text())
+    assert first["epoch"] == 1
+    card = train(_cfg(synthetic_data, out, epochs=2))  # continues from epoch 1
+    hist = json.loads(card.read_text())["training"]["history"]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert hist[0] == first["history"][0]
+
+
+def test_stop_file_leaves_resumable_checkpoint(synthetic_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    import derm_core.train as T
+    real = T._write_progress
+
+    def stop_after_first_batch(o, **kw):
+        real(o, **kw)
+        if kw.get("state") == "training":
+            (o / "STOP").touch()
+    monkeypatch.setattr(T, "_write_progress", stop_after_first_batch)
+    with pytest.raises(Stopped):
+        train(_cfg(synthetic_data, out, epochs=2))
+    assert json.loads((out / "progress.json").read_text())["state"] == "stopped"
+    assert (out / "last.safetensors").is_file() and not (out / "model.json").exists()
+    monkeypatch.setattr(T, "_write_progress", real)
+    assert train(_cfg(synthetic_data, out, epochs=2)).is_file()
+
+
+def test_class_weights():
+    y = np.array([0] * 90 + [1] * 10)
+    w = class_weights(y, 3, "inverse")
+    assert w[1] / w[0] == pytest.approx(9.0) and w[2] == 0
+    assert class_weights(y, 3, "sqrt")[1] / class_weights(y, 3, "sqrt")[0] == pytest.approx(3.0)
+    assert float(w[y].mean()) == pytest.approx(1.0)
+
+
+def test_ddp_two_cpu_processes(synthetic_data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "derm_core", "train", "--data", str(synthetic_data), "--out", str(out), "--arch", "tiny_test",
+           "--epochs", "2", "--batch-size", "8", "--pretrained", "none", "--workers", "0", "--device", "cpu"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = json.loads((out / "model.json").read_text())
+    assert card["training"]["device"] == "cpu x2"
+    assert card["training"]["epochs_run"] == 2
+    load_model(out / "model.json")
