@@ -24,7 +24,8 @@ from .triage import Thresholds
 
 CARD_VERSION = 1
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_MODEL = WEIGHTS_DIR / "default.json"
+DEFAULT_MODEL = WEIGHTS_DIR / "default" / "model.json"
+ENV_MODEL = "DERMTRIAGE_MODEL"
 REQUIRED = ("arch", "taxonomy", "use_metadata", "preprocessing", "temperature", "thresholds")
 
 

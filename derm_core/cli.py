@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def _add_model(p):
@@ -21,7 +20,8 @@ def cmd_train(a) -> int:
                       seed=a.seed, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                       image_size=tuple(a.image_size) if a.image_size else None, metadata=a.metadata,
                       pretrained=a.pretrained, freeze_early=a.freeze_early, class_weighting=a.class_weighting,
-                      patience=a.patience, workers=a.workers, limit=a.limit, resume=not a.no_resume, device=a.device)
+                      patience=a.patience, workers=a.workers, limit=a.limit, resume=not a.no_resume, device=a.device,
+                      tta=a.tta, monitor=a.monitor, init_from=a.init_from)
     command = "python -m derm_core " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     try:
         path = train(cfg, command=command)
@@ -49,7 +49,8 @@ def cmd_evaluate(a) -> int:
         table = table[(load_splits(table, sf) == a.split).to_numpy()].reset_index(drop=True)
     t0 = time.time()
     pred = predict_table(model, table, card.input_size, card.mean, card.std, batch_size=a.batch_size,
-                         use_metadata=card.use_metadata and not a.no_metadata)
+                         use_metadata=card.use_metadata and not a.no_metadata,
+                         tta=bool(card.data["preprocessing"].get("tta")))
     rep = build_report(table["y"].to_numpy(), pred["logits"], card.temperature, card.thresholds, tax, table)
     rep["seconds"] = round(time.time() - t0, 2)
     rep["model"] = str(card.path)
@@ -79,6 +80,41 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def cmd_recalibrate(a) -> int:
+    from .checkpoint import load_model
+    from .data import load_table
+    from .splits import load_splits
+    from .train import finish
+    model, card = load_model(a.model)
+    table = load_table(a.data, card.taxonomy, a.csv)
+    split = load_splits(table, card.path.parent / card.data["training"]["split_file"])
+    data = card.data
+    if a.tta is not None:
+        data["preprocessing"]["tta"] = a.tta
+    targets = dict(data["thresholds"].get("tier_sensitivity_targets") or {"high-risk": 0.9, "dangerous": 0.9})
+    for t, v in a.target or []:
+        targets[t] = float(v)
+    data.setdefault("recalibrations", []).append(
+        {"command": "python -m derm_core " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
+         "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+    path = finish(model, data, table, split, card.path.with_suffix(""), targets, progress=print)
+    m = json.loads(path.read_text())["metrics"]
+    print(json.dumps({k: {n: v[n] for n in ("accuracy", "balanced_accuracy", "macro_auc")} for k, v in m.items()}, indent=2))
+    return 0
+
+
+def cmd_fit_ood(a) -> int:
+    from .checkpoint import load_model
+    from .data import load_table
+    from .ood import fit_for_model
+    from .splits import load_splits
+    model, card = load_model(a.model)
+    table = load_table(a.data, card.taxonomy, a.csv)
+    split = load_splits(table, card.path.parent / card.data["training"]["split_file"])
+    print(json.dumps(fit_for_model(model, card, table, split), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import DEFAULT_ARCH, list_archs
     ap = argparse.ArgumentParser(prog="python -m derm_core", description="DermTriage: skin-lesion triage engine")
@@ -101,8 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--freeze-early", action=argparse.BooleanOptionalAction, default=True)
     t.add_argument("--class-weighting", default="sqrt", choices=["none", "sqrt", "inverse"])
     t.add_argument("--patience", type=int, default=4)
+    t.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_macro_auc", "val_balanced_accuracy",
+                                                             "val_accuracy"], help="early stopping / best epoch")
     t.add_argument("--workers", type=int, default=1)
     t.add_argument("--limit", type=int, help="use only the first N images (smoke runs)")
+    t.add_argument("--init-from", help="fine-tune from this model card (default: ImageNet weights)")
+    t.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="average over flips at evaluation and inference")
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     t.add_argument("--device", help="force cpu or cuda")
     t.set_defaults(fn=cmd_train)
@@ -127,6 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_predict)
+    r = sub.add_parser("recalibrate", help="re-fit temperature, thresholds, reports and out-of-scope detector "
+                                          "of a trained model on its own validation split")
+    r.add_argument("--data", help="the model's training dataset folder; default $DERMTRIAGE_DATA")
+    r.add_argument("--csv")
+    _add_model(r)
+    r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
+    r.add_argument("--target", nargs=2, action="append", metavar=("TIER", "SENSITIVITY"),
+                   help="tier sensitivity target on validation, e.g. --target dangerous 0.95")
+    r.set_defaults(fn=cmd_recalibrate)
+
+    o = sub.add_parser("fit-ood", help="(re)fit a model's out-of-scope detector on its own split")
+    o.add_argument("--data", help="the model's training dataset folder; default $DERMTRIAGE_DATA")
+    o.add_argument("--csv")
+    _add_model(o)
+    o.set_defaults(fn=cmd_fit_ood)
     return ap
 
 

@@ -17,6 +17,7 @@ from . import metrics as M
 from .calibration import softmax
 from .data import LesionDataset
 from .device import pick_device
+from .models import embed_tta
 from .taxonomy import Taxonomy
 from .transforms import eval_transform
 from .triage import Thresholds, assign_tiers, tier_scores, true_tiers
@@ -27,11 +28,12 @@ AGE_BANDS = [(0, 30, "<30"), (30, 50, "30-49"), (50, 70, "50-69"), (70, 200, "70
 @torch.inference_mode()
 def predict_table(model, table: pd.DataFrame, input_size, mean, std, *, use_metadata: bool | None = None,
                   batch_size: int = 64, device: torch.device | None = None, embeddings: bool = False,
-                  progress: bool = True, callback=None) -> dict[str, np.ndarray]:
+                  progress: bool = True, callback=None, tta: bool = False) -> dict[str, np.ndarray]:
     """Logits (and optionally penultimate embeddings) for every row of ``table``.
 
     Args:
         use_metadata: feed the table's age/sex/site (default: when the model fuses metadata).
+        tta: average over horizontal/vertical flips (see :func:`derm_core.models.embed_tta`).
         callback: called as ``callback(done, total)`` after each batch (progress bars in the app).
     """
     device = device or pick_device()
@@ -44,7 +46,7 @@ def predict_table(model, table: pd.DataFrame, input_size, mean, std, *, use_meta
         x = x.to(device, memory_format=torch.channels_last)
         meta = meta.to(device) if use_metadata and model.use_metadata else None
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            e = model.embed(x, meta)
+            e = embed_tta(model, x, meta, tta)
             z = model.head(e)
         logits.append(z.float().cpu().numpy())
         if embeddings:

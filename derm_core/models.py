@@ -94,6 +94,15 @@ class DermNet(nn.Module):
         return self.head(self.embed(x, meta))
 
 
+def embed_tta(model: DermNet, x: torch.Tensor, meta: torch.Tensor | None, tta: bool) -> torch.Tensor:
+    """Embeddings averaged over the four flips of ``x`` when ``tta`` (lesions have no up or
+    left); the head is linear, so averaging embeddings equals averaging logits."""
+    if not tta:
+        return model.embed(x, meta)
+    views = (x, x.flip(3), x.flip(2), x.flip(2, 3))
+    return torch.stack([model.embed(v, meta) for v in views]).mean(0)
+
+
 def create_model(arch: str, num_classes: int, use_metadata: bool = False, pretrained: str = "offline") -> DermNet:
     """Build a :class:`DermNet`.
 

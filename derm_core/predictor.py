@@ -7,6 +7,7 @@ so prediction holds no per-request state; explanation methods that hook the netw
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from .calibration import softmax
 from .checkpoint import ModelCard, load_model
 from .clinical import Clinical, encode
 from .device import pick_device
+from .models import embed_tta
+from .ood import load_detector
 from .transforms import eval_transform
 from .triage import Thresholds, TriageResult, triage
 
@@ -29,6 +32,8 @@ class Predictor:
         self.taxonomy = card.taxonomy
         self.transform = eval_transform(card.input_size, card.mean, card.std)
         self.lock = threading.Lock()
+        self.tta = bool(card.data["preprocessing"].get("tta", False))
+        self.ood = load_detector(card)
 
     @classmethod
     def from_path(cls, path: str | Path | None = None, device=None) -> "Predictor":
@@ -45,20 +50,33 @@ class Predictor:
         return torch.from_numpy(encode(clinical or Clinical())).to(self.device).expand(n, -1)
 
     @torch.inference_mode()
-    def logits(self, x: torch.Tensor, clinical: Clinical | None = None) -> np.ndarray:
+    def forward(self, x: torch.Tensor, clinical: Clinical | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, penultimate embeddings) for a preprocessed batch."""
         with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            return self.model(x, self.meta_tensor(clinical, len(x))).float().cpu().numpy()
+            e = embed_tta(self.model, x, self.meta_tensor(clinical, len(x)), self.tta)
+            z = self.model.head(e)
+        return z.float().cpu().numpy(), e.float().cpu().numpy()
+
+    def logits(self, x: torch.Tensor, clinical: Clinical | None = None) -> np.ndarray:
+        return self.forward(x, clinical)[0]
 
     def probabilities(self, images: list[Image.Image], clinical: Clinical | None = None) -> np.ndarray:
         """Calibrated (temperature-scaled) class probabilities, one row per image."""
-        return softmax(self.logits(self.preprocess(images), clinical), self.card.temperature)
+        return softmax(self.forward(self.preprocess(images), clinical)[0], self.card.temperature)
 
     def predict(self, image: Image.Image, clinical: Clinical | None = None,
                 thresholds: Thresholds | None = None) -> TriageResult:
         """Differential diagnosis and risk tier of one photo (already cropped to the lesion)."""
         thresholds = thresholds or self.card.thresholds
         thresholds.check(self.taxonomy)
-        result = triage(self.probabilities([image], clinical)[0], self.taxonomy, thresholds)
+        logits, emb = self.forward(self.preprocess([image]), clinical)
+        result = triage(softmax(logits, self.card.temperature)[0], self.taxonomy, thresholds)
+        if self.ood is not None:
+            score, flagged = self.ood(logits, emb)
+            result = replace(result, out_of_scope=bool(flagged[0]), ood_score=float(score[0]))
+            if flagged[0]:
+                result.notes.append("this photo does not look like the dermatoscopic lesion images the model was "
+                                    "trained on: treat the result with extra caution")
         used = (clinical or Clinical()).given()
         if self.card.use_metadata:
             result.notes.append(f"clinical data used: {', '.join(used)}" if used else "no clinical data given")

@@ -34,14 +34,15 @@ from tqdm.auto import tqdm
 from . import __version__
 from . import metrics as M
 from .calibration import fit_temperature, softmax
-from .checkpoint import atomic_save_tensors, atomic_write_json, save_model
+from .checkpoint import atomic_save_tensors, atomic_write_json, load_model, read_card, save_model
 from .data import LesionDataset, load_table, resolve_data_dir
 from .device import pick_device
 from .evaluation import build_report, predict_table
+from .ood import fit_for_model
 from .models import DEFAULT_ARCH, create_model, data_config, freeze_early, get_arch
 from .splits import get_splits
-from .taxonomy import load_taxonomy
-from .transforms import eval_transform, train_transform
+from .taxonomy import Taxonomy, load_taxonomy
+from .transforms import train_transform
 from .triage import fit_thresholds
 
 
@@ -65,11 +66,17 @@ class TrainConfig:
     freeze_early: bool = True
     class_weighting: str = "sqrt"        # none | sqrt | inverse
     patience: int = 4
+    monitor: str = "val_loss"            # early stopping / best epoch: val_loss, val_macro_auc, val_balanced_accuracy
     workers: int = 1
     tier_sensitivity: dict = field(default_factory=lambda: {"high-risk": 0.90, "dangerous": 0.90})
     limit: int | None = None             # use only the first N images (smoke runs)
     resume: bool = True
     device: str | None = None
+    init_from: str | None = None         # fine-tune from this model card instead of ImageNet weights
+    tta: bool = True                     # average over flips at evaluation and inference
+
+
+MONITORS = ("val_loss", "val_macro_auc", "val_balanced_accuracy", "val_accuracy")
 
 
 class Stopped(Exception):
@@ -94,6 +101,17 @@ def class_weights(y: np.ndarray, n_classes: int, mode: str) -> torch.Tensor:
         raise ValueError(f"class_weighting must be none, sqrt or inverse, got {mode!r}")
     w = w / (w[y].mean() if len(y) else 1.0)
     return torch.tensor(w, dtype=torch.float32)
+
+
+def _init_from(model, card_path: str, arch: str) -> None:
+    """Fine-tune: start from a trained model's weights (every tensor whose name and shape match,
+    so a new taxonomy gets a fresh head)."""
+    src, card = load_model(card_path)
+    if card.arch != arch:
+        raise ValueError(f"--init-from model is a {card.arch}, not a {arch}")
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in src.state_dict().items() if k in own and own[k].shape == v.shape},
+                          strict=False)
 
 
 def _lr_lambda(total_steps: int, warmup: int):
@@ -179,6 +197,8 @@ def train(cfg: TrainConfig, command: str = "") -> Path | None:
 
 
 def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, world: int) -> Path | None:
+    if cfg.monitor not in MONITORS:
+        raise ValueError(f"monitor must be one of {MONITORS}, got {cfg.monitor!r}")
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,7 +231,9 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
                                          persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
 
     _seed_all(cfg.seed)
-    model = create_model(cfg.arch, len(tax.classes), cfg.metadata, cfg.pretrained)
+    model = create_model(cfg.arch, len(tax.classes), cfg.metadata, "none" if cfg.init_from else cfg.pretrained)
+    if cfg.init_from:
+        _init_from(model, cfg.init_from, cfg.arch)
     frozen = freeze_early(model) if cfg.freeze_early else []
     model.to(device, memory_format=torch.channels_last)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -223,7 +245,8 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    start_epoch, history, best = 0, [], {"epoch": -1, "val_loss": float("inf")}
+    sign = 1.0 if cfg.monitor == "val_loss" else -1.0  # lower is better for the loss only
+    start_epoch, history, best = 0, [], {"epoch": -1, "score": float("inf")}
     if cfg.resume:
         restored = load_checkpoint(out, model, opt, sched)
         if restored:
@@ -279,8 +302,8 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-            if row["val_loss"] < best["val_loss"]:
-                best = {"epoch": epoch + 1, "val_loss": row["val_loss"]}
+            if sign * row[cfg.monitor] < best["score"]:
+                best = {"epoch": epoch + 1, "score": sign * row[cfg.monitor], cfg.monitor: row[cfg.monitor]}
                 atomic_save_tensors(out / "best.safetensors", model.state_dict())
                 bad_epochs = 0
             else:
@@ -297,25 +320,10 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
     _write_progress(out, state="calibrating", history=history, elapsed_s=time.time() - t0)
     model.load_state_dict(load_file(out / "best.safetensors"))
     train_seconds = time.time() - t0
-    pv = predict_table(model, parts["val"], use_metadata=cfg.metadata, **val_tf)
-    yv = parts["val"]["y"].to_numpy()
-    temperature = fit_temperature(pv["logits"], yv)
-    thresholds = fit_thresholds(softmax(pv["logits"], temperature), yv, tax, cfg.tier_sensitivity)
-    reports = {"val": build_report(yv, pv["logits"], temperature, thresholds, tax, parts["val"])}
-    if len(parts["test"]):
-        pt = predict_table(model, parts["test"], use_metadata=cfg.metadata, **val_tf)
-        reports["test"] = build_report(parts["test"]["y"].to_numpy(), pt["logits"], temperature, thresholds, tax,
-                                       parts["test"])
-    for name, rep in reports.items():
-        atomic_write_json(out / f"report_{name}.json", rep)
-
     card = {
         "name": out.name, "version": time.strftime("%Y%m%d-%H%M%S"), "arch": cfg.arch,
         "timm_name": get_arch(cfg.arch).timm_name, "classes": list(tax.classes), "taxonomy": tax.to_dict(),
-        "use_metadata": cfg.metadata, "preprocessing": {**dcfg, "resize": "cover then centre-crop"},
-        "temperature": temperature,
-        "thresholds": {"name": thresholds.name, "classes": thresholds.classes, "tiers": thresholds.tiers,
-                       "tier_sensitivity_targets": cfg.tier_sensitivity},
+        "use_metadata": cfg.metadata, "preprocessing": {**dcfg, "resize": "cover then centre-crop", "tta": cfg.tta},
         "training": {"command": command, "config": {**asdict(cfg), "image_size": list(size)},
                      "frozen_layers": frozen, "epochs_run": len(history), "best_epoch": best["epoch"],
                      "history": history, "wall_time_s": round(train_seconds, 1),
@@ -324,11 +332,46 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
                      "cpu_threads": torch.get_num_threads(),
                      "split_file": os.path.relpath(split_file, out), "split_counts": {s: len(p) for s, p in parts.items()},
                      "data": {"folder": str(data_dir), "n_images": len(table), **_provenance(data_dir)}},
-        "metrics": {name: _headline(rep) for name, rep in reports.items()},
     }
-    path = save_model(model, card, out / "model")
+    path = finish(model, card, table, split, out / "model", cfg.tier_sensitivity, device,
+                  progress=lambda state: _write_progress(out, state=state, history=history, elapsed_s=time.time() - t0))
     _write_progress(out, state="done", history=history, elapsed_s=time.time() - t0, model=str(path))
     return path
+
+
+def finish(model, card: dict, table, split, path: Path, tier_sensitivity: dict, device=None, progress=None) -> Path:
+    """Calibrate on the validation split (temperature, Youden class thresholds, tier thresholds
+    for the target sensitivities), report validation and test, save the model and its card,
+    and fit the out-of-scope detector. Used at the end of training and by ``recalibrate``."""
+    progress = progress or (lambda state: None)
+    tax = Taxonomy.from_dict(card["taxonomy"])
+    pre = card["preprocessing"]
+    kw = dict(input_size=pre["input_size"], mean=pre["mean"], std=pre["std"], device=device, progress=False,
+              use_metadata=card["use_metadata"], tta=bool(pre.get("tta")))
+    parts = {s: table[(split == s).to_numpy()].reset_index(drop=True) for s in ("val", "test")}
+    progress("calibrating")
+    pv = predict_table(model, parts["val"], **kw)
+    yv = parts["val"]["y"].to_numpy()
+    temperature = fit_temperature(pv["logits"], yv)
+    thresholds = fit_thresholds(softmax(pv["logits"], temperature), yv, tax, tier_sensitivity)
+    reports = {"val": build_report(yv, pv["logits"], temperature, thresholds, tax, parts["val"])}
+    if len(parts["test"]):
+        progress("evaluating the test split")
+        pt = predict_table(model, parts["test"], **kw)
+        reports["test"] = build_report(parts["test"]["y"].to_numpy(), pt["logits"], temperature, thresholds, tax,
+                                       parts["test"])
+    for name, rep in reports.items():
+        atomic_write_json(path.parent / f"report_{name}.json", rep)
+    card.update(
+        temperature=temperature,
+        thresholds={"name": thresholds.name, "classes": thresholds.classes, "tiers": thresholds.tiers,
+                    "tier_sensitivity_targets": tier_sensitivity},
+        metrics={name: _headline(rep) for name, rep in reports.items()})
+    card.pop("out_of_scope", None)
+    card_path = save_model(model, card, path)
+    progress("fitting the out-of-scope detector")
+    fit_for_model(model, read_card(card_path), table, split, progress=False)
+    return card_path
 
 
 def _provenance(data_dir: Path) -> dict:

@@ -46,11 +46,14 @@ class TriageResult:
     tier_probs: dict[str, float]
     thresholds: str = ""
     notes: list[str] = field(default_factory=list)
+    out_of_scope: bool | None = None   # None: the model has no out-of-scope detector
+    ood_score: float | None = None
 
     def to_dict(self) -> dict:
         return {"probabilities": self.probs, "differential": [{"class": c, "probability": p} for c, p in self.differential],
                 "low_confidence": self.low_confidence, "risk_tier": self.tier, "action": self.action,
-                "tier_probabilities": self.tier_probs, "thresholds": self.thresholds, "notes": self.notes}
+                "tier_probabilities": self.tier_probs, "thresholds": self.thresholds, "notes": self.notes,
+                "out_of_scope": self.out_of_scope, "out_of_scope_score": self.ood_score}
 
 
 def tier_scores(probs: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:

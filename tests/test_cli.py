@@ -64,3 +64,17 @@ def test_clear_errors(trained, tmp_path, capsys):
     assert main(["evaluate", "--data", str(tmp_path), "--model", str(root / "run")]) == 2
     assert "metadata.csv" in capsys.readouterr().err
     assert main(["predict", str(bad), "--model", str(tmp_path / "none.json")]) == 2
+
+
+def test_recalibrate_updates_card_and_records_command(trained):
+    root, data = trained
+    card_path = root / "run" / "model.json"
+    before = json.loads(card_path.read_text())
+    assert before["preprocessing"]["tta"] is True and "out_of_scope" in before
+    assert main(["recalibrate", "--data", str(data), "--model", str(card_path), "--no-tta",
+                 "--target", "dangerous", "0.99"]) == 0
+    after = json.loads(card_path.read_text())
+    assert after["preprocessing"]["tta"] is False
+    assert after["thresholds"]["tier_sensitivity_targets"]["dangerous"] == 0.99
+    assert "recalibrate" in after["recalibrations"][-1]["command"]
+    assert after["out_of_scope"]["report"]["n_out"] > 0

@@ -1,5 +1,4 @@
 """The offline ImageNet weights map onto timm by position: proven by a real photo."""
-import numpy as np
 import pytest
 import timm
 import torch

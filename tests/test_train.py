@@ -28,6 +28,9 @@ def test_train_save_load_predict_round_trip(synthetic_data, tmp_path):
     assert card["training"]["command"] == "pytest" and card["training"]["epochs_run"] == 3
     assert card["temperature"] > 0 and set(card["thresholds"]["classes"]) == set(CLASS_COLOURS)
     assert set(card["metrics"]["test"]) >= {"accuracy", "balanced_accuracy", "macro_auc"}
+    ood = card["out_of_scope"]
+    assert ood["score"] == "feature" and 0 <= ood["report"]["auroc_feature"] <= 1
+    assert (tmp_path / "run" / "model.ood.safetensors").is_file()
     for split in ("val", "test"):
         assert REQUIRED_REPORT_KEYS <= set(json.loads((tmp_path / "run" / f"report_{split}.json").read_text()))
     assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 3
@@ -40,6 +43,7 @@ def test_train_save_load_predict_round_trip(synthetic_data, tmp_path):
     p = Predictor(model, loaded, device=torch.device("cpu"))
     res = p.predict(lesion_image(CLASS_COLOURS["mel"]))
     assert abs(sum(res.probs.values()) - 1) < 1e-5
+    assert res.out_of_scope is not None and res.ood_score is not None
     assert res.tier in ("low-risk", "high-risk", "dangerous") and res.differential
 
 
@@ -99,3 +103,15 @@ def test_ddp_two_cpu_processes(synthetic_data, tmp_path):
     assert card["training"]["device"] == "cpu x2"
     assert card["training"]["epochs_run"] == 2
     load_model(out / "model.json")
+
+
+def test_fine_tune_from_a_trained_model_and_monitor(synthetic_data, tmp_path):
+    first = train(_cfg(synthetic_data, tmp_path / "a", epochs=2))
+    src, _ = load_model(first)
+    card = train(_cfg(synthetic_data, tmp_path / "b", epochs=1, init_from=str(first), monitor="val_macro_auc",
+                      lr=1e-9))  # a vanishing learning rate: the weights stay the source's
+    tuned, loaded = load_model(card)
+    assert torch.allclose(src.backbone.conv_stem.weight, tuned.backbone.conv_stem.weight, atol=1e-6)
+    assert loaded.data["training"]["config"]["monitor"] == "val_macro_auc"
+    with pytest.raises(ValueError, match="monitor"):
+        train(_cfg(synthetic_data, tmp_path / "c", monitor="val_f1"))

@@ -1,0 +1,180 @@
+"""A model's outputs on a dataset, computed once and cached; t-SNE maps of its embeddings.
+
+:func:`predictions` runs :func:`derm_core.evaluation.predict_table` once per (model, data)
+and keeps the logits and penultimate-layer embeddings on disk (``.npz`` under
+:func:`cache_root`), keyed by a hash of the weights file plus the preprocessing that
+changes the logits, and a hash of the dataset table (ids, labels, clinical data, image
+files' sizes and modification times). Re-opening the Model lab on the same model and data
+is then a file read. The temperature is applied later, so recalibrating a model does not
+invalidate its cache.
+
+:func:`tsne` lays the embeddings out in 2D or 3D with openTSNE (PCA to 50 dimensions,
+PCA initialisation, FFT-accelerated gradients in 2D, Barnes-Hut in 3D), as in the
+BCC-vs-SK paper's figures; :func:`cached_tsne` caches a layout beside the predictions.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .checkpoint import ModelCard, atomic_write_bytes
+
+ENV_CACHE = "DERMTRIAGE_CACHE"
+DEFAULT_CACHE = Path(__file__).resolve().parent.parent / ".dermtriage" / "cache"
+CACHE_FORMAT = 1
+_HASHES: dict[tuple, str] = {}
+
+
+def cache_root() -> Path:
+    """Where predictions and layouts are cached: ``$DERMTRIAGE_CACHE`` or ``.dermtriage/cache``."""
+    return Path(os.environ.get(ENV_CACHE) or DEFAULT_CACHE)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, memoised per (path, size, mtime) so a big weights file is read once."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def weights_path(card: ModelCard) -> Path:
+    return card.path.with_name(card.data.get("weights_file", card.path.with_suffix(".safetensors").name))
+
+
+def weights_sha256(card: ModelCard) -> str:
+    """Hash of the model's weights file: the model's identity for caches and threshold profiles."""
+    return file_sha256(weights_path(card))
+
+
+def model_key(card: ModelCard) -> str:
+    """Hash of everything that changes the logits: weights, input size, normalisation, TTA, metadata use."""
+    pre = card.data["preprocessing"]
+    ident = {"weights": weights_sha256(card), "input_size": list(card.input_size), "mean": pre["mean"],
+             "std": pre["std"], "tta": bool(pre.get("tta")), "metadata": card.use_metadata, "format": CACHE_FORMAT}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def data_key(table: pd.DataFrame) -> str:
+    """Hash of a dataset table: ids, labels, clinical columns and each image file's size and mtime."""
+    h = hashlib.sha256()
+    cols = [c for c in ("image_id", "path", "y", "age", "sex", "site") if c in table.columns]
+    h.update(pd.util.hash_pandas_object(table[cols].astype(str), index=False).to_numpy().tobytes())
+    stats = []
+    for p in table["path"]:
+        try:
+            s = os.stat(p)
+            stats.append((s.st_size, s.st_mtime_ns))
+        except OSError:
+            stats.append((-1, -1))
+    h.update(np.asarray(stats, dtype=np.int64).tobytes())
+    return h.hexdigest()[:20]
+
+
+def cache_path(card: ModelCard, table: pd.DataFrame, kind: str = "pred") -> Path:
+    return cache_root() / model_key(card) / f"{data_key(table)}.{kind}.npz"
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())   # a crash never leaves a half-written cache file
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError, EOFError):   # missing, truncated or foreign: recompute
+        return None
+
+
+def load_cached_predictions(card: ModelCard, table: pd.DataFrame) -> dict[str, np.ndarray] | None:
+    """The cached logits/embeddings of this (model, data), or None."""
+    cached = _load_npz(cache_path(card, table))
+    if cached is None or len(cached.get("logits", ())) != len(table):
+        return None
+    if "image_id" in cached and list(cached["image_id"]) != [str(i) for i in table["image_id"]]:
+        return None
+    return cached
+
+
+def predictions(card: ModelCard, table: pd.DataFrame, *, model=None, device=None, callback=None,
+                batch_size: int = 64, refresh: bool = False) -> dict[str, np.ndarray]:
+    """Logits (N, C) and embeddings (N, D) of ``table`` under the model, from the cache when possible.
+
+    Args:
+        model: the loaded network (default: loaded from ``card``'s weights when needed).
+        callback: ``callback(done, total)`` after each batch (a progress bar).
+    """
+    if not refresh:
+        cached = load_cached_predictions(card, table)
+        if cached is not None:
+            return cached
+    from .checkpoint import load_model
+    from .evaluation import predict_table
+    if model is None:
+        model, _ = load_model(card.path)
+    out = predict_table(model, table, card.input_size, card.mean, card.std, use_metadata=card.use_metadata,
+                        batch_size=batch_size, device=device, embeddings=True, progress=False, callback=callback,
+                        tta=bool(card.data["preprocessing"].get("tta")))
+    res = {"logits": out["logits"].astype(np.float32), "embeddings": out["embeddings"].astype(np.float16),
+           "image_id": np.asarray([str(i) for i in table["image_id"]])}
+    _save_npz(cache_path(card, table), **res)
+    return res
+
+
+# ---------------------------------------------------------------------- t-SNE
+def pca(x: np.ndarray, n_components: int = 50, seed: int = 0) -> np.ndarray:
+    """Principal components (randomised SVD) of the centred rows; fewer when there are fewer rows/columns."""
+    from sklearn.decomposition import PCA
+    x = np.asarray(x, dtype=np.float32)
+    k = int(min(n_components, x.shape[0] - 1, x.shape[1]))
+    if k < 1:
+        return x - x.mean(0)
+    return PCA(k, svd_solver="randomized" if k < min(x.shape) * 0.8 else "full", random_state=seed).fit_transform(x)
+
+
+def tsne(embeddings: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, seed: int = 0, n_jobs: int | None = None,
+         n_iter: int = 500, pca_dims: int = 50) -> np.ndarray:
+    """(N, dims) t-SNE layout of the embeddings (openTSNE; dims 2 or 3).
+
+    Small sets get a smaller perplexity automatically (openTSNE needs N > 3 * perplexity).
+    """
+    from openTSNE import TSNE
+
+    if dims not in (2, 3):
+        raise ValueError(f"t-SNE layouts are 2D or 3D, not {dims}D")
+    x = np.asarray(embeddings, dtype=np.float32)
+    n = len(x)
+    if n < 4:
+        return np.zeros((n, dims))
+    x = pca(x, pca_dims, seed)
+    perp = float(min(perplexity, max(2.0, (n - 1) / 3.0 - 1)))
+    t = TSNE(n_components=dims, perplexity=perp, initialization="pca", random_state=seed, n_iter=n_iter,
+             negative_gradient_method="fft" if dims <= 2 else "bh", neighbors="auto",
+             n_jobs=n_jobs or max(1, os.cpu_count() or 1), verbose=False)
+    return np.asarray(t.fit(x), dtype=np.float32)
+
+
+def cached_tsne(card: ModelCard, table: pd.DataFrame, embeddings: np.ndarray, dims: int = 2, **kw) -> np.ndarray:
+    """:func:`tsne`, cached on disk per (model, data, dims)."""
+    path = cache_path(card, table, f"tsne{dims}d")
+    cached = _load_npz(path)
+    if cached is not None and cached.get("xy") is not None and len(cached["xy"]) == len(table):
+        return cached["xy"]
+    xy = tsne(embeddings, dims, **kw)
+    _save_npz(path, xy=xy)
+    return xy

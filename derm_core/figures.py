@@ -1,0 +1,255 @@
+"""Figures the pages show (plotly charts, annotated images); no Streamlit here."""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image, ImageDraw
+from skimage.segmentation import find_boundaries
+
+from .taxonomy import Taxonomy
+from .triage import Thresholds, TriageResult
+
+
+def differential_chart(result: TriageResult, taxonomy: Taxonomy, thresholds: Thresholds) -> go.Figure:
+    """Calibrated probability of every class, its operating threshold marked; classes in the
+    differential are coloured by their risk tier, the others grey."""
+    order = sorted(taxonomy.classes, key=lambda c: result.probs[c])
+    in_diff = {c for c, _ in result.differential}
+    colours = [taxonomy.tiers[taxonomy.class_tier[c]].colour if c in in_diff else "#b0b0b0" for c in order]
+    names = [f"{taxonomy.display_names[c]} ({c})" for c in order]
+    fig = go.Figure(go.Bar(x=[result.probs[c] for c in order], y=names, orientation="h", marker_color=colours,
+                           text=[f"{result.probs[c]:.1%}" for c in order], textposition="outside",
+                           hovertemplate="%{y}: %{x:.1%}<extra></extra>", name="probability"))
+    fig.add_trace(go.Scatter(x=[thresholds.classes[c] for c in order], y=names, mode="markers", name="threshold",
+                             marker=dict(symbol="line-ns", size=18, line=dict(width=3, color="black")),
+                             hovertemplate="threshold %{x:.2f}<extra></extra>"))
+    fig.update_layout(xaxis=dict(range=[0, 1.12], tickformat=".0%", title="calibrated probability"),
+                      height=60 + 34 * len(order), margin=dict(l=10, r=10, t=10, b=40), showlegend=False)
+    return fig
+
+
+def tier_chart(result: TriageResult, taxonomy: Taxonomy) -> go.Figure:
+    """Probability mass of each risk tier, in the tier colours."""
+    names = taxonomy.tier_names
+    fig = go.Figure(go.Bar(x=names, y=[result.tier_probs[t] for t in names],
+                           marker_color=[taxonomy.tiers[t].colour for t in names],
+                           text=[f"{result.tier_probs[t]:.1%}" for t in names], textposition="outside"))
+    fig.update_layout(yaxis=dict(range=[0, 1.15], tickformat=".0%"), height=260, margin=dict(l=10, r=10, t=10, b=30))
+    return fig
+
+
+def mark_biopsy(photo: Image.Image, region_original: np.ndarray, point: tuple[int, int]) -> Image.Image:
+    """The photo with the suggested biopsy region outlined and its point marked (cyan)."""
+    out = np.asarray(photo.convert("RGB")).copy()
+    edge = find_boundaries(region_original, mode="inner")
+    if edge.sum() < 4:  # very small photos: thicken the outline
+        edge = find_boundaries(region_original, mode="thick")
+    out[edge] = (0, 230, 255)
+    img = Image.fromarray(out)
+    d = ImageDraw.Draw(img)
+    x, y = point
+    r = max(3, round(min(img.size) * 0.03))
+    d.ellipse([x - r, y - r, x + r, y + r], outline=(0, 230, 255), width=max(1, r // 3))
+    d.line([x - 2 * r, y, x - r, y], fill=(0, 230, 255), width=max(1, r // 3))
+    d.line([x + r, y, x + 2 * r, y], fill=(0, 230, 255), width=max(1, r // 3))
+    d.line([x, y - 2 * r, x, y - r], fill=(0, 230, 255), width=max(1, r // 3))
+    d.line([x, y + r, x, y + 2 * r], fill=(0, 230, 255), width=max(1, r // 3))
+    return img
+
+
+# ---------------------------------------------------------------------- Model lab figures
+# Built from an evaluation set's re-binned numbers (derm_core.operating); cheap enough to
+# redraw on every threshold-slider move. Traces are plain dicts and layouts are set once, to
+# keep plotly's validation cost low.
+from plotly.subplots import make_subplots  # noqa: E402
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+
+
+def target_colours(ev) -> dict[str, str]:
+    """A colour per target of an :class:`~derm_core.operating.EvalSet`: tiers in their own colour, classes a palette."""
+    from .operating import TIER_PREFIX
+    out = {}
+    for i, c in enumerate(ev.classes):
+        out[c] = PALETTE[i % len(PALETTE)]
+    for t in ev.referral_tiers:
+        out[TIER_PREFIX + t] = ev.taxonomy.tiers[t].colour
+    return out
+
+
+def roc_figure(ev, table, targets: list[str], height: int = 460) -> go.Figure:
+    """ROC curve of each target with its AUC (95% bootstrap CI) and the current operating point.
+
+    Args:
+        ev: the :class:`~derm_core.operating.EvalSet`.
+        table: :func:`derm_core.operating.operating_table` at the current thresholds.
+    """
+    colours = target_colours(ev)
+    rows = table.set_index("target")
+    data = [dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbbbbb", dash="dot", width=1),
+                 hoverinfo="skip", showlegend=False)]
+    for t in targets:
+        if t not in ev.roc:
+            continue
+        fpr, tpr = ev.roc[t]
+        auc, lo, hi = ev.auc[t]
+        r = rows.loc[t]
+        label = f"{ev.target_label(t)}: AUC {auc:.3f} ({lo:.3f}-{hi:.3f})"
+        data.append(dict(type="scattergl" if len(fpr) > 1500 else "scatter", x=fpr, y=tpr, mode="lines", name=label,
+                         legendgroup=t, line=dict(color=colours[t], width=2),
+                         hovertemplate="1-specificity %{x:.3f}<br>sensitivity %{y:.3f}<extra>" + t + "</extra>"))
+        data.append(dict(type="scatter", x=[1 - r["specificity"]], y=[r["sensitivity"]], mode="markers",
+                         legendgroup=t, showlegend=False,
+                         marker=dict(color=colours[t], size=11, symbol="circle", line=dict(color="black", width=1.5)),
+                         hovertemplate=(f"{t} at threshold {r['threshold']:.3f}<br>sensitivity %{{y:.3f}}<br>"
+                                        f"specificity {r['specificity']:.3f}<extra></extra>")))
+    fig = go.Figure(data=data)
+    fig.update_layout(xaxis=dict(title="1 - specificity", range=[-0.01, 1.01]),
+                      yaxis=dict(title="sensitivity", range=[-0.01, 1.01], scaleanchor="x", scaleratio=1),
+                      height=height, margin=dict(l=10, r=10, t=30, b=40), legend=dict(font=dict(size=11)),
+                      title=dict(text="ROC (dot: current operating point)", font=dict(size=14)))
+    return fig
+
+
+def sens_spec_figure(ev, table, targets: list[str], cols: int = 3, height_per_row: int = 210) -> go.Figure:
+    """Sensitivity and specificity against the threshold for each target (Han et al. 2018),
+    the current threshold (solid line) and the Youden-optimal one (dotted) marked.
+
+    Small multiples laid out by hand (``make_subplots`` alone costs more than a slider's budget)."""
+    from .operating import GRID
+    n_rows = max(1, -(-len(targets) // cols))
+    rows = table.set_index("target")
+    gap_x = 0.05
+    px = 1.0 / (height_per_row * n_rows)              # one pixel of the plotting area, in paper units
+    layout: dict = {"annotations": []}
+    data = []
+    for i, t in enumerate(targets):
+        r, c = divmod(i, cols)
+        ax = "" if i == 0 else str(i + 1)
+        x0, x1 = c / cols + (gap_x / 2 if c else 0), (c + 1) / cols - (gap_x / 2 if c < cols - 1 else 0)
+        y1 = 1 - r / n_rows - (24 * px if r else 0)     # room for the panel title above
+        y0 = 1 - (r + 1) / n_rows + (22 * px if r < n_rows - 1 else 0)   # and tick labels below
+        layout["xaxis" + ax] = dict(domain=[x0, x1], anchor="y" + ax, range=[0, 1], tickformat=".1f")
+        layout["yaxis" + ax] = dict(domain=[y0, y1], anchor="x" + ax, range=[0, 1.02], tickformat=".0%",
+                                    showticklabels=c == 0)
+        layout["annotations"].append(dict(text=ev.target_label(t), x=(x0 + x1) / 2, y=y1, xref="paper", yref="paper",
+                                          xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=11)))
+        sens, spec = ev.sens_spec_curves[t]
+        thr, yj = float(rows.loc[t, "threshold"]), ev.youden[t]
+        first = i == 0
+        common = dict(xaxis="x" + ax, yaxis="y" + ax, type="scatter", mode="lines")
+        data += [dict(**common, x=GRID, y=sens, name="sensitivity", legendgroup="sens", showlegend=first,
+                      line=dict(color="#c62828", width=2), hovertemplate="t=%{x:.3f} sensitivity %{y:.3f}<extra></extra>"),
+                 dict(**common, x=GRID, y=spec, name="specificity", legendgroup="spec", showlegend=first,
+                      line=dict(color="#1565c0", width=2), hovertemplate="t=%{x:.3f} specificity %{y:.3f}<extra></extra>"),
+                 dict(**common, x=[thr, thr], y=[0, 1], name="current threshold", legendgroup="cur", showlegend=first,
+                      line=dict(color="black", width=1.5), hovertemplate=f"current {thr:.3f}<extra></extra>")]
+        if yj == yj:  # not NaN
+            data.append(dict(**common, x=[yj, yj], y=[0, 1], name="Youden-optimal", legendgroup="youden",
+                             showlegend=first, line=dict(color="#2e7d32", width=1.5, dash="dot"),
+                             hovertemplate=f"Youden {yj:.3f}<extra></extra>"))
+    height = 70 + height_per_row * n_rows
+    layout.update(height=height, margin=dict(l=10, r=10, t=50, b=30),
+                  legend=dict(orientation="h", x=0, y=1 + 45 / height, yanchor="bottom"))
+    return go.Figure(data=data, layout=layout)
+
+
+def confusion_figure(cm: np.ndarray, labels: list[str], normalise: bool = False, title: str = "",
+                     axis_names: tuple[str, str] = ("true", "predicted")) -> go.Figure:
+    """Confusion-matrix heat map: counts, or rows normalised to 1 (each row: where that true class went)."""
+    cm = np.asarray(cm, dtype=float)
+    if normalise:
+        z = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        text = [[f"{v:.0%}" for v in row] for row in z]
+    else:
+        z = cm
+        text = [[f"{int(v)}" for v in row] for row in cm]
+    fig = go.Figure(go.Heatmap(z=z, x=labels, y=labels, text=text, texttemplate="%{text}", colorscale="Blues",
+                               showscale=False, customdata=cm,
+                               hovertemplate=f"{axis_names[0]} %{{y}}<br>{axis_names[1]} %{{x}}<br>%{{customdata:.0f}} "
+                                             "images<extra></extra>"))
+    fig.update_layout(xaxis=dict(title=axis_names[1], side="bottom"), yaxis=dict(title=axis_names[0], autorange="reversed"),
+                      height=80 + 38 * len(labels), margin=dict(l=10, r=10, t=30 if title else 10, b=40),
+                      title=dict(text=title, font=dict(size=14)) if title else None)
+    return fig
+
+
+def reliability_figure(calibration: dict) -> go.Figure:
+    """Reliability diagram before and after temperature scaling, with each one's ECE.
+
+    Args:
+        calibration: ``EvalSet.calibration``: ``{"before"|"after": {confidence, accuracy, count, ece, temperature}}``.
+    """
+    fig = go.Figure([dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbbbbb", dash="dot"),
+                          name="perfect calibration", hoverinfo="skip")])
+    for key, colour in (("before", "#ef6c00"), ("after", "#1565c0")):
+        c = calibration[key]
+        name = ("uncalibrated (T = 1)" if key == "before" else f"temperature-scaled (T = {c['temperature']:.2f})")
+        fig.add_trace(go.Scatter(x=c["confidence"], y=c["accuracy"], mode="lines+markers", name=f"{name}: ECE {c['ece']:.3f}",
+                                 line=dict(color=colour), marker=dict(size=[4 + 16 * np.sqrt(n / max(max(c['count']), 1))
+                                                                           for n in c["count"]]),
+                                 customdata=c["count"],
+                                 hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} images"
+                                               "<extra></extra>"))
+    fig.update_layout(xaxis=dict(title="confidence (top-class probability)", range=[0, 1]),
+                      yaxis=dict(title="accuracy", range=[0, 1.02]), height=400,
+                      margin=dict(l=10, r=10, t=10, b=40), legend=dict(x=0.01, y=0.99))
+    return fig
+
+
+def embedding_figure(xy: np.ndarray, colour_by: np.ndarray, hover: np.ndarray, colours: dict[str, str] | None = None,
+                     title: str = "", height: int = 560, point_size: float | None = None) -> go.Figure:
+    """t-SNE map (2D or 3D) of the embeddings, one trace per colour category; hover shows each image's text.
+
+    Args:
+        xy: (N, 2) or (N, 3) coordinates.
+        colour_by: (N,) category per point (true class, predicted class, tier, correct/wrong).
+        hover: (N,) hover text (image id and details); the 2D trace's ``customdata`` is the row index,
+            so a page can map a selection back to images.
+    """
+    xy = np.asarray(xy)
+    colour_by = np.asarray(colour_by).astype(str)
+    dims = xy.shape[1]
+    cats = list(colours) if colours else sorted(np.unique(colour_by))
+    cats = [c for c in cats if (colour_by == c).any()] + [c for c in sorted(np.unique(colour_by)) if c not in (colours or {})]
+    size = point_size or (4 if len(xy) > 3000 else 6)
+    data = []
+    for i, cat in enumerate(cats):
+        m = np.flatnonzero(colour_by == cat)
+        colour = (colours or {}).get(cat, PALETTE[i % len(PALETTE)])
+        common = dict(mode="markers", name=f"{cat} ({len(m)})", text=np.asarray(hover)[m], customdata=m,
+                      hovertemplate="%{text}<extra>" + str(cat) + "</extra>")
+        if dims == 3:
+            data.append(dict(type="scatter3d", x=xy[m, 0], y=xy[m, 1], z=xy[m, 2],
+                             marker=dict(size=size * 0.6, color=colour, opacity=0.8), **common))
+        else:
+            data.append(dict(type="scattergl", x=xy[m, 0], y=xy[m, 1],
+                             marker=dict(size=size, color=colour, opacity=0.8), **common))
+    fig = go.Figure(data=data)
+    axis = dict(showticklabels=False, title="", zeroline=False, showgrid=False)
+    if dims == 3:
+        fig.update_layout(scene=dict(xaxis=axis, yaxis=axis, zaxis=axis))
+    else:
+        fig.update_layout(xaxis=axis, yaxis=axis, dragmode="lasso")
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 10, b=10), legend=dict(itemsizing="constant"),
+                      title=dict(text=title, font=dict(size=14)) if title else None)
+    return fig
+
+
+def training_figure(history: list[dict]) -> go.Figure:
+    """Per-epoch curves of a training run: losses (left) and validation metrics (right)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["loss", "validation metrics"], horizontal_spacing=0.1)
+    ep = [h.get("epoch") for h in history]
+    for col, keys in ((1, (("train_loss", "training loss", "#1565c0"), ("val_loss", "validation loss", "#c62828"))),
+                      (2, (("val_accuracy", "accuracy", "#2e7d32"), ("val_balanced_accuracy", "balanced accuracy",
+                                                                     "#ef6c00"), ("val_macro_auc", "macro AUC", "#6a1b9a")))):
+        for key, name, colour in keys:
+            ys = [h.get(key) for h in history]
+            if any(v is not None for v in ys):
+                fig.add_trace(go.Scatter(x=ep, y=ys, mode="lines+markers", name=name, line=dict(color=colour)),
+                              row=1, col=col)
+    fig.update_xaxes(title_text="epoch", dtick=1 if len(ep) <= 20 else None)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=-0.25))
+    return fig
