@@ -138,7 +138,7 @@ def _optim_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(out: Path, model, opt, sched, epoch: int, history: list, best: dict) -> None:
+def save_checkpoint(out: Path, model, opt, sched, epoch: int, history: list, best: dict, commands: list) -> None:
     """Resumable state: weights + optimizer + RNG as safetensors, counters as JSON (no pickle)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt_t, opt_meta = _optim_tensors(opt)
@@ -146,10 +146,11 @@ def save_checkpoint(out: Path, model, opt, sched, epoch: int, history: list, bes
     tensors["rng.torch"] = torch.get_rng_state()
     atomic_save_tensors(out / "last.safetensors", tensors)
     atomic_write_json(out / "last.json", {"epoch": epoch, "scheduler_step": sched.last_epoch, "history": history,
-                                          "best": best, **opt_meta})
+                                          "best": best, "commands": commands, **opt_meta})
 
 
-def load_checkpoint(out: Path, model, opt, sched) -> tuple[int, list, dict] | None:
+def load_checkpoint(out: Path, model, opt, sched) -> dict | None:
+    """Restore weights, optimizer, scheduler and RNG; returns the JSON half (epoch, history, best, ...)."""
     if not (out / "last.json").is_file() or not (out / "last.safetensors").is_file():
         return None
     meta = json.loads((out / "last.json").read_text())
@@ -159,7 +160,7 @@ def load_checkpoint(out: Path, model, opt, sched) -> tuple[int, list, dict] | No
     torch.set_rng_state(tensors["rng.torch"])
     sched.last_epoch = meta["scheduler_step"]  # the restored param_groups already hold the current lr
     sched._last_lr = [g["lr"] for g in opt.param_groups]
-    return meta["epoch"], meta["history"], meta["best"]
+    return meta
 
 
 def _write_progress(out: Path, **kw) -> None:
@@ -202,7 +203,8 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "STOP").unlink(missing_ok=True) if rank == 0 else None
+    if rank == 0:
+        (out / "STOP").unlink(missing_ok=True)
     _seed_all(cfg.seed)
     tax = load_taxonomy(cfg.taxonomy)
     data_dir = resolve_data_dir(cfg.data)
@@ -211,7 +213,7 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
         table = table.iloc[: cfg.limit].reset_index(drop=True)
     split_file = Path(cfg.split_file) if cfg.split_file else out / "split.csv"
     if rank == 0:
-        split = get_splits(table, split_file, cfg.seed)
+        get_splits(table, split_file, cfg.seed)  # rank 0 creates the file; every rank then reads it
     if world > 1:
         dist.barrier()
     split = get_splits(table, split_file, cfg.seed)
@@ -246,13 +248,19 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     sign = 1.0 if cfg.monitor == "val_loss" else -1.0  # lower is better for the loss only
-    start_epoch, history, best = 0, [], {"epoch": -1, "score": float("inf")}
-    if cfg.resume:
-        restored = load_checkpoint(out, model, opt, sched)
-        if restored:
-            start_epoch, history, best = restored
+    start_epoch, history, best = 0, [], {"epoch": -1, "score": float("inf"), "monitor": cfg.monitor}
+    commands = [command]
+    restored = load_checkpoint(out, model, opt, sched) if cfg.resume else None
+    if restored:
+        start_epoch, history, best = restored["epoch"], restored["history"], restored["best"]
+        commands = restored.get("commands", []) + [command]
+        if rank == 0:
+            print(f"resuming {out} after epoch {start_epoch}")
+        if (best.get("monitor", "val_loss") != cfg.monitor or "score" not in best) and history:
+            # a new early-stopping criterion: the best so far is where we are now
+            best = {"epoch": history[-1]["epoch"], "score": sign * history[-1][cfg.monitor], "monitor": cfg.monitor}
             if rank == 0:
-                print(f"resuming {out} after epoch {start_epoch}")
+                atomic_save_tensors(out / "best.safetensors", model.state_dict())
 
     val_tf = dict(input_size=size, mean=dcfg["mean"], std=dcfg["std"], device=device, progress=False)
     stop_file = out / "STOP"
@@ -262,6 +270,8 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
             break
         if world > 1:
             sampler.set_epoch(epoch)
+        else:  # the order depends on the epoch only, so a resumed run sees the same batches
+            sampler.generator.manual_seed(cfg.seed + epoch)
         net.train()
         for name in frozen:  # frozen layers keep their ImageNet BatchNorm statistics
             model.backbone.get_submodule(name).eval()
@@ -289,7 +299,7 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
                                 eta_s=el / done * left, history=history)
             if stop_file.exists():
                 if rank == 0:
-                    save_checkpoint(out, model, opt, sched, epoch, history, best)
+                    save_checkpoint(out, model, opt, sched, epoch, history, best, commands)
                     _write_progress(out, state="stopped", epoch=epoch + 1, epochs=cfg.epochs, history=history)
                 raise Stopped(f"stopped by {stop_file}; resume with the same command")
 
@@ -303,12 +313,12 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
                 f.write(json.dumps(row) + "\n")
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
             if sign * row[cfg.monitor] < best["score"]:
-                best = {"epoch": epoch + 1, "score": sign * row[cfg.monitor], cfg.monitor: row[cfg.monitor]}
+                best = {"epoch": epoch + 1, "score": sign * row[cfg.monitor], "monitor": cfg.monitor}
                 atomic_save_tensors(out / "best.safetensors", model.state_dict())
                 bad_epochs = 0
             else:
                 bad_epochs += 1
-            save_checkpoint(out, model, opt, sched, epoch + 1, history, best)
+            save_checkpoint(out, model, opt, sched, epoch + 1, history, best, commands)
             stop_early[0] = float(bad_epochs >= cfg.patience)
         if world > 1:
             dist.broadcast(stop_early, 0)
@@ -319,14 +329,15 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
         return None
     _write_progress(out, state="calibrating", history=history, elapsed_s=time.time() - t0)
     model.load_state_dict(load_file(out / "best.safetensors"))
-    train_seconds = time.time() - t0
+    train_seconds = sum(h["seconds"] for h in history)  # all epochs, across resumed processes
     card = {
         "name": out.name, "version": time.strftime("%Y%m%d-%H%M%S"), "arch": cfg.arch,
         "timm_name": get_arch(cfg.arch).timm_name, "classes": list(tax.classes), "taxonomy": tax.to_dict(),
         "use_metadata": cfg.metadata, "preprocessing": {**dcfg, "resize": "cover then centre-crop", "tta": cfg.tta},
-        "training": {"command": command, "config": {**asdict(cfg), "image_size": list(size)},
+        "training": {"command": command, "commands": commands, "config": {**asdict(cfg), "image_size": list(size)},
                      "frozen_layers": frozen, "epochs_run": len(history), "best_epoch": best["epoch"],
                      "history": history, "wall_time_s": round(train_seconds, 1),
+                     "wall_time_note": "sum of the epochs' training + validation seconds, over all resumed runs",
                      "device": str(device) + (f" x{world}" if world > 1 else ""),
                      "torch": torch.__version__, "derm_core": __version__,
                      "cpu_threads": torch.get_num_threads(),

@@ -56,13 +56,18 @@ def test_learns_the_synthetic_classes(synthetic_data, tmp_path):
 
 def test_stop_then_resume(synthetic_data, tmp_path):
     out = tmp_path / "run"
-    train(_cfg(synthetic_data, out, epochs=1))
+    train(_cfg(synthetic_data, out, epochs=1), command="first")
     first = json.loads((out / "last.json").read_text())
     assert first["epoch"] == 1
-    card = train(_cfg(synthetic_data, out, epochs=2))  # continues from epoch 1
-    hist = json.loads(card.read_text())["training"]["history"]
+    card = train(_cfg(synthetic_data, out, epochs=2, monitor="val_macro_auc"), command="second")  # from epoch 1
+    training = json.loads(card.read_text())["training"]
+    hist = training["history"]
     assert [h["epoch"] for h in hist] == [1, 2]
     assert hist[0] == first["history"][0]
+    assert training["commands"] == ["first", "second"]
+    assert training["wall_time_s"] == pytest.approx(sum(h["seconds"] for h in hist), abs=0.2)
+    best_auc = max(h["val_macro_auc"] for h in hist)
+    assert training["best_epoch"] == min(h["epoch"] for h in hist if h["val_macro_auc"] == best_auc)
 
 
 def test_stop_file_leaves_resumable_checkpoint(synthetic_data, tmp_path, monkeypatch):
