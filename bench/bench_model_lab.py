@@ -1,7 +1,8 @@
 """Model lab speed: threshold-slider redraw for 2,000 images (< 200 ms) and t-SNE of 9,000
 embeddings (< 60 s on CPU).
 
-    python bench/bench_model_lab.py [--n-eval 2000] [--n-tsne 9000] [--dim 1344] [--repeats 20] [--skip-tsne]
+    python bench/bench_model_lab.py [--n-eval 2000] [--n-tsne 9000] [--dim 1344] [--repeats 20]
+                                    [--skip-tsne] [--skip-redraw]
 
 Uses synthetic, class-clustered predictions and embeddings of the shipped model's
 embedding width (1344 = 1280 image features + 64 fused clinical features), so it runs
@@ -101,14 +102,27 @@ def bench_redraw(n: int, repeats: int) -> None:
 
 
 def bench_tsne(n: int, dim: int) -> None:
+    """Wall-clock and CPU seconds (all threads of this process: the wall time an idle machine
+    would need is at most the CPU time; on a busy machine the wall time is inflated)."""
     from derm_core.embedding import tsne
     emb = synthetic_embeddings(n, dim)
+    y = np.random.default_rng(0).choice(7, n, p=PRIORS / PRIORS.sum())   # the clusters synthetic_embeddings drew
+    layouts = {}
     for dims in (2, 3):
-        t = time.perf_counter()
-        xy = tsne(emb, dims)
-        s = time.perf_counter() - t
-        print(f"t-SNE {dims}D of {n} x {dim} embeddings (PCA 50, openTSNE): {s:6.1f} s  (target < 60 s); "
-              f"shape {xy.shape}")
+        t, c = time.perf_counter(), time.process_time()
+        layouts[dims] = tsne(emb, dims, init2d=layouts.get(2))
+        s, cpu = time.perf_counter() - t, time.process_time() - c
+        label = "2D" if dims == 2 else "3D (from the 2D layout)"
+        print(f"t-SNE {label} of {n} x {dim} embeddings: wall {s:6.1f} s, CPU {cpu:6.1f} s  (target < 60 s); "
+              f"1-NN cluster agreement {knn_agreement(layouts[dims], y):.3f}")
+
+
+def knn_agreement(xy: np.ndarray, y: np.ndarray, sample: int = 2000) -> float:
+    """Share of (sampled) points whose nearest layout neighbour comes from the same cluster."""
+    from sklearn.neighbors import NearestNeighbors
+    idx = np.random.default_rng(0).choice(len(xy), min(sample, len(xy)), replace=False)
+    _, nn = NearestNeighbors(n_neighbors=2).fit(xy).kneighbors(xy[idx])
+    return float((y[nn[:, 1]] == y[idx]).mean())
 
 
 def main() -> None:
@@ -118,10 +132,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1344)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--skip-tsne", action="store_true")
+    ap.add_argument("--skip-redraw", action="store_true")
     a = ap.parse_args()
     import os
     print(f"CPU cores: {os.cpu_count()}")
-    bench_redraw(a.n_eval, a.repeats)
+    if not a.skip_redraw:
+        bench_redraw(a.n_eval, a.repeats)
     if not a.skip_tsne:
         bench_tsne(a.n_tsne, a.dim)
 

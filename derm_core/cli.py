@@ -10,6 +10,11 @@ from pathlib import Path
 
 
 
+def _command(a) -> str:
+    """The command line that ran, for the model card."""
+    return "python -m derm_core " + " ".join(shlex.quote(x) for x in a.argv)
+
+
 def _add_model(p):
     p.add_argument("--model", default=None, help="model card (.json) or run folder; default: the shipped model")
 
@@ -22,7 +27,7 @@ def cmd_train(a) -> int:
                       pretrained=a.pretrained, freeze_early=a.freeze_early, class_weighting=a.class_weighting,
                       patience=a.patience, workers=a.workers, limit=a.limit, resume=not a.no_resume, device=a.device,
                       tta=a.tta, monitor=a.monitor, init_from=a.init_from)
-    command = "python -m derm_core " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    command = _command(a)
     try:
         path = train(cfg, command=command)
     except Stopped as e:
@@ -95,7 +100,7 @@ def cmd_recalibrate(a) -> int:
     for t, v in a.target or []:
         targets[t] = float(v)
     data.setdefault("recalibrations", []).append(
-        {"command": "python -m derm_core " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
+        {"command": _command(a),
          "time": time.strftime("%Y-%m-%d %H:%M:%S")})
     path = finish(model, data, table, split, card.path.with_suffix(""), targets, progress=print)
     m = json.loads(path.read_text())["metrics"]
@@ -190,7 +195,9 @@ def main(argv=None) -> int:
     from .checkpoint import ModelError
     from .data import DataError
     from .images import ImageError
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
+    a.argv = argv
     try:
         return a.fn(a)
     except (DataError, ImageError, ModelError, FileNotFoundError, ValueError) as e:

@@ -9,8 +9,9 @@ is then a file read. The temperature is applied later, so recalibrating a model 
 invalidate its cache.
 
 :func:`tsne` lays the embeddings out in 2D or 3D with openTSNE (PCA to 50 dimensions,
-PCA initialisation, FFT-accelerated gradients in 2D, Barnes-Hut in 3D), as in the
-BCC-vs-SK paper's figures; :func:`cached_tsne` caches a layout beside the predictions.
+PCA initialisation, FFT-accelerated gradients in 2D; 3D relaxes the 2D layout with
+Barnes-Hut), as in the BCC-vs-SK paper's figures; :func:`cached_tsne` caches a layout
+beside the predictions.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +99,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, EOFError):   # missing, truncated or foreign: recompute
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):   # missing, truncated, foreign: recompute
         return None
 
 
@@ -148,33 +150,65 @@ def pca(x: np.ndarray, n_components: int = 50, seed: int = 0) -> np.ndarray:
 
 
 def tsne(embeddings: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, seed: int = 0, n_jobs: int | None = None,
-         n_iter: int = 500, pca_dims: int = 50) -> np.ndarray:
+         n_iter: int = 500, early_iter: int = 250, pca_dims: int = 50, init2d: np.ndarray | None = None,
+         refine_iter: int = 150, theta: float = 0.8) -> np.ndarray:
     """(N, dims) t-SNE layout of the embeddings (openTSNE; dims 2 or 3).
 
+    2D: PCA to ``pca_dims``, perplexity-based nearest-neighbour affinities, PCA initialisation,
+    ``early_iter`` iterations with early exaggeration then ``n_iter`` without, FFT-accelerated
+    gradients (openTSNE's defaults). 3D: openTSNE's FFT gradients are 2D only and Barnes-Hut
+    from scratch is several times slower, so the 2D layout (``init2d``, or computed here) is
+    lifted into 3D with the third principal component as depth and relaxed for
+    ``refine_iter`` Barnes-Hut iterations (opening angle ``theta``) with the same affinities.
     Small sets get a smaller perplexity automatically (openTSNE needs N > 3 * perplexity).
     """
-    from openTSNE import TSNE
+    from openTSNE import TSNEEmbedding, affinity, initialization
 
     if dims not in (2, 3):
         raise ValueError(f"t-SNE layouts are 2D or 3D, not {dims}D")
     x = np.asarray(embeddings, dtype=np.float32)
     n = len(x)
     if n < 4:
-        return np.zeros((n, dims))
+        return np.zeros((n, dims), dtype=np.float32)
     x = pca(x, pca_dims, seed)
+    n_jobs = n_jobs or max(1, os.cpu_count() or 1)
     perp = float(min(perplexity, max(2.0, (n - 1) / 3.0 - 1)))
-    t = TSNE(n_components=dims, perplexity=perp, initialization="pca", random_state=seed, n_iter=n_iter,
-             negative_gradient_method="fft" if dims <= 2 else "bh", neighbors="auto",
-             n_jobs=n_jobs or max(1, os.cpu_count() or 1), verbose=False)
-    return np.asarray(t.fit(x), dtype=np.float32)
+    aff = affinity.PerplexityBasedNN(x, perplexity=perp, method="auto", n_jobs=n_jobs, random_state=seed)
+    if init2d is None or len(init2d) != n:
+        # FFT gradients pay off from about a thousand points; below that Barnes-Hut is faster
+        # (and FFT's interpolation grid grows with the layout's spread, which is pathological for tiny sets)
+        emb = TSNEEmbedding(initialization.pca(x, 2, random_state=seed), aff,
+                            negative_gradient_method="fft" if n >= 1000 else "bh", n_jobs=n_jobs, random_state=seed)
+        emb.optimize(early_iter, exaggeration=12, momentum=0.5, inplace=True)
+        emb.optimize(n_iter, momentum=0.8, inplace=True)
+        init2d = np.asarray(emb)
+    xy = np.asarray(init2d, dtype=np.float64)
+    if dims == 2:
+        return xy.astype(np.float32)
+    depth = x[:, 2] if x.shape[1] > 2 else np.random.default_rng(seed).normal(size=n)
+    depth = (depth - depth.mean()) / (depth.std() + 1e-12) * 0.5 * xy.std(0).mean()
+    emb = TSNEEmbedding(np.c_[xy, depth], aff, negative_gradient_method="bh", theta=theta, n_jobs=n_jobs,
+                        random_state=seed)
+    emb.optimize(refine_iter, momentum=0.8, inplace=True)
+    return np.asarray(emb, dtype=np.float32)
+
+
+def load_cached_tsne(card: ModelCard, table: pd.DataFrame, dims: int = 2) -> np.ndarray | None:
+    """The cached t-SNE layout of this (model, data), or None."""
+    cached = _load_npz(cache_path(card, table, f"tsne{dims}d"))
+    if cached is not None and cached.get("xy") is not None and len(cached["xy"]) == len(table):
+        return cached["xy"]
+    return None
 
 
 def cached_tsne(card: ModelCard, table: pd.DataFrame, embeddings: np.ndarray, dims: int = 2, **kw) -> np.ndarray:
-    """:func:`tsne`, cached on disk per (model, data, dims)."""
+    """:func:`tsne`, cached on disk per (model, data, dims); the 3D layout starts from the cached 2D one."""
     path = cache_path(card, table, f"tsne{dims}d")
-    cached = _load_npz(path)
-    if cached is not None and cached.get("xy") is not None and len(cached["xy"]) == len(table):
-        return cached["xy"]
+    cached = load_cached_tsne(card, table, dims)
+    if cached is not None:
+        return cached
+    if dims == 3:
+        kw.setdefault("init2d", cached_tsne(card, table, embeddings, 2, **kw))
     xy = tsne(embeddings, dims, **kw)
     _save_npz(path, xy=xy)
     return xy

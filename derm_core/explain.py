@@ -11,6 +11,9 @@ prediction running in another session would slip its activations into the CAM's.
 hooks a private view of the network (its own module objects over the same weight memory) and,
 as the predictor asks of explanation methods, runs under ``predictor.lock``. The shared
 model is never hooked and never gets gradients. LIME only runs inference and needs neither.
+
+Both explain the network's single, un-flipped view (flip TTA would make LIME four times
+slower); by default they explain the class the predictor itself shows, TTA included.
 """
 from __future__ import annotations
 
@@ -215,7 +218,8 @@ def _check_same_photo(image: Image.Image, image_size: tuple[int, int]) -> None:
 
 def cam_heatmap(predictor, image: Image.Image, target: int | None = None, method: str = "gradcam",
                 clinical: Clinical | None = None) -> CamResult:
-    """Class-activation heatmap of ``target`` (default: the predicted class) for one photo.
+    """Class-activation heatmap of ``target`` (default: the class the predictor predicts,
+    flip TTA included) for one photo, computed on the single, un-flipped view.
 
     The shared model is left exactly as it was: no hooks, no gradients, same outputs.
     """
@@ -225,7 +229,8 @@ def cam_heatmap(predictor, image: Image.Image, target: int | None = None, method
         raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(CAM_METHODS)}") from None
     _check_target(target, len(predictor.taxonomy.classes))
     start = time.perf_counter()
-    heat = logits = None
+    target = predicted_class(predictor, image, clinical) if target is None else int(target)
+    heat = None
     with predictor.lock, torch.inference_mode(False), torch.enable_grad():
         view = _private_view(predictor.model)
         layer = _cam_layer(view)
@@ -233,16 +238,18 @@ def cam_heatmap(predictor, image: Image.Image, target: int | None = None, method
         x = predictor.preprocess([image])
         with cam_cls(model=_BoundMeta(view, predictor.meta_tensor(clinical, 1)), target_layers=[layer]) as cam:
             cam.batch_size = SCORECAM_BATCH  # only ScoreCAM reads it
-            targets = None if target is None else [ClassifierOutputTarget(int(target))]
-            heat = cam(input_tensor=x, targets=targets)[0]
-            logits = cam.outputs.detach()[0]
+            heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])[0]
     if heat is None:  # BaseCAM.__exit__ swallows IndexError after printing it
         raise RuntimeError(f"{method} failed inside pytorch-grad-cam (see the message printed above)")
     heat = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float32)), 0.0, 1.0)
     if heat.shape != tuple(predictor.card.input_size):
         raise RuntimeError(f"{method} returned a {heat.shape} map for a {predictor.card.input_size} input")
-    target = int(logits.argmax()) if target is None else int(target)
     return CamResult(heat, target, method, time.perf_counter() - start, tuple(image.size))
+
+
+def predicted_class(predictor, image: Image.Image, clinical: Clinical | None = None) -> int:
+    """The class the triage shows for this photo: the predictor's own forward (TTA included)."""
+    return int(predictor.probabilities([image], clinical)[0].argmax())
 
 
 def cam_peak(heatmap: np.ndarray) -> tuple[int, int]:
@@ -320,8 +327,12 @@ def segment(preview: np.ndarray, method: str = "slic", n_segments: int = LIME_SE
     return np.unique(seg, return_inverse=True)[1].reshape(seg.shape).astype(np.int32)
 
 
-def _classifier_fn(predictor, clinical: Clinical | None):
-    """LIME's classifier: (N, H, W, 3) uint8 model-size images -> calibrated probabilities."""
+def _classifier_fn(predictor, clinical: Clinical | None, tta: bool = False):
+    """LIME's classifier: (N, H, W, 3) uint8 model-size images -> calibrated probabilities.
+
+    A single view per image unless ``tta``: the predictor's flip-averaging (when its model
+    card asks for it) would make every LIME sample cost four forward passes.
+    """
     def predict(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             # The images are already model-sized, so the predictor's own transform only
@@ -329,35 +340,41 @@ def _classifier_fn(predictor, clinical: Clinical | None):
             batch = np.array(batch, dtype=np.uint8)  # a writable copy, as torch wants
             x = predictor.transform(torch.from_numpy(batch).permute(0, 3, 1, 2))
             x = x.to(predictor.device, memory_format=torch.channels_last)
-            return softmax(predictor.logits(x, clinical), predictor.card.temperature)
+            if tta:
+                logits = predictor.logits(x, clinical)
+            else:
+                with torch.autocast(predictor.device.type, enabled=predictor.device.type == "cuda"):
+                    logits = predictor.model(x, predictor.meta_tensor(clinical, len(x))).float().cpu().numpy()
+            return softmax(logits, predictor.card.temperature)
     return predict
 
 
 def lime_explanation(predictor, image: Image.Image, target: int | None = None, num_samples: int = LIME_SAMPLES,
                      n_segments: int = LIME_SEGMENTS, seed: int = 0, clinical: Clinical | None = None,
-                     batch_size: int = LIME_BATCH, segmentation: str = "slic") -> LimeResult:
-    """LIME superpixel weights for ``target`` (default: the predicted class).
+                     batch_size: int = LIME_BATCH, segmentation: str = "slic", tta: bool = False) -> LimeResult:
+    """LIME superpixel weights for ``target`` (default: the class the predictor predicts).
 
     Reproducible: the same photo and arguments give identical weights (seeded sampling,
     deterministic segmentation). ``segmentation="quickshift"`` with ``num_samples=1000``
-    reproduces lime's own defaults (``n_segments`` is then unused).
+    reproduces lime's own defaults (``n_segments`` is then unused). The perturbed photos go
+    through the network once each; ``tta=True`` uses the predictor's full forward instead
+    (flip test-time augmentation when the model card enables it: four times slower).
     """
     _check_target(target, len(predictor.taxonomy.classes))
     for name, v in (("num_samples", num_samples), ("n_segments", n_segments), ("batch_size", batch_size)):
-        if not (isinstance(v, (int, np.integer)) and v >= 1):
+        if isinstance(v, bool) or not (isinstance(v, (int, np.integer)) and v >= 1):
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if num_samples < 2:
         raise ValueError("num_samples must be at least 2 (the photo itself and one perturbation)")
     start = time.perf_counter()
     preview = np.asarray(to_pil_preview(image, predictor.card.input_size))
     segments = segment(preview, segmentation, n_segments, seed)
+    target = predicted_class(predictor, image, clinical) if target is None else int(target)
     explainer = LimeImageExplainer(random_state=seed, feature_selection="none")
     exp = explainer.explain_instance(
-        preview, _classifier_fn(predictor, clinical),
-        labels=() if target is None else (int(target),), top_labels=1 if target is None else None,
+        preview, _classifier_fn(predictor, clinical, tta), labels=(target,), top_labels=None,
         num_features=int(segments.max()) + 1, num_samples=int(num_samples), batch_size=int(batch_size),
         segmentation_fn=lambda _: segments, random_seed=seed)
-    target = int(exp.top_labels[0]) if target is None else int(target)
     weights = {int(s): float(w) for s, w in exp.local_exp[target]}
     return LimeResult(segments, weights, target, time.perf_counter() - start, int(num_samples), tuple(image.size))
 

@@ -33,6 +33,7 @@ from .checkpoint import atomic_write_json
 from .models import DEFAULT_ARCH
 
 ENV_RUNS = "DERMTRIAGE_RUNS"
+ENV_NICE = "DERMTRIAGE_JOB_NICE"    # CPU priority of background jobs (default 5; 0 = same as the app)
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS = ROOT / "runs"
 JOB_FILE, LOG_FILE, EXIT_FILE, STOP_FILE, LOCK_FILE = "job.json", "train.log", "exit.json", "STOP", ".job.lock"
@@ -71,6 +72,8 @@ class TrainRequest:
     seed: int = 0
     tta: bool = True
     device: str | None = None                      # None: CUDA when present, else CPU
+    monitor: str = "val_loss"                      # early stopping / best epoch
+    init_from: str | None = None                   # fine-tune this model card (else ImageNet weights)
 
     def argv(self, out: str | Path) -> list[str]:
         a = ["train", "--data", str(self.data), "--out", str(out), "--arch", self.arch, "--epochs", str(int(self.epochs)),
@@ -86,6 +89,10 @@ class TrainRequest:
             a += ["--limit", str(int(self.limit))]
         if self.device:
             a += ["--device", self.device]
+        if self.monitor and self.monitor != "val_loss":
+            a += ["--monitor", self.monitor]
+        if self.init_from:
+            a += ["--init-from", str(self.init_from)]
         return a
 
     @classmethod
@@ -271,7 +278,8 @@ def status(run: str | Path) -> JobStatus:
                                     or (not job and not progress))
     if finished:
         st.state, st.model = "done", model
-    elif st.returncode == STOPPED_EXIT or (fresh or {}).get("state") == "stopped":
+    elif (st.returncode == STOPPED_EXIT or (fresh or {}).get("state") == "stopped"
+          or (job and (run / STOP_FILE).exists())):
         st.state = "stopped"
     elif job or progress:
         st.state = "failed"
@@ -316,10 +324,14 @@ def _reap(proc: subprocess.Popen, run: Path) -> None:
 
 
 def start(run: str | Path, request: TrainRequest, *, python: str | None = None, env: dict | None = None,
-          allow_finished: bool = False) -> JobStatus:
+          allow_finished: bool = False, nice: int | None = None) -> JobStatus:
     """Start training into ``run`` in the background, or re-attach to the job already running there.
 
     A folder holding a checkpoint resumes from it. Returns the job's status.
+
+    Args:
+        nice: CPU priority of the job (0 = normal, 19 = lowest); default ``$DERMTRIAGE_JOB_NICE``
+            or 5, a little below the app's, so the pages stay responsive while a CPU trains.
 
     Raises:
         JobError: the run already finished (unless ``allow_finished``) or the process could not start.
@@ -334,7 +346,8 @@ def start(run: str | Path, request: TrainRequest, *, python: str | None = None, 
             raise JobError(f"run {run.name} has already finished; start a new run (or evaluate this one)")
         (run / STOP_FILE).unlink(missing_ok=True)
         (run / EXIT_FILE).unlink(missing_ok=True)
-        argv = [python or sys.executable, "-m", "derm_core", *request.argv(run)]
+        nice = int(os.environ.get(ENV_NICE, 5)) if nice is None else int(nice)
+        argv = [python or sys.executable, "-m", "derm_core.jobs", "--nice", str(nice), *request.argv(run)]
         child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
                      "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
         log = open(run / LOG_FILE, "ab")
@@ -356,24 +369,39 @@ def start(run: str | Path, request: TrainRequest, *, python: str | None = None, 
 
 
 def stop(run: str | Path) -> JobStatus:
-    """Ask the job to stop after the current batch (it leaves a resumable checkpoint)."""
+    """Ask the job to stop after the current batch (it leaves a resumable checkpoint).
+
+    A job still starting (loading data and model, before its first batch) is ended at once:
+    there is nothing to save yet, and the trainer would clear a STOP file made that early.
+    """
     run = Path(run)
     st = status(run)
     if st.alive:
         (run / STOP_FILE).touch()
+        if st.state == "starting":
+            kill(run)
     return status(run)
 
 
 def kill(run: str | Path, sig: int = signal.SIGTERM) -> JobStatus:
-    """Force-stop the job's process group (the checkpoint of the last finished epoch stays usable)."""
+    """Force-stop the job's process group at once. Every file the trainer writes is written
+    atomically, so the checkpoint of the last finished epoch (if any) stays usable."""
     run = Path(run)
     job = _read_json(run / JOB_FILE) or {}
     if pid_alive(job.get("pid"), job.get("proc_start")):
+        (run / STOP_FILE).touch()   # the stop was asked for: report it as stopped, not as a crash
         try:
             os.killpg(job["pid"], sig) if os.name == "posix" else os.kill(job["pid"], sig)
         except ProcessLookupError:
             pass
+        _wait_dead(job["pid"], job.get("proc_start"), 10.0)
     return status(run)
+
+
+def _wait_dead(pid: int, start: int | None, timeout: float) -> None:
+    t0 = time.time()
+    while pid_alive(pid, start) and time.time() - t0 < timeout:
+        time.sleep(0.05)
 
 
 def resume(run: str | Path, **kw) -> JobStatus:
@@ -435,3 +463,37 @@ def list_runs(root: str | Path | None = None) -> list[RunInfo]:
 def active_runs(root: str | Path | None = None) -> list[RunInfo]:
     """Runs whose training process is alive (what a reloaded page re-attaches to)."""
     return [r for r in list_runs(root) if r.status.active]
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower this process's CPU priority (and, on Linux, its session's autogroup's)."""
+    if nice <= 0:
+        return
+    try:
+        os.nice(nice)
+    except (AttributeError, OSError):
+        pass
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m derm_core.jobs [--nice N] train ...``: what :func:`start` runs in the background.
+
+    Sets the priority, then runs the ordinary CLI in this process, so the card records the
+    plain ``python -m derm_core train ...`` command.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    nice = 0
+    if argv[:1] == ["--nice"]:
+        nice, argv = int(argv[1]), argv[2:]
+    _lower_priority(nice)
+    from .cli import main as cli_main
+    sys.argv = ["derm_core", *argv]
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -85,28 +85,37 @@ def threshold_for_specificity(y_true, y_score, target: float) -> float:
     return float(min(np.nextafter(neg[k], np.inf), 1.0))
 
 
+def bootstrap_counts(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) multiplicities of each image in each bootstrap resample (rows sum to n)."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float32)
+
+
 def bootstrap_auc(y_true, y_score, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95,
-                  idx: np.ndarray | None = None) -> tuple[float, float, float]:
+                  counts: np.ndarray | None = None) -> tuple[float, float, float]:
     """(AUC, lower, upper): ROC AUC with a percentile bootstrap confidence interval.
 
-    Vectorised over resamples (Mann-Whitney U on average ranks); NaN when one class is absent.
-    ``idx`` may pass pre-drawn resample indices (shape ``(n_boot, N)``) to share between calls.
+    Each resample's AUC is the weighted Mann-Whitney statistic of the original images with
+    their resample multiplicities as weights, so the scores are sorted once, not per resample
+    (ties count one half). NaN when one class is absent. ``counts`` may pass
+    :func:`bootstrap_counts` to share one set of resamples between targets.
     """
-    from scipy.stats import rankdata
-
     y_true, y_score = np.asarray(y_true).astype(bool), np.asarray(y_score, dtype=float)
     auc = M.auc_score(y_true.astype(int), y_score)
     if math.isnan(auc):
         return auc, float("nan"), float("nan")
-    if idx is None:
-        idx = np.random.default_rng(seed).integers(0, len(y_true), (n_boot, len(y_true)))
-    yb, sb = y_true[idx], y_score[idx]
-    n_pos = yb.sum(1).astype(float)
-    n_neg = yb.shape[1] - n_pos
-    ranks = rankdata(sb, axis=1)
-    u = (ranks * yb).sum(1) - n_pos * (n_pos + 1) / 2
+    if counts is None:
+        counts = bootstrap_counts(len(y_true), n_boot, seed)
+    order = np.argsort(y_score, kind="stable")
+    s, p = y_score[order], y_true[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])          # tie groups, in ascending score
+    w = counts[:, order]
+    w_pos = np.add.reduceat(w * p, starts, axis=1)
+    w_neg = np.add.reduceat(w * ~p, starts, axis=1)
+    below = np.cumsum(w_neg, axis=1) - w_neg                       # negative weight strictly below each group
+    u = (w_pos * (below + 0.5 * w_neg)).sum(1, dtype=np.float64)
+    denom = w_pos.sum(1, dtype=np.float64) * w_neg.sum(1, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        aucs = np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+        aucs = np.where(denom > 0, u / denom, np.nan)
     lo, hi = np.nanpercentile(aucs, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return auc, float(lo), float(hi)
 
@@ -193,8 +202,8 @@ class EvalSet:
 
     # ------------------------------------------------------- threshold-free parts (computed once)
     @cached_property
-    def _boot_idx(self) -> np.ndarray:
-        return np.random.default_rng(0).integers(0, len(self.y), (self.n_boot, len(self.y)))
+    def _boot_counts(self) -> np.ndarray:
+        return bootstrap_counts(len(self.y), self.n_boot)
 
     @cached_property
     def auc(self) -> dict[str, tuple[float, float, float]]:
@@ -202,7 +211,7 @@ class EvalSet:
         out = {}
         for t in self.target_names():
             pos, score = self.target_truth_score(t)
-            out[t] = bootstrap_auc(pos, score, idx=self._boot_idx)
+            out[t] = bootstrap_auc(pos, score, counts=self._boot_counts)
         return out
 
     @cached_property

@@ -43,14 +43,16 @@ def main() -> None:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 2900})
             for _ in range(60):
                 try:
                     page.goto(f"http://127.0.0.1:{port}/?case={a.case}")
                     break
                 except Exception:  # noqa: BLE001 - the server is still starting
                     time.sleep(1)
-            page.get_by_text("Biopsy site at x=").wait_for(timeout=180_000)
+            page.get_by_text("Download case report").wait_for(timeout=180_000)
+            page.get_by_role("tab", name="LIME superpixels and biopsy site").click()
+            page.get_by_text("Biopsy site at x=").wait_for(timeout=60_000)
             page.wait_for_timeout(3000)
             page.screenshot(path=a.out, full_page=True)
             browser.close()

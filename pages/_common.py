@@ -70,9 +70,58 @@ def example_cases(pred: Predictor) -> pd.DataFrame:
     return _cases(data_dir, str(pred.card.path), pred.taxonomy.classes)
 
 
+ACTIVE_PROFILE = "active_profile"   # session key: path of the chosen threshold profile (absent: model default)
+
+
+def profile_picker(pred: Predictor) -> str | None:
+    """Sidebar choice of the threshold profile (published from the Model lab); None = the model's own.
+
+    Profiles made for the active model are listed first; others are listed too, marked, so
+    choosing one explains why it is refused instead of silently hiding it.
+    """
+    from derm_core.embedding import weights_sha256
+    from derm_core.profiles import MODEL_DEFAULT, Profile, list_profiles
+
+    try:
+        mine = weights_sha256(pred.card) if pred.card.path else None
+    except OSError:
+        mine = None
+    found = [p for p in list_profiles() if isinstance(p, Profile)]
+    found.sort(key=lambda p: p.model.get("weights_sha256") != mine)
+    labels = {MODEL_DEFAULT: f"{MODEL_DEFAULT} ({pred.card.thresholds.name})"}
+    for p in found:
+        other = p.model.get("weights_sha256") != mine
+        labels[str(p.path)] = f"{p.id}" + (f" — for another model ({p.model.get('name')})" if other else "")
+    current = st.session_state.get(ACTIVE_PROFILE) or MODEL_DEFAULT
+    if current not in labels:   # e.g. a profile file removed or broken since it was chosen
+        labels[current] = f"{os.path.basename(current)} (unavailable)"
+    if st.session_state.get("_profile_picker") != current:
+        st.session_state["_profile_picker"] = current
+
+    def chosen():
+        st.session_state[ACTIVE_PROFILE] = st.session_state["_profile_picker"]
+
+    choice = st.sidebar.selectbox("Threshold profile", list(labels), format_func=labels.get, key="_profile_picker",
+                                  on_change=chosen, help="Operating thresholds published from the Model lab.")
+    return None if choice == MODEL_DEFAULT else choice
+
+
 def active_thresholds(pred: Predictor) -> Thresholds:
-    """The operating thresholds in use: the model card's own (profiles come from the Model lab)."""
-    return pred.card.thresholds
+    """The operating thresholds in use: the chosen profile's, else the model card's own.
+
+    A profile made for other classes or another model is refused with an error, and the
+    card's thresholds are used instead.
+    """
+    from derm_core.profiles import ProfileError, load_profile
+
+    choice = profile_picker(pred)
+    if choice is None:
+        return pred.card.thresholds
+    try:
+        return load_profile(choice, pred.card).thresholds
+    except ProfileError as e:
+        st.error(f"Threshold profile refused: {e}. Using the model's own thresholds ({pred.card.thresholds.name}).")
+        return pred.card.thresholds
 
 
 def model_caption(pred: Predictor, thresholds_name: str) -> None:

@@ -23,18 +23,27 @@ from derm_core.transforms import to_pil_preview
 INPUT = (64, 80)  # (H, W)
 
 
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
+def _card(tta: bool) -> ModelCard:
     tax = load_taxonomy("ham7")
-    torch.manual_seed(0)
-    model = create_model("tiny_test", len(tax.classes), use_metadata=True, pretrained="none")
-    card = ModelCard({
+    return ModelCard({
         "arch": "tiny_test", "taxonomy": tax.to_dict(), "use_metadata": True,
-        "preprocessing": {"input_size": list(INPUT), "mean": [0.5] * 3, "std": [0.25] * 3},
+        "preprocessing": {"input_size": list(INPUT), "mean": [0.5] * 3, "std": [0.25] * 3, "tta": tta},
         "temperature": 1.5,
         "thresholds": {"classes": {c: 0.5 for c in tax.classes}, "tiers": {"high-risk": 0.5, "dangerous": 0.5}},
     })
-    return Predictor(model, card, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    model = create_model("tiny_test", 7, use_metadata=True, pretrained="none")
+    return Predictor(model, _card(tta=False), device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tta_predictor(predictor) -> Predictor:
+    """The same network behind a card that asks for flip test-time augmentation."""
+    return Predictor(predictor.model, _card(tta=True), device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -224,15 +233,34 @@ def test_lime_explicit_target_and_quickshift(predictor, photo):
     assert set(np.unique(r.segments)) == set(range(r.segments.max() + 1)) == set(r.weights)
 
 
-def test_lime_classifier_matches_the_predictor(predictor, photo):
-    """LIME must see the same calibrated probabilities as the triage itself."""
-    preview = np.asarray(to_pil_preview(photo, INPUT))
-    probs = E._classifier_fn(predictor, None)(np.stack([preview, preview]))
-    np.testing.assert_allclose(probs, np.repeat(predictor.probabilities([photo]), 2, 0), atol=1e-6)
+def test_lime_classifier_matches_the_predictor(predictor, tta_predictor, photo):
+    """LIME sees the triage's calibrated probabilities: from the single un-flipped view by
+    default (one pass per image), exactly the predictor's forward with ``tta=True``."""
+    preview = np.stack([np.asarray(to_pil_preview(photo, INPUT))] * 2)
+    passes = []
+    hook = predictor.model.backbone.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        single = E._classifier_fn(tta_predictor, None)(preview)
+        n_single = len(passes)
+        full = E._classifier_fn(tta_predictor, None, tta=True)(preview)
+        n_full = len(passes) - n_single
+        expect_single, expect_full = predictor.probabilities([photo]), tta_predictor.probabilities([photo])
+    finally:
+        hook.remove()
+    assert (n_single, n_full) == (1, 4)
+    np.testing.assert_allclose(single, np.repeat(expect_single, 2, 0), atol=1e-6)
+    np.testing.assert_allclose(full, np.repeat(expect_full, 2, 0), atol=1e-6)
+
+
+def test_default_target_is_the_triage_class(tta_predictor, photo):
+    shown = int(tta_predictor.probabilities([photo])[0].argmax())
+    assert E.predicted_class(tta_predictor, photo) == shown
+    assert E.cam_heatmap(tta_predictor, photo).target == shown
+    assert E.lime_explanation(tta_predictor, photo, num_samples=10, n_segments=10).target == shown
 
 
 def test_lime_rejects_bad_arguments(predictor, photo):
-    for kwargs in ({"num_samples": 0}, {"n_segments": 0}, {"batch_size": -1}, {"target": 9},
+    for kwargs in ({"num_samples": 0}, {"n_segments": 0}, {"batch_size": -1}, {"batch_size": True}, {"target": 9},
                    {"segmentation": "felzenszwalb"}):
         with pytest.raises(ValueError):
             E.lime_explanation(predictor, photo, **{"num_samples": 10, **kwargs})

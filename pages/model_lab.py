@@ -1,0 +1,537 @@
+"""Model lab: train or fine-tune a model, evaluate it, tune its thresholds, publish a profile.
+
+Widgets only: training runs in a background process (derm_core.jobs), predictions are
+computed once per (model, data) and cached (derm_core.embedding), and every number a
+slider changes is re-binned from them (derm_core.operating).
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from derm_core import embedding as E
+from derm_core import jobs
+from derm_core import operating as O
+from derm_core import profiles as P
+from derm_core.checkpoint import DEFAULT_MODEL, ENV_MODEL, ModelError, read_card
+from derm_core.data import DataError, load_table
+from derm_core.figures import (confusion_figure, embedding_figure, reliability_figure, roc_figure, sens_spec_figure,
+                               target_colours, training_figure)
+from derm_core.models import DEFAULT_ARCH, get_arch, list_archs
+from derm_core.splits import load_splits
+from derm_core.taxonomy import Taxonomy
+from derm_core.triage import Thresholds, assign_tiers
+from pages._common import ACTIVE_PROFILE, data_dir_setting, disclaimer
+
+SECTIONS = ["Train", "Runs", "Evaluate & tune"]
+ALL = "all images"
+STEP = 0.001
+
+st.title("🧪 Model lab")
+disclaimer()
+st.caption(f"Runs are kept in `{jobs.runs_root()}` (set `${jobs.ENV_RUNS}`), threshold profiles in "
+           f"`{P.profiles_dir()}` (`${P.ENV_PROFILES}`).")
+default_data = data_dir_setting()
+section = st.radio("Section", SECTIONS, horizontal=True, key="lab_section", label_visibility="collapsed")
+
+
+def fmt_s(s: float | None) -> str:
+    if s is None:
+        return "—"
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def model_options() -> dict[str, str]:
+    """Card path -> label: the shipped model, $DERMTRIAGE_MODEL, the triage page's choice, finished runs."""
+    opts: dict[str, str] = {}
+    candidates = [(DEFAULT_MODEL, "shipped default model"), (os.environ.get(ENV_MODEL), f"${ENV_MODEL}"),
+                  (st.session_state.get("model_path"), "triage page's model")]
+    for r in jobs.list_runs():
+        if (r.path / "model.json").is_file():
+            candidates.append((r.path / "model.json", f"run {r.name}"))
+    for path, label in candidates:
+        if not path:
+            continue
+        try:
+            card = read_card(path)
+        except (ModelError, OSError):
+            continue
+        opts.setdefault(str(card.path), f"{label}: {card.name} ({card.arch}, {card.version})")
+    return opts
+
+
+# ============================================================================ Train
+def monitor(run: Path) -> None:
+    """Live view of one run's job; re-runs itself every 2 s while the job is active."""
+    first = jobs.status(run)
+
+    @st.fragment(run_every=2.0 if first.active else None)
+    def view() -> None:
+        s = jobs.status(run)
+        st.subheader(f"Run {run.name}")
+        st.progress(s.fraction, text=f"{s.describe()} · {s.fraction:.0%}")
+        c = st.columns(4)
+        c[0].metric("Elapsed", fmt_s(s.elapsed_s))
+        c[1].metric("Remaining", fmt_s(s.eta_s) if s.active else "—")
+        c[2].metric("Epoch", f"{s.epoch}/{s.epochs}" if s.epochs else "—")
+        c[3].metric("Loss", f"{s.loss:.3f}" if s.loss is not None else "—")
+        if s.history:
+            st.plotly_chart(training_figure(s.history), key=f"curves-{run.name}")
+        if s.active:
+            b = st.columns([1, 1, 4])
+            if b[0].button("Stop", key="lab_stop", help="Stops after the current batch and keeps a resumable checkpoint."):
+                jobs.stop(run)
+                st.rerun(scope="fragment")
+            if b[1].button("Force stop", key="lab_kill", help="Ends the process now; the last finished epoch stays resumable."):
+                jobs.kill(run)
+                st.rerun()
+        elif s.state == "done":
+            st.success(f"Finished: model card `{s.model}`. Evaluate it in **Evaluate & tune**.")
+        elif s.state in ("stopped", "failed"):
+            (st.error if s.state == "failed" else st.info)(
+                f"Training {s.state}" + (f": {s.error}" if s.error else "") +
+                (". A checkpoint is kept: **Resume** continues from it." if s.resumable else "."))
+            if s.log_tail:
+                with st.expander("Log (last lines)"):
+                    st.code(s.log_tail[-3000:], language=None)
+            if s.request and st.button("Resume", key="lab_resume"):
+                try:
+                    jobs.resume(run)
+                except jobs.JobError as e:
+                    st.error(str(e))
+                st.rerun()
+        if first.active and not s.active:
+            st.rerun()   # finished or stopped: refresh the whole page (run list, no more polling)
+
+    view()
+
+
+def train_section() -> None:
+    active = jobs.active_runs()
+    if active and st.session_state.get("lab_run") not in [str(r.path) for r in active]:
+        st.session_state["lab_run"] = str(active[0].path)   # a reload or another tab re-attaches
+    st.subheader("Train or fine-tune a model")
+    a, b = st.columns(2)
+    data = a.text_input("Dataset folder", value=default_data, key="lab_train_data",
+                        help="HAM10000 layout (metadata.csv + images/) or generic layout (labels.csv + images/).")
+    name = b.text_input("Run name", key="lab_run_name", placeholder="automatic: architecture and time")
+    archs = list_archs()
+    arch = a.selectbox("Architecture", archs, index=archs.index(DEFAULT_ARCH), key="lab_arch",
+                       format_func=lambda n: f"{n}" + (f" — {get_arch(n).paper}" if get_arch(n).paper else ""))
+    models = model_options()
+    start_from = b.selectbox("Start from", ["ImageNet weights", *models], key="lab_init",
+                             format_func=lambda k: k if k == "ImageNet weights" else f"fine-tune {models[k]}",
+                             help="Fine-tuning needs the same architecture as the model it starts from.")
+    c = st.columns(5)
+    epochs = c[0].number_input("Epochs", 1, 500, 12, key="lab_epochs")
+    lr = c[1].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", step=1e-4, key="lab_lr")
+    h0, w0 = get_arch(arch).input_size
+    h = c[2].number_input("Image height", 16, 1024, None, key="lab_h", placeholder=f"default {h0}")
+    w = c[3].number_input("Image width", 16, 1024, None, key="lab_w", placeholder=f"default {w0}")
+    batch = c[4].number_input("Batch size", 1, 512, 32, key="lab_batch")
+    metadata = st.checkbox("Fuse clinical data (age, sex, body site)", True, key="lab_meta")
+    with st.expander("More options"):
+        d = st.columns(4)
+        taxonomy = d[0].text_input("Taxonomy", "ham7", key="lab_tax", help="ham7, han12 or a taxonomy JSON file")
+        limit = d[1].number_input("Use only the first N images", 0, 10**7, 0, key="lab_limit", help="0: all (smoke runs)")
+        device = d[2].selectbox("Device", ["auto", "cpu", "cuda"], key="lab_device", help="auto: the GPU when present")
+        monitor_on = d[3].selectbox("Best epoch by", ["val_loss", "val_macro_auc", "val_balanced_accuracy", "val_accuracy"],
+                                    key="lab_monitor")
+        e = st.columns(4)
+        patience = e[0].number_input("Early-stopping patience", 1, 100, 4, key="lab_patience")
+        pretrained = e[1].selectbox("ImageNet weights", ["offline", "none", "hub"], key="lab_pretrained",
+                                    help="offline: from an installed package; none: random start; hub: download")
+        workers = e[2].number_input("Data-loader workers", 0, 16, 1, key="lab_workers")
+        tta = e[3].checkbox("Flip test-time augmentation", True, key="lab_tta")
+    if st.button("Start training", type="primary", key="lab_start", disabled=bool(active)):
+        req = jobs.TrainRequest(data=data.strip(), arch=arch, epochs=int(epochs), lr=float(lr), metadata=metadata,
+                                image_size=(int(h or h0), int(w or w0)) if (h or w) else None, batch_size=int(batch),
+                                taxonomy=taxonomy, limit=int(limit) or None, patience=int(patience),
+                                pretrained=pretrained, workers=int(workers), tta=tta,
+                                device=None if device == "auto" else device, monitor=monitor_on,
+                                init_from=None if start_from == "ImageNet weights" else start_from)
+        try:
+            from derm_core.taxonomy import load_taxonomy
+            n = len(load_table(req.data, load_taxonomy(req.taxonomy), check_files=False))
+            run = jobs.new_run_dir(name or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}")
+            jobs.start(run, req)
+            st.session_state["lab_run"] = str(run)
+            st.toast(f"Training started on {n} images in {run}")
+        except (DataError, FileNotFoundError, ValueError, jobs.JobError) as err:
+            st.error(f"Cannot start training: {err}")
+        else:
+            st.rerun()   # draw the page again with the job running (button disabled, monitor live)
+    if active:
+        st.info(f"A training job is running ({', '.join(r.name for r in active)}); start another when it ends or "
+                "stop it.")
+    if st.session_state.get("lab_run"):
+        st.divider()
+        monitor(Path(st.session_state["lab_run"]))
+
+
+# ============================================================================ Runs
+def runs_section() -> None:
+    runs = jobs.list_runs()
+    if not runs:
+        st.info(f"No runs yet in {jobs.runs_root()}: start one in **Train**.")
+        return
+    rows = []
+    for r in runs:
+        m = (r.card or {}).get("metrics", {})
+        rows.append({"run": r.name, "state": r.status.describe(), "architecture": (r.card or {}).get("arch")
+                     or (r.status.request or {}).get("arch"), "epochs": len(r.status.history),
+                     "val balanced acc.": m.get("val", {}).get("balanced_accuracy"),
+                     "val macro AUC": m.get("val", {}).get("macro_auc"),
+                     "test balanced acc.": m.get("test", {}).get("balanced_accuracy"),
+                     "test macro AUC": m.get("test", {}).get("macro_auc"),
+                     "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.modified))})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="lab_runs_table")
+    names = [r.name for r in runs]
+    pick = st.selectbox("Run", names, key="lab_run_pick")
+    r = runs[names.index(pick)]
+    if r.status.active or r.status.state in ("stopped", "failed"):
+        monitor(r.path)
+    elif r.status.history:
+        st.plotly_chart(training_figure(r.status.history), key="lab_run_curves")
+    if r.card:
+        card = dict(r.card)
+        training = dict(card.get("training", {}))
+        training.pop("history", None)
+        card["training"] = training
+        card.pop("taxonomy", None)
+        st.markdown(f"**Model card** `{r.path / 'model.json'}`")
+        st.json(card, expanded=1)
+        def evaluate_this(path=str(r.path / "model.json")):
+            st.session_state["lab_model"] = path
+            st.session_state["lab_section"] = "Evaluate & tune"
+        st.button("Evaluate this model", key="lab_eval_this", on_click=evaluate_this)
+
+
+# ============================================================================ Evaluate & tune
+@st.cache_data(show_spinner="Reading the dataset ...", max_entries=8)
+def dataset(folder: str, taxonomy: dict, card_path: str, split: str) -> pd.DataFrame:
+    table = load_table(folder, Taxonomy.from_dict(taxonomy))
+    if split != ALL:
+        card = read_card(card_path)
+        sf = card.path.parent / card.data.get("training", {}).get("split_file", "split.csv")
+        table = table[(load_splits(table, sf) == split).to_numpy()].reset_index(drop=True)
+        if table.empty:
+            raise DataError(f"the {split} split of {folder} is empty")
+    return table
+
+
+def available_splits(card, folder: str) -> list[str]:
+    sf = card.path.parent / card.data.get("training", {}).get("split_file", "split.csv")
+    if not sf.is_file():
+        return [ALL]
+    try:
+        load_splits(dataset(folder, card.taxonomy.to_dict(), str(card.path), ALL), sf)
+    except (ValueError, DataError, OSError):
+        return [ALL]
+    return ["val", "test", "train", ALL]
+
+
+@st.cache_resource(show_spinner="Loading cached predictions ...", max_entries=4)
+def eval_set(card_path: str, card_mtime: int, folder: str, split: str) -> dict | None:
+    """Cached predictions of (model, data) as an EvalSet, or None when not evaluated yet."""
+    card = read_card(card_path)
+    table = dataset(folder, card.taxonomy.to_dict(), card_path, split)
+    pred = E.load_cached_predictions(card, table)
+    if pred is None:
+        return None
+    ev = O.EvalSet.from_table(card.taxonomy, table, pred["logits"], card.temperature).warm()
+    return {"ev": ev, "emb": pred["embeddings"], "table": table, "key": E.data_key(table)}
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def tsne_layout(card_path: str, card_mtime: int, folder: str, split: str, dims: int, compute: bool):
+    card = read_card(card_path)
+    res = eval_set(card_path, card_mtime, folder, split)
+    if compute:
+        return E.cached_tsne(card, res["table"], res["emb"], dims)
+    return E.load_cached_tsne(card, res["table"], dims)
+
+
+def thr_keys(card) -> tuple[dict[str, str], dict[str, str]]:
+    return ({c: f"lab_thr_c_{c}" for c in card.classes}, {t: f"lab_thr_t_{t}" for t in card.taxonomy.tier_names[1:]})
+
+
+def set_thresholds(card, thr: Thresholds) -> None:
+    ck, tk = thr_keys(card)
+    for c, k in ck.items():
+        st.session_state[k] = float(np.clip(thr.classes[c], 0, 1))
+    for t, k in tk.items():
+        st.session_state[k] = float(np.clip(thr.tiers[t], 0, 1))
+    st.session_state["lab_thr_values"] = {"owner": str(card.path), "name": thr.name,
+                                          "classes": dict(thr.classes), "tiers": dict(thr.tiers)}
+
+
+def apply_preset(card, ev, kind: str, target: float) -> None:
+    if kind == "model":
+        set_thresholds(card, card.thresholds)
+    else:
+        set_thresholds(card, O.preset(ev, kind, target=target, step=STEP, fallback=card.thresholds))
+
+
+def current_thresholds(card) -> Thresholds:
+    ck, tk = thr_keys(card)
+    thr = Thresholds({c: float(st.session_state[k]) for c, k in ck.items()},
+                     {t: float(st.session_state[k]) for t, k in tk.items()})
+    saved = st.session_state.get("lab_thr_values", {})
+    same = saved.get("classes") == thr.classes and saved.get("tiers") == thr.tiers
+    name = saved.get("name") if same and saved.get("name") else "custom (Model lab)"
+    st.session_state["lab_thr_values"] = {"owner": str(card.path), "name": name, "classes": dict(thr.classes),
+                                          "tiers": dict(thr.tiers)}
+    return Thresholds(thr.classes, thr.tiers, name)
+
+
+def pct(v) -> str:
+    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.1%}"
+
+
+def tune(card, res: dict, folder: str, split: str) -> None:
+    """Sliders, presets, every plot and table, the profile form: one fragment, so a slider
+    move re-runs only this part (the predictions are never recomputed)."""
+    ev: O.EvalSet = res["ev"]
+    tax = card.taxonomy
+    saved = st.session_state.get("lab_thr_values", {})
+    ck, tk = thr_keys(card)
+    if saved.get("owner") != str(card.path):
+        set_thresholds(card, card.thresholds)
+    elif any(k not in st.session_state for k in [*ck.values(), *tk.values()]):   # widgets were cleaned up
+        set_thresholds(card, Thresholds(saved["classes"], saved["tiers"], saved.get("name", "")))
+
+    st.subheader("Operating thresholds")
+    p = st.columns([1, 1, 1.4, 1.2, 1])
+    target = p[4].number_input("Preset target", 0.5, 0.999, 0.95, step=0.01, key="lab_preset_target",
+                               help="Sensitivity for screening, specificity for high-specificity.")
+    p[0].button("Model's own", key="lab_p_model", on_click=apply_preset, args=(card, ev, "model", target))
+    p[1].button("Youden-optimal", key="lab_p_youden", on_click=apply_preset, args=(card, ev, "youden", target))
+    p[2].button(f"High-sensitivity screening (≥{target:.0%})", key="lab_p_screening", on_click=apply_preset,
+                args=(card, ev, "screening", target),
+                help="Every tier above the lowest, and each class in one, flagged with at least this sensitivity.")
+    p[3].button(f"High-specificity (≥{target:.0%})", key="lab_p_specific", on_click=apply_preset,
+                args=(card, ev, "specific", target))
+    cols = st.columns(3)
+    for i, (t, k) in enumerate(reversed(list(tk.items()))):
+        cols[i % 3].slider(f"Tier: {t} or more urgent", 0.0, 1.0, step=STEP, key=k, format="%.3f",
+                           help="Assigned when the summed probability of this tier and more urgent ones reaches it.")
+    cols = st.columns(4)
+    for i, (c, k) in enumerate(ck.items()):
+        cols[i % 4].slider(f"{c} — {tax.display_names[c]}", 0.0, 1.0, step=STEP, key=k, format="%.3f")
+    thr = current_thresholds(card)
+    table = O.operating_table(ev, thr)
+    st.caption(f"Thresholds: **{thr.name}** · {len(ev)} images ({split} of `{folder}`)")
+
+    # ------------------------------------------------ prevalence
+    targets = ev.target_names()
+    a, b = st.columns([2, 1])
+    tgt = a.selectbox("Condition", targets, key="lab_target", format_func=ev.target_label,
+                      help="The condition the prevalence, the summary and the subgroup table refer to.")
+    prev_data = ev.prevalence(tgt)
+    prev = b.number_input("Prevalence (%)", 0.1, 99.9, float(np.clip(round(prev_data * 100, 1), 0.1, 99.9)), step=0.5,
+                          key=f"lab_prev_{tgt}", help="Of the condition in the population the tool will be used on.")
+    op = O.operating_point(ev, thr, tgt, prevalence=prev / 100)
+    m = st.columns(4)
+    m[0].metric("Sensitivity", pct(op["sensitivity"]))
+    m[1].metric("Specificity", pct(op["specificity"]))
+    m[2].metric(f"PPV at {prev:g}%", pct(op["ppv"]))
+    m[3].metric(f"NPV at {prev:g}%", pct(op["npv"]))
+    st.caption(f"{ev.target_label(tgt)} at these thresholds: sensitivity {pct(op['sensitivity'])}, specificity "
+               f"{pct(op['specificity'])}, PPV {pct(op['ppv'])} and NPV {pct(op['npv'])} at a prevalence of {prev:g}% "
+               f"(this data: {prev_data:.1%}).")
+
+    # ------------------------------------------------ plots
+    st.subheader("ROC")
+    r1, r2 = st.columns(2)
+    r1.plotly_chart(roc_figure(ev, table, [t for t in targets if t.startswith(O.TIER_PREFIX)]), key="lab_roc_tiers")
+    r2.plotly_chart(roc_figure(ev, table, list(ev.classes)), key="lab_roc_classes")
+    st.subheader("Sensitivity and specificity against the threshold")
+    st.plotly_chart(sens_spec_figure(ev, table, targets), key="lab_sens_spec")
+
+    st.subheader("Per class and per tier at the current thresholds")
+    show = table.rename(columns={"label": "class / tier", "n": "positives", "ppv": "PPV", "npv": "NPV", "f1": "F1",
+                                 "auc": "AUC", "auc_low": "AUC 95% low", "auc_high": "AUC 95% high",
+                                 "youden": "Youden threshold"}).drop(columns=["target", "kind"])
+    st.dataframe(show.style.format({c: "{:.3f}" for c in show.columns if show[c].dtype.kind == "f"}, na_rep="—"),
+                 hide_index=True, key="lab_table")
+
+    st.subheader("Confusion matrices")
+    norm = st.toggle("Row-normalised", True, key="lab_cm_norm")
+    c1, c2 = st.columns([3, 2])
+    c1.plotly_chart(confusion_figure(ev.confusion, list(ev.classes), norm, "classes (most probable class)"),
+                    key="lab_cm_classes")
+    c2.plotly_chart(confusion_figure(O.tier_confusion(ev, thr), tax.tier_names, norm, "risk tiers (current thresholds)",
+                                     ("true tier", "assigned tier")), key="lab_cm_tiers")
+
+    st.subheader("Calibration")
+    cal = ev.calibration
+    st.plotly_chart(reliability_figure(cal), key="lab_reliability")
+    st.caption(f"ECE {cal['before']['ece']:.3f} before and {cal['after']['ece']:.3f} after temperature scaling "
+               f"(T = {cal['after']['temperature']:.2f}).")
+
+    st.subheader("Subgroups")
+    sub = O.subgroup_table(ev, thr, tgt)
+    if sub.empty:
+        st.info("This data has no sex, age or body-site information.")
+    else:
+        st.caption(f"Sensitivity to PPV columns: {ev.target_label(tgt)} at the current thresholds. Small groups "
+                   "give unstable numbers: read them with their sizes.")
+        st.dataframe(sub.style.format({c: "{:.3f}" for c in sub.columns if sub[c].dtype.kind == "f"}, na_rep="—"),
+                     hide_index=True, key="lab_subgroups")
+
+    embedding_view(card, res, folder, split, thr)
+    save_profile_form(card, ev, thr, folder, split, res["key"])
+
+
+def embedding_view(card, res: dict, folder: str, split: str, thr: Thresholds) -> None:
+    ev: O.EvalSet = res["ev"]
+    st.subheader("t-SNE of the embeddings")
+    a, b = st.columns([1, 3])
+    dims = a.radio("Dimensions", [2, 3], horizontal=True, key="lab_tsne_dims", format_func=lambda d: f"{d}D")
+    colour = b.radio("Colour by", ["true class", "predicted class", "risk tier", "correct"], horizontal=True,
+                     key="lab_tsne_colour")
+    mtime = card.path.stat().st_mtime_ns
+    xy = tsne_layout(str(card.path), mtime, folder, split, dims, False)
+    if xy is None:
+        if not st.button(f"Compute the {dims}D t-SNE of {len(ev)} embeddings", key="lab_tsne_go"):
+            return
+        with st.spinner("Laying out the embeddings (t-SNE) ..."):
+            tsne_layout.clear()
+            xy = tsne_layout(str(card.path), mtime, folder, split, dims, True)
+    tax = card.taxonomy
+    colours = target_colours(ev)
+    assigned = np.array(tax.tier_names)[assign_tiers(ev.probs, tax, thr.tiers)]
+    if colour == "true class":
+        by, cmap = np.array(ev.classes)[ev.y], {c: colours[c] for c in ev.classes}
+    elif colour == "predicted class":
+        by, cmap = np.array(ev.classes)[ev.pred], {c: colours[c] for c in ev.classes}
+    elif colour == "risk tier":
+        by, cmap = assigned, {t: tax.tiers[t].colour for t in tax.tier_names}
+    else:
+        by, cmap = np.where(ev.pred == ev.y, "correct", "wrong"), {"correct": "#2e7d32", "wrong": "#c62828"}
+    hover = [f"{i}<br>true {tax.classes[y]} · predicted {tax.classes[p]} ({pr:.0%})<br>tier {t}"
+             for i, y, p, pr, t in zip(ev.image_ids, ev.y, ev.pred, ev.probs.max(1), assigned)]
+    fig = embedding_figure(xy, by, np.array(hover), cmap)
+    if dims == 2:
+        event = st.plotly_chart(fig, key="lab_tsne", on_select="rerun", selection_mode=("points", "box", "lasso"))
+        picked = [p.get("customdata") for p in (event.selection.points if event else [])]
+        rows = [int(i[0] if isinstance(i, list) else i) for i in picked if i is not None][:12]
+        if rows:
+            table = res["table"]
+            st.image([table["path"].iloc[i] for i in rows], width=110,
+                     caption=[f"{table['image_id'].iloc[i]} ({table['label'].iloc[i]})" for i in rows])
+        else:
+            st.caption("Hover for image ids; select points (click, box or lasso) to see their images.")
+    else:
+        st.plotly_chart(fig, key="lab_tsne3d")
+
+
+def save_profile_form(card, ev: O.EvalSet, thr: Thresholds, folder: str, split: str, data_key: str) -> None:
+    st.subheader("Publish a threshold profile")
+    if split in ("test", "train"):
+        st.warning(f"These thresholds are being tuned on the **{split}** split; tune on validation data and "
+                   "confirm on the test split.")
+    with st.form("lab_save_profile"):
+        a, b = st.columns(2)
+        name = a.text_input("Profile name", key="lab_profile_name", placeholder="e.g. screening clinic A")
+        try:
+            user = getpass.getuser()
+        except Exception:  # noqa: BLE001
+            user = ""
+        author = b.text_input("Saved by", user, key="lab_profile_author")
+        note = st.text_area("Note", key="lab_profile_note", height=68)
+        go = st.form_submit_button("Save profile", type="primary")
+    if go:
+        try:
+            prof = P.save_profile(name, thr, card, author=author, note=note,
+                                  validation={"data": folder, "split": split, "n_images": len(ev), "data_key": data_key},
+                                  metrics=O.summary(ev, thr))
+            st.session_state["lab_saved_profile"] = str(prof.path)
+        except P.ProfileError as e:
+            st.error(f"Not saved: {e}")
+    saved = st.session_state.get("lab_saved_profile")
+    if saved:
+        try:
+            prof = P.load_profile(saved, card)
+        except P.ProfileError:
+            return
+        st.success(f"Saved profile **{prof.id}** (`{prof.path.name}`).")
+        if st.button("Use this model and profile on the Triage page", key="lab_use_profile"):
+            st.session_state["model_path"] = str(card.path)
+            st.session_state[ACTIVE_PROFILE] = str(prof.path)
+            st.toast(f"The Triage page now uses {card.name} with profile {prof.id}.")
+        st.page_link("pages/triage.py", label="Go to the Triage page", icon="🔎")
+
+
+def evaluate_section() -> None:
+    models = model_options()
+    if not models:
+        st.info("No model to evaluate: the shipped model is missing and no run has finished.")
+        return
+    if st.session_state.get("lab_model") not in models:
+        st.session_state["lab_model"] = next(iter(models))
+    path = st.selectbox("Model", list(models), key="lab_model", format_func=models.get)
+    card = read_card(path)
+    trained_on = card.data.get("training", {}).get("data", {}).get("folder")
+    if st.session_state.get("lab_eval_for") != path:
+        st.session_state["lab_eval_for"] = path
+        st.session_state["lab_eval_data"] = trained_on if trained_on and Path(trained_on).is_dir() else default_data
+    a, b = st.columns([3, 2])
+    folder = a.text_input("Evaluation data folder", key="lab_eval_data",
+                          help="The model's own dataset folder offers its validation and test splits.")
+    if not folder:
+        st.info("Set the evaluation data folder.")
+        return
+    try:
+        splits = available_splits(card, folder)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        st.error(f"Cannot read the data: {e}")
+        return
+    split = b.radio("Images", splits, horizontal=True, key="lab_eval_split",
+                    help="Tune thresholds on the validation split; confirm on the test split.")
+    try:
+        res = eval_set(str(card.path), card.path.stat().st_mtime_ns, folder, split)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        st.error(f"Cannot read the data: {e}")
+        return
+    if res is None:
+        n = len(dataset(folder, card.taxonomy.to_dict(), str(card.path), split))
+        st.info(f"{card.name} has not been evaluated on these {n} images yet; the predictions are computed once and "
+                "cached.")
+        if st.button(f"Evaluate {n} images", type="primary", key="lab_evaluate"):
+            bar = st.progress(0.0, text="Predicting ...")
+            try:
+                E.predictions(card, dataset(folder, card.taxonomy.to_dict(), str(card.path), split),
+                              callback=lambda d, t: bar.progress(d / t, text=f"Predicting {d}/{t} images ..."))
+            except (ModelError, OSError, RuntimeError) as e:
+                st.error(f"Evaluation failed: {e}")
+                return
+            eval_set.clear()
+            st.rerun()
+        return
+    ev = res["ev"]
+    h = ev.headline
+    m = st.columns(6)
+    m[0].metric("Images", h["n_images"])
+    m[1].metric("Accuracy", pct(h["accuracy"]))
+    m[2].metric("Balanced accuracy", pct(h["balanced_accuracy"]))
+    m[3].metric("Top-3 accuracy", pct(h["top3_accuracy"]))
+    m[4].metric("Macro AUC", f"{h['macro_auc']:.3f}")
+    m[5].metric("ECE", f"{h['ece']:.3f}")
+    st.fragment(tune)(card, res, folder, split)
+
+
+if section == "Train":
+    train_section()
+elif section == "Runs":
+    runs_section()
+else:
+    evaluate_section()

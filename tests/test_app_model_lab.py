@@ -1,0 +1,164 @@
+"""The Model lab page, headless with AppTest: evaluate a tiny model on a tiny synthetic set, tune,
+publish a profile and see the Triage page use it; train from the page and re-attach."""
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from derm_core import jobs
+from derm_core import profiles as P
+from derm_core.checkpoint import read_card, save_model
+from derm_core.models import create_model
+from conftest import ROOT, tiny_card, write_dataset
+
+
+def _save_tiny(path, ham7, seed=0):
+    torch.manual_seed(seed)
+    model = create_model("tiny_test", 7, use_metadata=True, pretrained="none")
+    return save_model(model, {**tiny_card(ham7).data, "name": path.parent.name, "version": f"v{seed}"}, path)
+
+
+@pytest.fixture
+def lab(tmp_path, ham7, monkeypatch):
+    card_path = _save_tiny(tmp_path / "tiny" / "model", ham7)
+    data = write_dataset(tmp_path / "data", per_class=5)
+    for env, sub in (("DERMTRIAGE_RUNS", "runs"), ("DERMTRIAGE_PROFILES", "profiles"), ("DERMTRIAGE_CACHE", "cache")):
+        monkeypatch.setenv(env, str(tmp_path / sub))
+    monkeypatch.setenv("DERMTRIAGE_MODEL", str(card_path))
+    monkeypatch.setenv("DERMTRIAGE_DATA", str(data))
+    monkeypatch.setenv("DERMTRIAGE_JOB_NICE", "19")
+    monkeypatch.setenv("DERMTRIAGE_DEVICE", "cpu")
+    return {"card": card_path, "data": data, "tmp": tmp_path}
+
+
+def _lab() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.switch_page("pages/model_lab.py")
+    return at.run()
+
+
+def _texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    for kind in (at.success, at.warning, at.error, at.info):
+        parts += [e.value for e in kind]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_evaluate_tune_publish_and_triage_uses_the_profile(lab):
+    at = _lab()
+    assert not at.exception, at.exception
+    at.radio(key="lab_section").set_value("Evaluate & tune").run()
+    at.selectbox(key="lab_model").set_value(str(lab["card"])).run()
+    assert "has not been evaluated on these 35 images" in _texts(at)
+    at.button(key="lab_evaluate").click().run()
+    assert not at.exception, at.exception
+    assert [m.value for m in at.metric if m.label == "Images"] == ["35"]
+    assert len(at.get("plotly_chart")) >= 6            # ROC x2, sens/spec, confusion x2, reliability
+    assert "Thresholds: **model default**" in _texts(at)
+
+    # a slider re-bins: the sensitivity/specificity summary follows it
+    at.selectbox(key="lab_target").set_value("mel").run()
+    at.slider(key="lab_thr_c_mel").set_value(0.0).run()
+    assert [m.value for m in at.metric if m.label == "Sensitivity"] == ["100.0%"]
+    assert "custom (Model lab)" in _texts(at)
+    at.slider(key="lab_thr_c_mel").set_value(1.0).run()
+    assert [m.value for m in at.metric if m.label == "Sensitivity"] == ["0.0%"]
+    at.number_input(key="lab_prev_mel").set_value(2.0).run()
+    assert "PPV at 2%" in [m.label for m in at.metric]
+
+    # a preset fills every slider
+    at.button(key="lab_p_screening").click().run()
+    assert not at.exception, at.exception
+    assert "Thresholds: **screening (sensitivity >= 95%)**" in _texts(at)
+    assert [m.value for m in at.metric if m.label == "Sensitivity"] != ["0.0%"]
+
+    # t-SNE of the embeddings, computed on request and cached
+    n_charts = len(at.get("plotly_chart"))
+    at.button(key="lab_tsne_go").click().run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == n_charts + 1
+    at.radio(key="lab_tsne_colour").set_value("risk tier").run()
+    at.radio(key="lab_tsne_dims").set_value(3).run()
+    at.button(key="lab_tsne_go").click().run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == n_charts + 1
+
+    # publish, then use it on the Triage page
+    at.text_input(key="lab_profile_name").set_value("clinic A")     # inside a form: sent with its submit
+    next(b for b in at.button if b.label == "Save profile").click().run()
+    assert not at.exception, at.exception
+    assert "Saved profile **clinic A v1**" in _texts(at)
+    saved = P.list_profiles()
+    assert len(saved) == 1 and saved[0].data["validation"]["n_images"] == 35
+    assert saved[0].data["metrics"]["tiers"]["dangerous"]["sensitivity"] >= 0.95
+    at.button(key="lab_use_profile").click().run()
+    at.switch_page("pages/triage.py").run()
+    assert not at.exception, at.exception
+    assert "thresholds: **profile clinic A v1**" in _texts(at)
+    assert at.selectbox(key="_profile_picker").value == str(saved[0].path)
+    # back to the model default from the sidebar
+    at.selectbox(key="_profile_picker").set_value("model default").run()
+    assert "thresholds: **model default**" in _texts(at)
+
+    # a new session (re-opening the page) finds the cached predictions: no second evaluation
+    again = _lab()
+    again.radio(key="lab_section").set_value("Evaluate & tune").run()
+    again.selectbox(key="lab_model").set_value(str(lab["card"])).run()
+    assert "lab_evaluate" not in [b.key for b in again.button]
+    assert [m.value for m in again.metric if m.label == "Images"] == ["35"]
+
+
+def test_mismatched_profile_is_refused_on_the_triage_page(lab, ham7):
+    other = read_card(_save_tiny(lab["tmp"] / "other" / "model", ham7, seed=1))
+    prof = P.save_profile("for the other model", other.thresholds, other)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["active_profile"] = str(prof.path)
+    at.run()
+    assert not at.exception, at.exception
+    errors = "\n".join(e.value for e in at.error)
+    assert "Threshold profile refused" in errors and "made for model other" in errors
+    assert "thresholds: **model default**" in _texts(at)
+
+
+def test_train_from_the_page_watch_reattach_and_list(lab):
+    at = _lab()
+    at.text_input(key="lab_train_data").set_value(str(lab["data"]))
+    at.text_input(key="lab_run_name").set_value("tiny run")
+    at.selectbox(key="lab_arch").set_value("tiny_test")
+    at.number_input(key="lab_epochs").set_value(2)
+    at.number_input(key="lab_batch").set_value(16)
+    at.selectbox(key="lab_pretrained").set_value("none")
+    at.number_input(key="lab_workers").set_value(0)
+    at.checkbox(key="lab_tta").uncheck()
+    at.button(key="lab_start").click().run()
+    assert not at.exception, at.exception
+    run = lab["tmp"] / "runs" / "tiny-run"
+    assert (run / "job.json").is_file()
+    assert at.session_state["lab_run"] == str(run)
+    assert at.get("progress") and "Run tiny-run" in [s.value for s in at.subheader]
+    assert at.button(key="lab_start").disabled          # one job at a time
+
+    # another tab (a new session) re-attaches to the same job instead of starting one
+    tab2 = _lab()
+    assert tab2.session_state["lab_run"] == str(run)
+    assert "Run tiny-run" in [s.value for s in tab2.subheader]
+
+    st = jobs.wait(run, timeout=900)
+    assert st.state == "done", (st.error, st.log_tail)
+    at.run()
+    assert "Finished: model card" in _texts(at)
+    assert not at.button(key="lab_start").disabled
+    at.radio(key="lab_section").set_value("Runs").run()
+    assert not at.exception, at.exception
+    assert at.dataframe and "tiny-run" in at.dataframe[0].value["run"].tolist()
+    assert at.get("json")                                # the model card
+
+    # evaluate the new model on its own validation split
+    at.button(key="lab_eval_this").click().run()
+    assert not at.exception, at.exception
+    assert at.radio(key="lab_section").value == "Evaluate & tune"
+    assert at.selectbox(key="lab_model").value == str(run / "model.json")
+    assert at.radio(key="lab_eval_split").options == ["val", "test", "train", "all images"]
+    assert at.radio(key="lab_eval_split").value == "val"
+    at.button(key="lab_evaluate").click().run()
+    assert not at.exception, at.exception
+    assert at.get("plotly_chart") and at.slider(key="lab_thr_t_dangerous")
