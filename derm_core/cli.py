@@ -85,6 +85,38 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def cmd_explain(a) -> int:
+    from . import explain as E
+    from .clinical import Clinical
+    from .images import load_image
+    from .lesion import suggest_mask
+    from .predictor import Predictor
+    pred = Predictor.from_path(a.model)
+    photo = load_image(a.image)
+    clinical = Clinical.parse(a.age, a.sex, a.site)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = {"image": a.image, "model": pred.card.name, "method": a.method}
+    if a.method == "lime":
+        lime = E.lime_explanation(pred, photo, clinical=clinical, num_samples=a.samples)
+        site = E.biopsy_site(lime, suggest_mask(photo))
+        x, y = lime.geometry.point_to_original(site.x, site.y)
+        lime.overlay(photo).save(out / "lime.png")
+        result.update(target=pred.taxonomy.classes[lime.target], biopsy_site={"x": x, "y": y, "note": site.note},
+                      superpixel_weights={str(k): v for k, v in sorted(lime.weights.items())}, files=[str(out / "lime.png")])
+    else:
+        cam = E.cam_heatmap(pred, photo, method=a.method, clinical=clinical)
+        cam.overlay(photo).save(out / f"{a.method}.png")
+        x, y = cam.geometry.point_to_original(*E.cam_peak(cam.heatmap))
+        result.update(target=pred.taxonomy.classes[cam.target], cam_peak={"x": x, "y": y},
+                      files=[str(out / f"{a.method}.png")])
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    print(json.dumps(result, indent=2) if a.json else
+          f"{a.method}: {result['target']} in {result['seconds']} s; wrote {', '.join(result['files'])}")
+    return 0
+
+
 def cmd_recalibrate(a) -> int:
     from .checkpoint import load_model
     from .data import load_table
@@ -173,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_predict)
+    x = sub.add_parser("explain", help="Grad-CAM or LIME + biopsy site for one photo")
+    x.add_argument("image")
+    x.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "eigencam", "scorecam", "lime"])
+    x.add_argument("--out", required=True, help="folder for the overlay images")
+    x.add_argument("--samples", type=int, default=200, help="LIME samples")
+    x.add_argument("--age", type=float)
+    x.add_argument("--sex", choices=["male", "female"])
+    x.add_argument("--site")
+    _add_model(x)
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(fn=cmd_explain)
+
     r = sub.add_parser("recalibrate", help="re-fit temperature, thresholds, reports and out-of-scope detector "
                                           "of a trained model on its own validation split")
     r.add_argument("--data", help="the model's training dataset folder; default $DERMTRIAGE_DATA")

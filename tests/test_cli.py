@@ -78,3 +78,19 @@ def test_recalibrate_updates_card_and_records_command(trained):
     assert after["thresholds"]["tier_sensitivity_targets"]["dangerous"] == 0.99
     assert "recalibrate" in after["recalibrations"][-1]["command"]
     assert after["out_of_scope"]["report"]["n_out"] > 0
+
+
+@pytest.mark.parametrize("method", ["gradcam", "lime"])
+def test_explain_writes_overlay_and_biopsy_site(trained, tmp_path, capsys, method):
+    root, _ = trained
+    img = tmp_path / "x.png"
+    lesion_image(CLASS_COLOURS["mel"], (200, 150)).save(img)
+    assert main(["explain", str(img), "--method", method, "--out", str(tmp_path / "out"), "--samples", "40",
+                 "--model", str(root / "run"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert all((tmp_path / "out" / p.split("/")[-1]).is_file() for p in out["files"]) and out["seconds"] > 0
+    if method == "lime":
+        assert 0 <= out["biopsy_site"]["x"] < 200 and 0 <= out["biopsy_site"]["y"] < 150
+        assert out["superpixel_weights"]
+    else:
+        assert out["target"] in CLASS_COLOURS
