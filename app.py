@@ -6,5 +6,6 @@ st.set_page_config(page_title="DermTriage", page_icon="🩺", layout="wide")
 nav = st.navigation([
     st.Page("pages/triage.py", title="Triage", icon="🔎", default=True),
     st.Page("pages/model_lab.py", title="Model lab", icon="🧪"),
+    st.Page("pages/reader_study.py", title="Reader study", icon="🎓"),
 ])
 nav.run()

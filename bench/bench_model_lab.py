@@ -2,7 +2,7 @@
 embeddings (< 60 s on CPU).
 
     python bench/bench_model_lab.py [--n-eval 2000] [--n-tsne 9000] [--dim 1344] [--repeats 20]
-                                    [--skip-tsne] [--skip-redraw]
+                                    [--skip-tsne] [--skip-redraw] [--page]
 
 Uses synthetic, class-clustered predictions and embeddings of the shipped model's
 embedding width (1344 = 1280 image features + 64 fused clinical features), so it runs
@@ -125,6 +125,67 @@ def knn_agreement(xy: np.ndarray, y: np.ndarray, sample: int = 2000) -> float:
     return float((y[nn[:, 1]] == y[idx]).mean())
 
 
+def bench_page(n: int, repeats: int) -> None:
+    """End to end: the Model lab page in Streamlit's AppTest with ``n`` evaluated images (a tiny
+    untrained model whose prediction and 2D t-SNE caches are filled with synthetic numbers, the
+    map coloured by risk tier), timing whole-script reruns after a slider move. In the browser only the thresholds fragment reruns, so this is an
+    upper bound on the server-side time."""
+    import os
+    import tempfile
+
+    from PIL import Image
+    from streamlit.testing.v1 import AppTest
+
+    from derm_core import embedding as E
+    from derm_core.checkpoint import read_card, save_model
+    from derm_core.data import load_table
+    from derm_core.models import create_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_model_lab_"))
+    ev, y = synthetic_eval(n)
+    tax = ev.taxonomy
+    (tmp / "data" / "images").mkdir(parents=True)
+    img = Image.new("RGB", (32, 24), (200, 150, 130))
+    for i in range(n):
+        img.save(tmp / "data" / "images" / f"ISIC_{i:07d}.jpg")
+    pd.DataFrame({"image_id": ev.image_ids, "label": np.array(tax.classes)[y],
+                  "sex": ev.groups["sex"], "site": ev.groups["site"]}).replace("unknown", None).to_csv(
+        tmp / "data" / "labels.csv", index=False)
+    card = {"arch": "tiny_test", "taxonomy": tax.to_dict(), "use_metadata": False, "name": "bench", "version": "1",
+            "preprocessing": {"input_size": [48, 64], "mean": [0.5] * 3, "std": [0.5] * 3}, "temperature": 1.3,
+            "thresholds": {"classes": {c: 0.3 for c in tax.classes}, "tiers": {"high-risk": 0.3, "dangerous": 0.3}}}
+    card = read_card(save_model(create_model("tiny_test", len(tax.classes), False, "none"), card, tmp / "m" / "model"))
+    os.environ.update(DERMTRIAGE_CACHE=str(tmp / "cache"), DERMTRIAGE_RUNS=str(tmp / "runs"),
+                      DERMTRIAGE_PROFILES=str(tmp / "profiles"), DERMTRIAGE_MODEL=str(card.path),
+                      DERMTRIAGE_DATA=str(tmp / "data"))
+    table = load_table(tmp / "data", tax)
+    E._save_npz(E.cache_path(card, table), logits=ev.logits.astype(np.float32),
+                embeddings=np.zeros((n, 8), np.float16), image_id=table["image_id"].astype(str).to_numpy())
+    E._save_npz(E.cache_path(card, table, "tsne2d"), xy=np.random.default_rng(1).normal(size=(n, 2)).astype(np.float32))
+    root = Path(__file__).resolve().parent.parent
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=300)
+    at.switch_page("pages/model_lab.py").run()
+    at.radio(key="lab_section").set_value("Evaluate & tune").run()
+    at.selectbox(key="lab_model").set_value(str(card.path)).run()
+    at.radio(key="lab_tsne_colour").set_value("risk tier").run()   # the t-SNE map follows the tier thresholds
+    assert not at.exception, at.exception
+    if not at.slider:
+        raise SystemExit("the page did not find the predictions: " + " | ".join(
+            str(e.value) for kind in (at.error, at.info, at.warning) for e in kind))
+    times = []
+    for i in range(repeats):
+        at.slider(key="lab_thr_c_mel").set_value(round(0.05 + 0.9 * i / max(1, repeats - 1), 3))
+        t = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - t)
+        assert not at.exception, at.exception
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
+    ms = np.array(times) * 1000
+    print(f"page rerun after a slider move (AppTest, whole script, {n} images): median {np.median(ms):6.1f} ms, "
+          f"p95 {np.percentile(ms, 95):6.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-eval", type=int, default=2000)
@@ -133,11 +194,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--skip-tsne", action="store_true")
     ap.add_argument("--skip-redraw", action="store_true")
+    ap.add_argument("--page", action="store_true", help="also time the page itself in Streamlit's AppTest")
     a = ap.parse_args()
     import os
     print(f"CPU cores: {os.cpu_count()}")
     if not a.skip_redraw:
         bench_redraw(a.n_eval, a.repeats)
+    if a.page:
+        bench_page(a.n_eval, a.repeats)
     if not a.skip_tsne:
         bench_tsne(a.n_tsne, a.dim)
 

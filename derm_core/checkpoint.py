@@ -33,8 +33,8 @@ class ModelError(ValueError):
     """A model file that cannot be used, with the reason."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
+def _stage_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` completely (fsynced) to a hidden temporary file beside ``path``; returns its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -42,27 +42,54 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode("utf-8"))
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
+def _stage_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> str:
+    """Like :func:`_stage_bytes` for a safetensors file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        with open(tmp, "rb+") as f:     # writable: Windows refuses to fsync a read-only handle
+            os.fsync(f.fileno())
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
+
+
+def _publish(*pairs: tuple[str, Path]) -> None:
+    """Rename staged files into place (one ``os.replace`` each); on failure remove what is left."""
+    try:
+        for tmp, path in pairs:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in pairs:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    _publish((_stage_bytes(path, data), path))
+
+
+def _json_bytes(obj) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=False).encode("utf-8")
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, _json_bytes(obj))
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    _publish((_stage_tensors(path, tensors, metadata), path))
 
 
 @dataclass
@@ -146,8 +173,17 @@ def save_model(model: DermNet, card: dict, path: str | Path) -> Path:
     """Write ``<path>.safetensors`` then ``<path>.json`` (the card last: it marks completeness)."""
     card_path, weights_path = _card_paths(Path(path).with_suffix(".json"))
     card = {"format_version": CARD_VERSION, **card, "weights_file": weights_path.name}
-    atomic_save_tensors(weights_path, model.state_dict(), metadata={"arch": model.arch})
-    atomic_write_json(card_path, card)
+    # Both files are written in full before either replaces anything, so a failure while
+    # writing (a card that is not JSON-serialisable, a full disk, a kill) leaves any previous
+    # model in this place intact rather than new weights under the old card.
+    card_bytes = _json_bytes(card)
+    staged_weights = _stage_tensors(weights_path, model.state_dict(), {"arch": model.arch})
+    try:
+        staged_card = _stage_bytes(card_path, card_bytes)
+    except BaseException:
+        Path(staged_weights).unlink(missing_ok=True)
+        raise
+    _publish((staged_weights, weights_path), (staged_card, card_path))
     return card_path
 
 

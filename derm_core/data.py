@@ -93,6 +93,10 @@ def load_table(data_dir: str | Path | None, taxonomy: Taxonomy, csv: str | Path 
     if raw.empty:
         raise DataError(f"{csv}: no rows")
 
+    for col in ("image_id", label_col):   # (pandas keeps an empty cell missing through astype(str))
+        blank = raw[col].isna().to_numpy() | (raw[col].astype(str).str.strip() == "").to_numpy()
+        if blank.any():
+            raise DataError(f"{csv} row {int(np.flatnonzero(blank)[0]) + 2}: {col} is empty")
     ids = raw["image_id"].astype(str).str.strip()
     dup = ids[ids.duplicated()]
     if len(dup):

@@ -91,7 +91,8 @@ def cache_path(card: ModelCard, table: pd.DataFrame, kind: str = "pred") -> Path
 
 def _save_npz(path: Path, **arrays) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    # object arrays (e.g. pandas strings) would need pickle to load: store them as fixed-width text
+    np.savez(buf, **{k: np.asarray(v).astype(str) if np.asarray(v).dtype == object else v for k, v in arrays.items()})
     atomic_write_bytes(path, buf.getvalue())   # a crash never leaves a half-written cache file
 
 
@@ -161,6 +162,7 @@ def tsne(embeddings: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, see
     lifted into 3D with the third principal component as depth and relaxed for
     ``refine_iter`` Barnes-Hut iterations (opening angle ``theta``) with the same affinities.
     Small sets get a smaller perplexity automatically (openTSNE needs N > 3 * perplexity).
+    ``n_jobs`` defaults to the CPU count (at most 8) from 5,000 points, else 1.
     """
     from openTSNE import TSNEEmbedding, affinity, initialization
 
@@ -171,7 +173,8 @@ def tsne(embeddings: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, see
     if n < 4:
         return np.zeros((n, dims), dtype=np.float32)
     x = pca(x, pca_dims, seed)
-    n_jobs = n_jobs or max(1, os.cpu_count() or 1)
+    if n_jobs is None:   # threads only pay off for large sets (and hurt small ones on a busy machine)
+        n_jobs = max(1, min(8, os.cpu_count() or 1)) if n >= 5000 else 1
     perp = float(min(perplexity, max(2.0, (n - 1) / 3.0 - 1)))
     aff = affinity.PerplexityBasedNN(x, perplexity=perp, method="auto", n_jobs=n_jobs, random_state=seed)
     if init2d is None or len(init2d) != n:

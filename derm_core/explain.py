@@ -349,9 +349,33 @@ def _classifier_fn(predictor, clinical: Clinical | None, tta: bool = False):
     return predict
 
 
+class PairedLimeExplainer(LimeImageExplainer):
+    """lime's image explainer with antithetic sampling: every random on/off pattern of the
+    superpixels is followed by its complement. Each superpixel is then on in exactly half of
+    the samples and the pairs cancel each other's chance correlations, which lowers the
+    variance of the fitted weights at the same number of model calls. Regression, kernel and
+    explanation objects stay lime's own; the perturbed photos are also built vectorised."""
+
+    def data_labels(self, image, fudged_image, segments, classifier_fn, num_samples, batch_size=10):
+        n = int(segments.max()) + 1
+        half = self.random_state.randint(0, 2, ((num_samples + 1) // 2, n))
+        half[0] = 1                                   # the photo itself (and, paired, all switched off)
+        data = np.empty((num_samples, n), dtype=half.dtype)
+        data[0::2], data[1::2] = half, 1 - half[: num_samples // 2]
+        labels = []
+        for i in range(0, num_samples, batch_size):
+            keep = data[i:i + batch_size][:, segments].astype(bool)[..., None]   # (b, H, W, 1)
+            labels.append(classifier_fn(np.where(keep, image, fudged_image)))
+        return data, np.concatenate(labels)
+
+
+SAMPLINGS = {"paired": PairedLimeExplainer, "random": LimeImageExplainer}
+
+
 def lime_explanation(predictor, image: Image.Image, target: int | None = None, num_samples: int = LIME_SAMPLES,
                      n_segments: int = LIME_SEGMENTS, seed: int = 0, clinical: Clinical | None = None,
-                     batch_size: int = LIME_BATCH, segmentation: str = "slic", tta: bool = False) -> LimeResult:
+                     batch_size: int = LIME_BATCH, segmentation: str = "slic", tta: bool = False,
+                     sampling: str = "paired") -> LimeResult:
     """LIME superpixel weights for ``target`` (default: the class the predictor predicts).
 
     Reproducible: the same photo and arguments give identical weights (seeded sampling,
@@ -370,7 +394,9 @@ def lime_explanation(predictor, image: Image.Image, target: int | None = None, n
     preview = np.asarray(to_pil_preview(image, predictor.card.input_size))
     segments = segment(preview, segmentation, n_segments, seed)
     target = predicted_class(predictor, image, clinical) if target is None else int(target)
-    explainer = LimeImageExplainer(random_state=seed, feature_selection="none")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"unknown sampling {sampling!r}; choose one of {list(SAMPLINGS)}")
+    explainer = SAMPLINGS[sampling](random_state=seed, feature_selection="none")
     exp = explainer.explain_instance(
         preview, _classifier_fn(predictor, clinical, tta), labels=(target,), top_labels=None,
         num_features=int(segments.max()) + 1, num_samples=int(num_samples), batch_size=int(batch_size),

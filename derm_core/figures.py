@@ -1,7 +1,10 @@
 """Figures the pages show (plotly charts, annotated images); no Streamlit here."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 from skimage.segmentation import find_boundaries
@@ -61,7 +64,23 @@ def mark_biopsy(photo: Image.Image, region_original: np.ndarray, point: tuple[in
 # Built from an evaluation set's re-binned numbers (derm_core.operating); cheap enough to
 # redraw on every threshold-slider move. Traces are plain dicts and layouts are set once, to
 # keep plotly's validation cost low.
+from plotly import colors as plotly_colors  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
+
+VALIDATE = False   # the lab's figures skip plotly's per-property validation (tests build them validated)
+
+
+def _figure(data: list[dict], layout: dict) -> go.Figure:
+    """A figure from plain dicts; unvalidated when :data:`VALIDATE` is off, which makes a
+    slider redraw several times cheaper (plotly's private ``_validate`` switch; validated
+    if this plotly lacks it)."""
+    if not VALIDATE:
+        try:
+            return go.Figure(data=data, layout=layout, _validate=False)
+        except (TypeError, ValueError):
+            pass
+    return go.Figure(data=data, layout=layout)
+
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
@@ -104,12 +123,11 @@ def roc_figure(ev, table, targets: list[str], height: int = 460) -> go.Figure:
                          marker=dict(color=colours[t], size=11, symbol="circle", line=dict(color="black", width=1.5)),
                          hovertemplate=(f"{t} at threshold {r['threshold']:.3f}<br>sensitivity %{{y:.3f}}<br>"
                                         f"specificity {r['specificity']:.3f}<extra></extra>")))
-    fig = go.Figure(data=data)
-    fig.update_layout(xaxis=dict(title="1 - specificity", range=[-0.01, 1.01]),
-                      yaxis=dict(title="sensitivity", range=[-0.01, 1.01], scaleanchor="x", scaleratio=1),
-                      height=height, margin=dict(l=10, r=10, t=30, b=40), legend=dict(font=dict(size=11)),
-                      title=dict(text="ROC (dot: current operating point)", font=dict(size=14)))
-    return fig
+    return _figure(data, dict(
+        xaxis=dict(title=dict(text="1 - specificity"), range=[-0.01, 1.01]),
+        yaxis=dict(title=dict(text="sensitivity"), range=[-0.01, 1.01], scaleanchor="x", scaleratio=1),
+        height=height, margin=dict(l=10, r=10, t=30, b=40), legend=dict(font=dict(size=11)),
+        title=dict(text="ROC (dot: current operating point)", font=dict(size=14))))
 
 
 def sens_spec_figure(ev, table, targets: list[str], cols: int = 3, height_per_row: int = 210) -> go.Figure:
@@ -145,14 +163,14 @@ def sens_spec_figure(ev, table, targets: list[str], cols: int = 3, height_per_ro
                       line=dict(color="#1565c0", width=2), hovertemplate="t=%{x:.3f} specificity %{y:.3f}<extra></extra>"),
                  dict(**common, x=[thr, thr], y=[0, 1], name="current threshold", legendgroup="cur", showlegend=first,
                       line=dict(color="black", width=1.5), hovertemplate=f"current {thr:.3f}<extra></extra>")]
-        if yj == yj:  # not NaN
+        if not np.isnan(yj):
             data.append(dict(**common, x=[yj, yj], y=[0, 1], name="Youden-optimal", legendgroup="youden",
                              showlegend=first, line=dict(color="#2e7d32", width=1.5, dash="dot"),
                              hovertemplate=f"Youden {yj:.3f}<extra></extra>"))
     height = 70 + height_per_row * n_rows
     layout.update(height=height, margin=dict(l=10, r=10, t=50, b=30),
                   legend=dict(orientation="h", x=0, y=1 + 45 / height, yanchor="bottom"))
-    return go.Figure(data=data, layout=layout)
+    return _figure(data, layout)
 
 
 def confusion_figure(cm: np.ndarray, labels: list[str], normalise: bool = False, title: str = "",
@@ -165,14 +183,17 @@ def confusion_figure(cm: np.ndarray, labels: list[str], normalise: bool = False,
     else:
         z = cm
         text = [[f"{int(v)}" for v in row] for row in cm]
-    fig = go.Figure(go.Heatmap(z=z, x=labels, y=labels, text=text, texttemplate="%{text}", colorscale="Blues",
-                               showscale=False, customdata=cm,
-                               hovertemplate=f"{axis_names[0]} %{{y}}<br>{axis_names[1]} %{{x}}<br>%{{customdata:.0f}} "
-                                             "images<extra></extra>"))
-    fig.update_layout(xaxis=dict(title=axis_names[1], side="bottom"), yaxis=dict(title=axis_names[0], autorange="reversed"),
-                      height=80 + 38 * len(labels), margin=dict(l=10, r=10, t=30 if title else 10, b=40),
-                      title=dict(text=title, font=dict(size=14)) if title else None)
-    return fig
+    blues = plotly_colors.sequential.Blues
+    trace = dict(type="heatmap", z=z, x=labels, y=labels, text=text, texttemplate="%{text}",
+                 colorscale=[[i / (len(blues) - 1), c] for i, c in enumerate(blues)],
+                 showscale=False, customdata=cm,
+                 hovertemplate=f"{axis_names[0]} %{{y}}<br>{axis_names[1]} %{{x}}<br>%{{customdata:.0f}} images<extra></extra>")
+    layout = dict(xaxis=dict(title=dict(text=axis_names[1]), side="bottom"),
+                  yaxis=dict(title=dict(text=axis_names[0]), autorange="reversed"),
+                  height=80 + 38 * len(labels), margin=dict(l=10, r=10, t=30 if title else 10, b=40))
+    if title:
+        layout["title"] = dict(text=title, font=dict(size=14))
+    return _figure([trace], layout)
 
 
 def reliability_figure(calibration: dict) -> go.Figure:
@@ -181,21 +202,20 @@ def reliability_figure(calibration: dict) -> go.Figure:
     Args:
         calibration: ``EvalSet.calibration``: ``{"before"|"after": {confidence, accuracy, count, ece, temperature}}``.
     """
-    fig = go.Figure([dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbbbbb", dash="dot"),
-                          name="perfect calibration", hoverinfo="skip")])
+    data = [dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbbbbb", dash="dot"),
+                 name="perfect calibration", hoverinfo="skip")]
     for key, colour in (("before", "#ef6c00"), ("after", "#1565c0")):
         c = calibration[key]
         name = ("uncalibrated (T = 1)" if key == "before" else f"temperature-scaled (T = {c['temperature']:.2f})")
-        fig.add_trace(go.Scatter(x=c["confidence"], y=c["accuracy"], mode="lines+markers", name=f"{name}: ECE {c['ece']:.3f}",
-                                 line=dict(color=colour), marker=dict(size=[4 + 16 * np.sqrt(n / max(max(c['count']), 1))
-                                                                           for n in c["count"]]),
-                                 customdata=c["count"],
-                                 hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} images"
-                                               "<extra></extra>"))
-    fig.update_layout(xaxis=dict(title="confidence (top-class probability)", range=[0, 1]),
-                      yaxis=dict(title="accuracy", range=[0, 1.02]), height=400,
-                      margin=dict(l=10, r=10, t=10, b=40), legend=dict(x=0.01, y=0.99))
-    return fig
+        biggest = max(max(c["count"], default=1), 1)
+        data.append(dict(type="scatter", x=c["confidence"], y=c["accuracy"], mode="lines+markers",
+                         name=f"{name}: ECE {c['ece']:.3f}", line=dict(color=colour),
+                         marker=dict(size=[4 + 16 * np.sqrt(n / biggest) for n in c["count"]]), customdata=c["count"],
+                         hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} images<extra></extra>"))
+    return _figure(data, dict(
+        xaxis=dict(title=dict(text="confidence (top-class probability)"), range=[0, 1]),
+        yaxis=dict(title=dict(text="accuracy"), range=[0, 1.02]), height=400,
+        margin=dict(l=10, r=10, t=10, b=40), legend=dict(x=0.01, y=0.99)))
 
 
 def embedding_figure(xy: np.ndarray, colour_by: np.ndarray, hover: np.ndarray, colours: dict[str, str] | None = None,
@@ -226,15 +246,15 @@ def embedding_figure(xy: np.ndarray, colour_by: np.ndarray, hover: np.ndarray, c
         else:
             data.append(dict(type="scattergl", x=xy[m, 0], y=xy[m, 1],
                              marker=dict(size=size, color=colour, opacity=0.8), **common))
-    fig = go.Figure(data=data)
-    axis = dict(showticklabels=False, title="", zeroline=False, showgrid=False)
+    axis = dict(showticklabels=False, title=dict(text=""), zeroline=False, showgrid=False)
+    layout = dict(height=height, margin=dict(l=10, r=10, t=30 if title else 10, b=10), legend=dict(itemsizing="constant"))
     if dims == 3:
-        fig.update_layout(scene=dict(xaxis=axis, yaxis=axis, zaxis=axis))
+        layout["scene"] = dict(xaxis=axis, yaxis=axis, zaxis=axis)
     else:
-        fig.update_layout(xaxis=axis, yaxis=axis, dragmode="lasso")
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30 if title else 10, b=10), legend=dict(itemsizing="constant"),
-                      title=dict(text=title, font=dict(size=14)) if title else None)
-    return fig
+        layout.update(xaxis=axis, yaxis=axis, dragmode="lasso")
+    if title:
+        layout["title"] = dict(text=title, font=dict(size=14))
+    return _figure(data, layout)
 
 
 def training_figure(history: list[dict]) -> go.Figure:
@@ -252,4 +272,70 @@ def training_figure(history: list[dict]) -> go.Figure:
     fig.update_xaxes(title_text="epoch", dtick=1 if len(ep) <= 20 else None)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+# --------------------------------------------------------------------------- reader study
+# The figure all three seed papers show: readers' points on the model's ROC (numbers from
+# derm_core.study_results).
+LEVEL_COLOURS = {"student": "#9467bd", "resident": "#ff7f0e", "general practitioner": "#2ca02c",
+                 "dermatologist": "#1f77b4"}
+OTHER_COLOUR = "#7f7f7f"
+
+
+def _ok(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def reader_roc_figure(ev, target: str, title: str, points: pd.DataFrame, averages: pd.DataFrame,
+                      model_pt: dict | None = None, model_label: str = "model", height: int = 520) -> go.Figure:
+    """The model's ROC curve for ``target`` on the study's cases, each reader's
+    (1 - specificity, sensitivity) point coloured by experience level, each level's average
+    (large diamond, outlined) and the model's own operating point (black star).
+
+    Args:
+        ev: the model's probabilities on the same cases (None: no model curve).
+        points, averages: :func:`~derm_core.study_results.reader_points` and
+            :func:`~derm_core.study_results.level_points` for one part of the study.
+    """
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbbbbb", dash="dot", width=1),
+                             hoverinfo="skip", showlegend=False))
+    if ev is not None and target in ev.roc:
+        fpr, tpr = ev.roc[target]
+        auc, lo, hi = ev.auc[target]
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", line=dict(color="black", width=2),
+                                 name=f"model ROC: AUC {auc:.3f} ({lo:.3f}-{hi:.3f})",
+                                 hovertemplate="1-specificity %{x:.3f}<br>sensitivity %{y:.3f}<extra>model</extra>"))
+    elif ev is not None:
+        fig.add_annotation(text="no model ROC: these cases lack positives or negatives for this target",
+                           x=0.5, y=0.05, showarrow=False, font=dict(size=11))
+    pts = points[points["sensitivity"].notna() & points["fpr"].notna()] if len(points) else points
+    for level in dict.fromkeys(list(LEVEL_COLOURS) + sorted(set(pts["level"]) if len(pts) else [])):
+        g = pts[pts["level"] == level] if len(pts) else pts
+        if not len(g):
+            continue
+        colour = LEVEL_COLOURS.get(level, OTHER_COLOUR)
+        fig.add_trace(go.Scatter(
+            x=g["fpr"], y=g["sensitivity"], mode="markers", name=f"{level} ({len(g)} reader{'s' * (len(g) != 1)})",
+            legendgroup=level, text=g["reader"],
+            marker=dict(color=colour, size=10, symbol="circle", line=dict(color="white", width=1)),
+            hovertemplate="%{text}<br>1-specificity %{x:.3f}<br>sensitivity %{y:.3f}<extra>" + level + "</extra>"))
+        avg = averages[averages["level"] == level] if len(averages) else averages
+        for _, a in avg.iterrows():
+            if _ok(a["fpr"]) and _ok(a["sensitivity"]):
+                fig.add_trace(go.Scatter(
+                    x=[a["fpr"]], y=[a["sensitivity"]], mode="markers", name=f"{level} average", legendgroup=level,
+                    marker=dict(color=colour, size=17, symbol="diamond", line=dict(color="black", width=2)),
+                    hovertemplate=(f"{level} average of {int(a['n_readers'])}<br>1-specificity %{{x:.3f}}<br>"
+                                   "sensitivity %{y:.3f}<extra></extra>")))
+    if model_pt and _ok(model_pt.get("fpr")) and _ok(model_pt.get("sensitivity")):
+        fig.add_trace(go.Scatter(x=[model_pt["fpr"]], y=[model_pt["sensitivity"]], mode="markers", name=model_label,
+                                 marker=dict(color="black", size=16, symbol="star"),
+                                 hovertemplate=model_label + "<br>1-specificity %{x:.3f}<br>sensitivity %{y:.3f}"
+                                               "<extra></extra>"))
+    fig.update_layout(xaxis=dict(title=dict(text="1 - specificity"), range=[-0.02, 1.02]),
+                      yaxis=dict(title=dict(text="sensitivity"), range=[-0.02, 1.02], scaleanchor="x", scaleratio=1),
+                      height=height, margin=dict(l=10, r=10, t=40, b=40), title=dict(text=title, font=dict(size=14)),
+                      legend=dict(font=dict(size=11)))
     return fig

@@ -25,6 +25,30 @@ class ImageError(ValueError):
     """A photo that cannot be used, with a human-readable reason."""
 
 
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
+def _looks_like(head: bytes) -> str | None:
+    """The image format whose signature ``head`` starts with, if any."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for sig, name in _SIGNATURES if head.startswith(sig)), None)
+
+
+def _head(source) -> bytes:
+    try:
+        if isinstance(source, (str, Path)):
+            with open(source, "rb") as f:
+                return f.read(16)
+        pos = source.tell()
+        head = source.read(16)
+        source.seek(pos)
+        return head if isinstance(head, bytes) else b""
+    except (OSError, AttributeError, ValueError):
+        return b""
+
+
 def _open(source) -> Image.Image:
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
@@ -38,6 +62,7 @@ def _open(source) -> Image.Image:
             raise ImageError(f"image file not found: {path}")
         if path.stat().st_size == 0:
             raise ImageError(f"the file is empty (0 bytes): {path}")
+    head = _head(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -49,8 +74,12 @@ def _open(source) -> Image.Image:
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"the image is too large to open safely ({e})") from None
+        raise ImageError(f"the image is too large to open safely: the limit is {MAX_PIXELS / 1e6:.0f} megapixels "
+                         f"({e})") from None
     except UnidentifiedImageError:
+        kind = _looks_like(head)
+        if kind:  # the right signature, but Pillow could not even read the header: cut short or damaged
+            raise ImageError(f"the file starts like a {kind} image but is damaged or truncated") from None
         raise ImageError("this file is not an image format DermTriage can read (JPEG, PNG, WebP, TIFF, BMP, GIF)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"the image file is damaged or truncated ({e})") from None

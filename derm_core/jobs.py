@@ -96,7 +96,7 @@ class TrainRequest:
         return a
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainRequest":
+    def from_dict(cls, d: dict) -> TrainRequest:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if d.get("image_size"):
             d["image_size"] = tuple(d["image_size"])
@@ -250,11 +250,20 @@ def status(run: str | Path) -> JobStatus:
     run = Path(run)
     job = _read_json(run / JOB_FILE) or {}
     progress = _read_json(run / "progress.json")
-    ext = _read_json(run / EXIT_FILE)
     pid, started = job.get("pid"), job.get("started_at")
+    child = _CHILDREN.get(pid)                 # started by this process: its exit code is known at once
+    child_rc = child.poll() if child is not None else None
     alive = pid_alive(pid, job.get("proc_start"))
+    if not alive and child is not None and child_rc is None:
+        try:                                   # just ended: the reaper thread is collecting its exit code
+            child_rc = child.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+    ext = _read_json(run / EXIT_FILE)          # read after: the reaper writes it before forgetting the child
     if ext is not None and ext.get("pid") != pid:
         ext = None
+    if ext is None and child_rc is not None:
+        ext = {"pid": pid, "returncode": child_rc}
     fresh = progress if progress and (started is None or progress.get("time", 0) >= started - 1) else None
     model = run / "model.json"
     st = JobStatus(run=run, state="empty", pid=pid, alive=alive, request=job.get("request"), started_at=started,
@@ -346,20 +355,18 @@ def start(run: str | Path, request: TrainRequest, *, python: str | None = None, 
             raise JobError(f"run {run.name} has already finished; start a new run (or evaluate this one)")
         (run / STOP_FILE).unlink(missing_ok=True)
         (run / EXIT_FILE).unlink(missing_ok=True)
-        nice = int(os.environ.get(ENV_NICE, 5)) if nice is None else int(nice)
+        nice = int(os.environ.get(ENV_NICE) or 5) if nice is None else int(nice)
         argv = [python or sys.executable, "-m", "derm_core.jobs", "--nice", str(nice), *request.argv(run)]
         child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
                      "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        log = open(run / LOG_FILE, "ab")
         try:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv[1:])}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(argv, cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=os.name == "posix")
+            with open(run / LOG_FILE, "ab") as log:   # the child keeps its own copy of the descriptor
+                log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv[1:])}\n".encode())
+                log.flush()
+                proc = subprocess.Popen(argv, cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=os.name == "posix")
         except OSError as e:
             raise JobError(f"could not start the training process: {e}") from None
-        finally:
-            log.close()
         _CHILDREN[proc.pid] = proc
         atomic_write_json(run / JOB_FILE, {"pid": proc.pid, "proc_start": _proc_start(proc.pid),
                                            "started_at": time.time(), "argv": argv, "request": asdict(request),

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .clinical import META_DIM, Clinical, encode
+from .transforms import RESAMPLING
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,8 @@ def freeze_early(model: DermNet) -> list[str]:
 
 
 def data_config(arch: str) -> dict:
-    """timm's mean/std/interpolation for the architecture, with our (H, W) input size."""
+    """timm's mean/std for the architecture, with our (H, W) input size and the resampling that
+    :class:`~derm_core.transforms.ResizeCover` really applies (not timm's own crop setting)."""
     pc = timm.models.get_pretrained_cfg(get_arch(arch).timm_name)
     return {"input_size": list(get_arch(arch).input_size), "mean": list(pc.mean), "std": list(pc.std),
-            "interpolation": pc.interpolation or "bilinear"}
+            "interpolation": RESAMPLING}

@@ -160,7 +160,7 @@ class EvalSet:
 
     @classmethod
     def from_table(cls, taxonomy: Taxonomy, table: pd.DataFrame, logits: np.ndarray, temperature: float,
-                   **kw) -> "EvalSet":
+                   **kw) -> EvalSet:
         """From a :func:`derm_core.data.load_table` table and the model's logits for its rows."""
         groups = {k: v.to_numpy() for k, v in subgroups(table).items()}
         return cls(taxonomy, table["y"].to_numpy(), logits, temperature, table["image_id"].to_numpy(), groups, **kw)
@@ -264,10 +264,14 @@ class EvalSet:
     @cached_property
     def headline(self) -> dict[str, float]:
         """Threshold-free summary: accuracy, balanced accuracy, top-k, macro AUC, ECE."""
+        import warnings
         c = len(self.classes)
         aucs = [self.auc[k][0] for k in self.classes]
+        with warnings.catch_warnings():   # small sets: a predicted class may be absent from the labels
+            warnings.simplefilter("ignore", UserWarning)
+            balanced = M.balanced_accuracy_score(self.y, self.pred)
         return {"n_images": len(self), "accuracy": M.accuracy_score(self.y, self.pred),
-                "balanced_accuracy": M.balanced_accuracy_score(self.y, self.pred),
+                "balanced_accuracy": balanced,
                 "top2_accuracy": M.top_k_accuracy_score(self.y, self.probs, 2) if c > 2 else 1.0,
                 "top3_accuracy": M.top_k_accuracy_score(self.y, self.probs, 3) if c > 3 else 1.0,
                 "macro_auc": float(np.nanmean(aucs)) if not all(math.isnan(a) for a in aucs) else float("nan"),
@@ -299,7 +303,7 @@ class EvalSet:
         return {g: pd.Categorical(labels, categories=self._group_static[g]["group"]).codes.astype(np.int64)
                 for g, labels in self.groups.items()}
 
-    def warm(self) -> "EvalSet":
+    def warm(self) -> EvalSet:
         """Compute every threshold-free part now (so the first slider move is as fast as the rest)."""
         for name in ("auc", "roc", "sens_spec_curves", "youden", "confusion", "calibration", "headline",
                      "_group_static", "_group_codes"):
@@ -408,7 +412,7 @@ def subgroup_table(ev: EvalSet, thresholds: Thresholds, target: str) -> pd.DataF
         static, codes = ev._group_static[gname], ev._group_codes[gname]
         k = len(static)
 
-        def count(m):
+        def count(m, codes=codes, k=k):
             return np.bincount(codes[m], minlength=k)
         tp, fp, fn, tn = count(f & pos), count(f & ~pos), count(~f & pos), count(~f & ~pos)
         frames.append(pd.DataFrame({"grouping": gname, **static.to_dict("list"), "n_positive": tp + fn,

@@ -75,3 +75,21 @@ def get_splits(table: pd.DataFrame, path: str | Path, seed: int = 0) -> pd.Serie
     split = make_splits(table, seed=seed)
     save_splits(table, split, path)
     return split
+
+
+def held_out_cases(data_dir: str | Path, taxonomy, card=None) -> tuple[pd.DataFrame, str]:
+    """The cases to show from a dataset folder, and where they come from in words: the model's
+    test split when the folder is the model's dataset (its split file lists every image), so
+    people see the model on images it never trained on; else all of the folder."""
+    from .data import load_table
+    table = load_table(data_dir, taxonomy)
+    if card is not None and card.path is not None:
+        split_file = card.path.parent / card.data.get("training", {}).get("split_file", "split.csv")
+        if split_file.is_file():
+            try:
+                test = (load_splits(table, split_file) == "test").to_numpy()
+            except ValueError:
+                test = None   # another dataset than the model's
+            if test is not None and test.any():
+                return table[test].reset_index(drop=True), f"the model's test split ({int(test.sum())} images)"
+    return table.reset_index(drop=True), f"all {len(table)} images of the folder"

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -139,21 +140,30 @@ def _optim_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
 
 
 def save_checkpoint(out: Path, model, opt, sched, epoch: int, history: list, best: dict, commands: list) -> None:
-    """Resumable state: weights + optimizer + RNG as safetensors, counters as JSON (no pickle)."""
+    """Resumable state in one safetensors file (no pickle): weights, optimizer and RNG as tensors,
+    the counters as JSON in its metadata, so a kill mid-save can never pair new weights with old
+    counters. ``last.json`` is a readable copy of the counters, written after."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt_t, opt_meta = _optim_tensors(opt)
     tensors.update(opt_t)
     tensors["rng.torch"] = torch.get_rng_state()
-    atomic_save_tensors(out / "last.safetensors", tensors)
-    atomic_write_json(out / "last.json", {"epoch": epoch, "scheduler_step": sched.last_epoch, "history": history,
-                                          "best": best, "commands": commands, **opt_meta})
+    meta = {"epoch": epoch, "scheduler_step": sched.last_epoch, "history": history, "best": best,
+            "commands": commands, **opt_meta}
+    atomic_save_tensors(out / "last.safetensors", tensors, {"checkpoint": json.dumps(meta)})
+    atomic_write_json(out / "last.json", meta)
 
 
 def load_checkpoint(out: Path, model, opt, sched) -> dict | None:
     """Restore weights, optimizer, scheduler and RNG; returns the JSON half (epoch, history, best, ...)."""
-    if not (out / "last.json").is_file() or not (out / "last.safetensors").is_file():
+    if not (out / "last.safetensors").is_file():
         return None
-    meta = json.loads((out / "last.json").read_text())
+    with safe_open(out / "last.safetensors", "pt") as f:
+        saved = (f.metadata() or {}).get("checkpoint")
+    if saved is None:                      # written before the counters moved into the file
+        if not (out / "last.json").is_file():
+            return None
+        saved = (out / "last.json").read_text()
+    meta = json.loads(saved)
     tensors = load_file(out / "last.safetensors")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     _optim_from_tensors(opt, tensors, meta)

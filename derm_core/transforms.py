@@ -11,6 +11,8 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+RESAMPLING = "bilinear, antialiased"   # what ResizeCover does; recorded in model cards
+
 
 class ResizeCover(torch.nn.Module):
     """Resize so the image covers (H, W) keeping its aspect ratio, then centre-crop to (H, W)."""

@@ -7,10 +7,10 @@ import streamlit as st
 import pandas as pd
 
 from derm_core.checkpoint import DEFAULT_MODEL, ENV_MODEL, ModelError, read_card
-from derm_core.data import ENV_DATA, DataError, load_table
+from derm_core.data import ENV_DATA, DataError
 from derm_core.predictor import Predictor
 from derm_core.report import DISCLAIMER
-from derm_core.splits import load_splits
+from derm_core.splits import held_out_cases
 from derm_core.triage import Thresholds
 
 
@@ -40,26 +40,24 @@ def get_predictor() -> Predictor:
 
 
 def data_dir_setting() -> str:
-    """The dataset folder for example cases and evaluation: app setting, else $DERMTRIAGE_DATA."""
-    if "data_dir" not in st.session_state:
-        st.session_state["data_dir"] = os.environ.get(ENV_DATA, "")
-    return st.sidebar.text_input("Dataset folder", key="data_dir",
-                                 help=f"HAM10000 or generic layout (images + labels.csv); default from ${ENV_DATA}")
+    """The dataset folder for example cases and evaluation: app setting, else $DERMTRIAGE_DATA.
+
+    The value lives under its own session key and is copied into the widget on every run:
+    Streamlit drops a widget's state when a run is interrupted before the widget is drawn
+    (a click while the page is still loading), which would otherwise blank the setting."""
+    if "data_dir_value" not in st.session_state:
+        st.session_state["data_dir_value"] = os.environ.get(ENV_DATA, "")
+    st.session_state["data_dir"] = st.session_state["data_dir_value"]
+    st.sidebar.text_input("Dataset folder", key="data_dir",
+                          on_change=lambda: st.session_state.update(data_dir_value=st.session_state["data_dir"]),
+                          help=f"HAM10000 or generic layout (images + labels.csv); default from ${ENV_DATA}")
+    return st.session_state["data_dir_value"]
 
 
 @st.cache_data(show_spinner="Reading the dataset ...")
 def _cases(data_dir: str, card_path: str, classes: tuple[str, ...]) -> pd.DataFrame:
     card = read_card(card_path)
-    table = load_table(data_dir, card.taxonomy)
-    split_file = card.path.parent / card.data.get("training", {}).get("split_file", "split.csv")
-    if split_file.is_file():
-        try:
-            test = (load_splits(table, split_file) == "test").to_numpy()
-            if test.any():
-                table = table[test]
-        except ValueError:
-            pass  # another dataset than the model's: offer all of it
-    return table.reset_index(drop=True)
+    return held_out_cases(data_dir, card.taxonomy, card)[0]
 
 
 def example_cases(pred: Predictor) -> pd.DataFrame:

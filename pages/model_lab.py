@@ -292,6 +292,11 @@ def current_thresholds(card) -> Thresholds:
     return Thresholds(thr.classes, thr.tiers, name)
 
 
+def number_format(df: pd.DataFrame) -> dict:
+    """Three decimals for every float column (cheaper than a pandas Styler on every slider move)."""
+    return {c: st.column_config.NumberColumn(format="%.3f") for c in df.columns if df[c].dtype.kind == "f"}
+
+
 def pct(v) -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.1%}"
 
@@ -360,22 +365,15 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     show = table.rename(columns={"label": "class / tier", "n": "positives", "ppv": "PPV", "npv": "NPV", "f1": "F1",
                                  "auc": "AUC", "auc_low": "AUC 95% low", "auc_high": "AUC 95% high",
                                  "youden": "Youden threshold"}).drop(columns=["target", "kind"])
-    st.dataframe(show.style.format({c: "{:.3f}" for c in show.columns if show[c].dtype.kind == "f"}, na_rep="—"),
-                 hide_index=True, key="lab_table")
+    st.dataframe(show, hide_index=True, key="lab_table", column_config=number_format(show))
 
-    st.subheader("Confusion matrices")
-    norm = st.toggle("Row-normalised", True, key="lab_cm_norm")
-    c1, c2 = st.columns([3, 2])
-    c1.plotly_chart(confusion_figure(ev.confusion, list(ev.classes), norm, "classes (most probable class)"),
-                    key="lab_cm_classes")
-    c2.plotly_chart(confusion_figure(O.tier_confusion(ev, thr), tax.tier_names, norm, "risk tiers (current thresholds)",
-                                     ("true tier", "assigned tier")), key="lab_cm_tiers")
-
-    st.subheader("Calibration")
-    cal = ev.calibration
-    st.plotly_chart(reliability_figure(cal), key="lab_reliability")
-    st.caption(f"ECE {cal['before']['ece']:.3f} before and {cal['after']['ece']:.3f} after temperature scaling "
-               f"(T = {cal['after']['temperature']:.2f}).")
+    st.subheader("Risk tiers assigned at the current thresholds")
+    c1, c2 = st.columns([2, 3])
+    c1.plotly_chart(confusion_figure(O.tier_confusion(ev, thr), tax.tier_names, st.session_state.get("lab_cm_norm", True),
+                                     "", ("true tier", "assigned tier")), key="lab_cm_tiers")
+    c2.caption("Rows: the true tier of each image (from its recorded diagnosis); columns: the tier the model assigns "
+               "at the tier thresholds above. Cells left of the diagonal are under-triaged (given a less urgent tier "
+               "than the true one).")
 
     st.subheader("Subgroups")
     sub = O.subgroup_table(ev, thr, tgt)
@@ -384,8 +382,7 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     else:
         st.caption(f"Sensitivity to PPV columns: {ev.target_label(tgt)} at the current thresholds. Small groups "
                    "give unstable numbers: read them with their sizes.")
-        st.dataframe(sub.style.format({c: "{:.3f}" for c in sub.columns if sub[c].dtype.kind == "f"}, na_rep="—"),
-                     hide_index=True, key="lab_subgroups")
+        st.dataframe(sub, hide_index=True, key="lab_subgroups", column_config=number_format(sub))
 
     embedding_view(card, res, folder, split, thr)
     save_profile_form(card, ev, thr, folder, split, res["key"])
@@ -526,7 +523,21 @@ def evaluate_section() -> None:
     m[3].metric("Top-3 accuracy", pct(h["top3_accuracy"]))
     m[4].metric("Macro AUC", f"{h['macro_auc']:.3f}")
     m[5].metric("ECE", f"{h['ece']:.3f}")
+    threshold_free(ev)
     st.fragment(tune)(card, res, folder, split)
+
+
+def threshold_free(ev: O.EvalSet) -> None:
+    """The views that no threshold changes (drawn outside the slider fragment)."""
+    with st.expander("Confusion matrix and calibration (threshold-free)", expanded=True):
+        norm = st.toggle("Row-normalised", True, key="lab_cm_norm")
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(confusion_figure(ev.confusion, list(ev.classes), norm, "classes (most probable class)"),
+                        key="lab_cm_classes")
+        cal = ev.calibration
+        c2.plotly_chart(reliability_figure(cal), key="lab_reliability")
+        c2.caption(f"Reliability diagram: ECE {cal['before']['ece']:.3f} before and {cal['after']['ece']:.3f} after "
+                   f"temperature scaling (T = {cal['after']['temperature']:.2f}).")
 
 
 if section == "Train":

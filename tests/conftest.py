@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def write_dataset(root: Path, per_class: int = 10, layout: str = "generic", size
         for i in range(per_class):
             image_id = f"{c}_{i:03d}"
             lesion = f"L_{c}_{i // 2}"  # two images per lesion
-            lesion_image(colour, size, seed=hash((c, i)) % 2**31).save(root / "images" / f"{image_id}.jpg", quality=95)
+            lesion_image(colour, size, seed=zlib.crc32(image_id.encode())).save(root / "images" / f"{image_id}.jpg", quality=95)
             rows.append({"image_id": image_id, "label": c, "lesion_id": lesion, "age": float(rng.integers(20, 80)),
                          "sex": rng.choice(["male", "female"]), "site": rng.choice(["back", "face", "trunk"])})
     df = pd.DataFrame(rows)
@@ -88,3 +89,11 @@ def ham_dir() -> Path:
     if not (HAM_DIR / "metadata.csv").is_file():
         pytest.skip(f"HAM10000 folder not found at {HAM_DIR} (set DERMTRIAGE_HAM10000 to run this test)")
     return HAM_DIR
+
+
+def page_text(at) -> str:
+    """Every markdown, caption and alert an AppTest run shows, as one string."""
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    for kind in (at.success, at.warning, at.error, at.info):
+        parts += [e.value for e in kind]
+    return "\n".join(str(p) for p in parts)

@@ -8,7 +8,7 @@ from derm_core import jobs
 from derm_core import profiles as P
 from derm_core.checkpoint import read_card, save_model
 from derm_core.models import create_model
-from conftest import ROOT, tiny_card, write_dataset
+from conftest import ROOT, page_text, tiny_card, write_dataset
 
 
 def _save_tiny(path, ham7, seed=0):
@@ -36,30 +36,23 @@ def _lab() -> AppTest:
     return at.run()
 
 
-def _texts(at) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
-    for kind in (at.success, at.warning, at.error, at.info):
-        parts += [e.value for e in kind]
-    return "\n".join(str(p) for p in parts)
-
-
 def test_evaluate_tune_publish_and_triage_uses_the_profile(lab):
     at = _lab()
     assert not at.exception, at.exception
     at.radio(key="lab_section").set_value("Evaluate & tune").run()
     at.selectbox(key="lab_model").set_value(str(lab["card"])).run()
-    assert "has not been evaluated on these 35 images" in _texts(at)
+    assert "has not been evaluated on these 35 images" in page_text(at)
     at.button(key="lab_evaluate").click().run()
     assert not at.exception, at.exception
     assert [m.value for m in at.metric if m.label == "Images"] == ["35"]
     assert len(at.get("plotly_chart")) >= 6            # ROC x2, sens/spec, confusion x2, reliability
-    assert "Thresholds: **model default**" in _texts(at)
+    assert "Thresholds: **model default**" in page_text(at)
 
     # a slider re-bins: the sensitivity/specificity summary follows it
     at.selectbox(key="lab_target").set_value("mel").run()
     at.slider(key="lab_thr_c_mel").set_value(0.0).run()
     assert [m.value for m in at.metric if m.label == "Sensitivity"] == ["100.0%"]
-    assert "custom (Model lab)" in _texts(at)
+    assert "custom (Model lab)" in page_text(at)
     at.slider(key="lab_thr_c_mel").set_value(1.0).run()
     assert [m.value for m in at.metric if m.label == "Sensitivity"] == ["0.0%"]
     at.number_input(key="lab_prev_mel").set_value(2.0).run()
@@ -68,7 +61,7 @@ def test_evaluate_tune_publish_and_triage_uses_the_profile(lab):
     # a preset fills every slider
     at.button(key="lab_p_screening").click().run()
     assert not at.exception, at.exception
-    assert "Thresholds: **screening (sensitivity >= 95%)**" in _texts(at)
+    assert "Thresholds: **screening (sensitivity >= 95%)**" in page_text(at)
     assert [m.value for m in at.metric if m.label == "Sensitivity"] != ["0.0%"]
 
     # t-SNE of the embeddings, computed on request and cached
@@ -86,18 +79,18 @@ def test_evaluate_tune_publish_and_triage_uses_the_profile(lab):
     at.text_input(key="lab_profile_name").set_value("clinic A")     # inside a form: sent with its submit
     next(b for b in at.button if b.label == "Save profile").click().run()
     assert not at.exception, at.exception
-    assert "Saved profile **clinic A v1**" in _texts(at)
+    assert "Saved profile **clinic A v1**" in page_text(at)
     saved = P.list_profiles()
     assert len(saved) == 1 and saved[0].data["validation"]["n_images"] == 35
     assert saved[0].data["metrics"]["tiers"]["dangerous"]["sensitivity"] >= 0.95
     at.button(key="lab_use_profile").click().run()
     at.switch_page("pages/triage.py").run()
     assert not at.exception, at.exception
-    assert "thresholds: **profile clinic A v1**" in _texts(at)
+    assert "thresholds: **profile clinic A v1**" in page_text(at)
     assert at.selectbox(key="_profile_picker").value == str(saved[0].path)
     # back to the model default from the sidebar
     at.selectbox(key="_profile_picker").set_value("model default").run()
-    assert "thresholds: **model default**" in _texts(at)
+    assert "thresholds: **model default**" in page_text(at)
 
     # a new session (re-opening the page) finds the cached predictions: no second evaluation
     again = _lab()
@@ -116,7 +109,7 @@ def test_mismatched_profile_is_refused_on_the_triage_page(lab, ham7):
     assert not at.exception, at.exception
     errors = "\n".join(e.value for e in at.error)
     assert "Threshold profile refused" in errors and "made for model other" in errors
-    assert "thresholds: **model default**" in _texts(at)
+    assert "thresholds: **model default**" in page_text(at)
 
 
 def test_train_from_the_page_watch_reattach_and_list(lab):
@@ -145,7 +138,7 @@ def test_train_from_the_page_watch_reattach_and_list(lab):
     st = jobs.wait(run, timeout=900)
     assert st.state == "done", (st.error, st.log_tail)
     at.run()
-    assert "Finished: model card" in _texts(at)
+    assert "Finished: model card" in page_text(at)
     assert not at.button(key="lab_start").disabled
     at.radio(key="lab_section").set_value("Runs").run()
     assert not at.exception, at.exception

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from derm_core.checkpoint import save_model
 from derm_core.models import create_model
-from conftest import CLASS_COLOURS, ROOT, lesion_image, tiny_card, write_dataset
+from conftest import CLASS_COLOURS, ROOT, lesion_image, page_text, tiny_card, write_dataset
 
 
 @pytest.fixture
@@ -34,21 +34,14 @@ def _app() -> AppTest:
     return at
 
 
-def _texts(at) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
-    for kind in (at.success, at.warning, at.error, at.info):
-        parts += [e.value for e in kind]
-    return "\n".join(str(p) for p in parts)
-
-
 def test_upload_gives_differential_tier_explanations_and_report(tiny_model):
     at = _app().run()
     assert not at.exception
-    assert "Upload a photo" in _texts(at) and "not a medical device" in _texts(at)
+    assert "Upload a photo" in page_text(at) and "not a medical device" in page_text(at)
     at.file_uploader[0].set_value(("lesion.png", _png(lesion_image(CLASS_COLOURS["mel"], (200, 150))), "image/png"))
     at.run()
     assert not at.exception, at.exception
-    text = _texts(at)
+    text = page_text(at)
     assert "Risk tier:" in text
     assert any(tier in text for tier in ("low-risk", "high-risk", "dangerous"))
     assert "Biopsy site at x=" in text
@@ -65,7 +58,7 @@ def test_clinical_data_is_used_and_reported(tiny_model):
     at.selectbox(key="site").set_value("face")
     at.run()
     assert not at.exception
-    assert "clinical data used: age, sex, site" in _texts(at)
+    assert "clinical data used: age, sex, site" in page_text(at)
     assert [m.value for m in at.markdown if m.value.startswith("- **")]  # the differential is listed
 
 
@@ -87,7 +80,7 @@ def test_bad_uploads_get_a_clear_message(tiny_model, name):
     at.run()
     assert not at.exception
     errors = " ".join(e.value for e in at.error)
-    assert "cannot be used" in errors, _texts(at)
+    assert "cannot be used" in errors, page_text(at)
 
 
 def test_unusual_but_valid_images_work(tiny_model):
@@ -99,31 +92,34 @@ def test_unusual_but_valid_images_work(tiny_model):
         at.file_uploader[0].set_value(("x.png", raw, "image/png"))
         at.run()
         assert not at.exception
-        assert "Risk tier:" in _texts(at)
+        assert "Risk tier:" in page_text(at)
 
 
 def test_example_case_from_dataset_folder(tiny_model, tmp_path):
     data = write_dataset(tmp_path / "data", per_class=2, size=(200, 150))
     at = _app()
-    at.session_state["data_dir"] = str(data)
     at.run()
-    at.radio(key="source").set_value("Example case from a dataset")
-    at.run()
+    at.radio(key="source").set_value("Example case from a dataset").run()
+    assert "set the dataset folder" in page_text(at)
+    at.text_input(key="data_dir").set_value(str(data)).run()          # the sidebar setting, as a user types it
+    at.radio(key="source").set_value("Upload a photo").run()          # the widget is not drawn on this view ...
+    at.radio(key="source").set_value("Example case from a dataset").run()
+    assert at.text_input(key="data_dir").value == str(data)           # ... and the setting is kept
     assert not at.exception, at.exception
-    assert "Risk tier:" in _texts(at)
+    assert "Risk tier:" in page_text(at)
     at.checkbox(key="reveal").check().run()
-    assert "Recorded diagnosis" in _texts(at)
+    assert "Recorded diagnosis" in page_text(at)
 
 
 def test_case_link_opens_example(tiny_model, tmp_path):
     data = write_dataset(tmp_path / "data", per_class=2, size=(200, 150))
     at = _app()
-    at.session_state["data_dir"] = str(data)
+    at.session_state["data_dir_value"] = str(data)
     at.query_params["case"] = "mel_001"
     at.run()
     assert not at.exception, at.exception
     assert at.selectbox(key="example").value == "mel_001"
-    assert "Risk tier:" in _texts(at)
+    assert "Risk tier:" in page_text(at)
 
 
 def test_broken_model_falls_back_with_message(tiny_model, monkeypatch, tmp_path):

@@ -101,7 +101,7 @@ def test_bootstrap_auc_interval():
     auc, lo, hi = O.bootstrap_auc(y, s, n_boot=300)
     assert auc == pytest.approx(M.auc_score(y, s))
     assert lo < auc < hi and hi - lo < 0.2
-    a2, l2, h2 = O.bootstrap_auc(y[:40], s[:40], n_boot=300)   # fewer images: wider interval
+    _, l2, h2 = O.bootstrap_auc(y[:40], s[:40], n_boot=300)   # fewer images: wider interval
     assert h2 - l2 > hi - lo
     assert all(math.isnan(v) for v in O.bootstrap_auc(np.ones(10), s[:10]))
 
@@ -236,3 +236,37 @@ def test_tsne_layouts_2d_and_3d(tmp_path, monkeypatch):
     assert (y[d.argmin(1)] == y).mean() > 0.9
     assert E.tsne(x[:30], 3, n_jobs=1).shape == (30, 3)
     assert E.tsne(x[:3], 2).shape == (3, 2)   # too few points: no crash
+
+
+# ---------------------------------------------------------------------- the lab's figures (figures.py)
+def test_lab_figures_are_valid_plotly_and_the_fast_path_matches(ham7, monkeypatch):
+    import json
+
+    import plotly.io as pio
+
+    from derm_core import figures as F
+    ev = _eval(ham7, n=300)
+    thr = _thr(ham7)
+    table = O.operating_table(ev, thr)
+    xy = np.random.default_rng(0).normal(size=(300, 2))
+    tiers = np.array(ham7.tier_names)[assign_tiers(ev.probs, ham7, thr.tiers)]
+
+    def build():
+        return [F.roc_figure(ev, table, ev.target_names()[:2]), F.roc_figure(ev, table, list(ham7.classes)),
+                F.sens_spec_figure(ev, table, ev.target_names()),
+                F.confusion_figure(ev.confusion, list(ham7.classes), True, "classes"),
+                F.confusion_figure(O.tier_confusion(ev, thr), ham7.tier_names, False),
+                F.reliability_figure(ev.calibration),
+                F.embedding_figure(xy, tiers, ev.image_ids, {t: ham7.tiers[t].colour for t in ham7.tier_names}),
+                F.embedding_figure(np.c_[xy, xy[:, :1]], np.array(ham7.classes)[ev.y], ev.image_ids),
+                F.training_figure([{"epoch": 1, "train_loss": 1.2, "val_loss": 1.3, "val_accuracy": 0.4},
+                                   {"epoch": 2, "train_loss": 1.0, "val_loss": 1.1, "val_accuracy": 0.5}])]
+    fast = build()
+    monkeypatch.setattr(F, "VALIDATE", True)
+    checked = build()                       # raises on any invalid property
+    for f, c in zip(fast, checked):
+        assert json.loads(pio.to_json(f.to_dict(), validate=False)) == json.loads(pio.to_json(c.to_dict(), validate=False))
+    sens_spec = checked[2]
+    assert len([d for d in sens_spec.data if d.name == "sensitivity"]) == len(ev.target_names())
+    roc = checked[1]
+    assert sum(1 for d in roc.data if d.mode == "markers") == 7      # one operating point per class

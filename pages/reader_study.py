@@ -1,0 +1,373 @@
+"""Reader study: a teacher sets up a study, readers take it (unassisted and/or AI-assisted),
+everyone sees where they stand against each other and the model.
+
+Widgets only: set-up and case drawing are derm_core.study, storage derm_core.study_store
+(SQLite, shared by every session), scoring derm_core.study_results, the ROC figure
+derm_core.figures.
+"""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from derm_core import explain
+from derm_core import study_results as R
+from derm_core.checkpoint import read_card
+from derm_core.clinical import Clinical
+from derm_core.data import DataError
+from derm_core.figures import confusion_figure
+from derm_core.images import ImageError, load_image, strip_metadata
+from derm_core.study import (BALANCES, LEVELS, MODES, QUESTIONS, TIME_LIMITS, Study, StudyError, StudySpec,
+                             create_study, same_model, seconds_left)
+from derm_core.figures import reader_roc_figure
+from derm_core.splits import held_out_cases
+from derm_core.study_store import ENV_HOME, ENV_STUDY_DB, AlreadyAnswered, StudyStore, StudyStoreError
+from pages._common import active_thresholds, data_dir_setting, disclaimer, get_predictor
+
+SECTIONS = ["Set up", "Read", "Results"]
+PHASE_TITLE = {"unassisted": "Part 1: unassisted", "assisted": "AI-assisted"}
+
+st.title("🎓 Reader study")
+disclaimer()
+try:
+    store = StudyStore()
+except StudyStoreError as e:
+    st.error(f"The study database cannot be used: {e}")
+    st.stop()
+st.caption(f"Studies are kept in `{store.path}` (set `${ENV_STUDY_DB}`, or `${ENV_HOME}` for the folder).")
+
+params = st.query_params
+if "rs_section" not in st.session_state and params.get("reader"):
+    st.session_state["rs_section"] = "Read"      # a reader's reload lands back on their case
+section = st.radio("Section", SECTIONS, horizontal=True, key="rs_section", label_visibility="collapsed")
+
+
+def fail(e: Exception) -> None:
+    st.error(f"The study database refused this: {e}" if isinstance(e, StudyStoreError) else str(e))
+    st.stop()
+
+
+def study_picker(key: str, studies: pd.DataFrame) -> Study:
+    ids = [int(i) for i in studies["id"]]
+    names = dict(zip(ids, studies["name"]))
+    wanted = params.get("study")
+    if key not in st.session_state and wanted and wanted.isdigit() and int(wanted) in ids:
+        st.session_state[key] = int(wanted)
+    sid = st.selectbox("Study", ids, format_func=lambda i: f"{names[i]} (#{i})", key=key)
+    try:
+        study = Study.load(store, sid)
+    except StudyStoreError as e:
+        fail(e)
+    st.caption(study.describe())
+    return study
+
+
+@st.cache_data(show_spinner="Reading the dataset ...", max_entries=4)
+def cached_pool(data_dir: str, card_path: str, classes: tuple[str, ...]):
+    card = read_card(card_path)
+    return held_out_cases(data_dir, card.taxonomy, card)
+
+
+def load_studies() -> pd.DataFrame:
+    try:
+        return store.studies()
+    except StudyStoreError as e:
+        fail(e)
+
+
+# ============================================================================ Set up
+def setup_section() -> None:
+    pred = get_predictor()
+    thresholds = active_thresholds(pred)
+    data_dir = data_dir_setting()
+    st.subheader("New study")
+    st.caption(f"Model **{pred.card.name}** ({pred.card.version}) at thresholds **{thresholds.name}**: its output "
+               "for every case is computed now and frozen with the cases.")
+    name = st.text_input("Study name", key="rs_new_name", placeholder="e.g. GP teaching day, March")
+    c1, c2 = st.columns(2)
+    question = c1.radio("Question", list(QUESTIONS), format_func=QUESTIONS.get, key="rs_new_question")
+    mode = c2.radio("Mode", list(MODES), format_func=MODES.get, key="rs_new_mode")
+    c1, c2, c3 = st.columns(3)
+    n_cases = c1.number_input("Cases per part", min_value=1, max_value=500, value=20, step=1, key="rs_new_n")
+    balance = c2.selectbox("Balance", list(BALANCES), format_func=BALANCES.get, key="rs_new_balance")
+    limit = c3.selectbox("Time limit per case", TIME_LIMITS, key="rs_new_limit",
+                         format_func=lambda v: "none" if v is None else f"{v} s")
+    c1, c2 = st.columns(2)
+    show_clinical = c1.checkbox("Show clinical data (age, sex, site)", key="rs_new_clinical",
+                                help="The model also gets them only when readers see them.")
+    seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="rs_new_seed")
+    if st.button("Create study", type="primary", key="rs_create"):
+        try:
+            spec = StudySpec(name, data_dir, question, int(n_cases), balance, limit, show_clinical, mode, int(seed))
+            if not data_dir:
+                raise StudyError("set the dataset folder in the sidebar first")
+            table, pool = cached_pool(data_dir, str(pred.card.path), pred.taxonomy.classes)
+            bar = st.progress(0.0, text="Computing the model's output for the cases ...")
+            sid = create_study(store, spec, table, pred.taxonomy, pred, thresholds, pool,
+                               callback=lambda d, n: bar.progress(d / n, text=f"Model output: case {d} of {n}"))
+            bar.empty()
+        except (StudyError, DataError, ImageError, StudyStoreError) as e:
+            st.error(f"Study not created: {e}")
+        else:
+            st.success(f"Study **{spec.name}** created (#{sid}) from {pool}. Readers pick it in **Read**; the link "
+                       f"`?study={sid}` opens it directly.")
+    st.subheader("Studies")
+    studies = load_studies()
+    if len(studies):
+        show = studies.assign(created=pd.to_datetime(studies["created_at"], unit="s").dt.strftime("%Y-%m-%d %H:%M"))
+        st.dataframe(show[["id", "name", "created", "question", "mode", "n_case_rows", "n_readers", "n_answers"]]
+                     .rename(columns={"n_case_rows": "cases", "n_readers": "readers", "n_answers": "answers"}),
+                     hide_index=True, key="rs_studies")
+    else:
+        st.info("No study yet.")
+
+
+# ============================================================================ Read
+@st.cache_data(max_entries=16, show_spinner="Computing Grad-CAM ...")
+def cached_cam(case_id: int, image_path: str, target: int, model_id: str, _pred, _clinical):
+    image = load_image(image_path)
+    return explain.cam_heatmap(_pred, image, target, "gradcam", _clinical).overlay(image)
+
+
+def sign_in(study: Study) -> dict | None:
+    """The reader of this session: from the session, the page link (a reload), or the form."""
+    me = st.session_state.get("rs_reader")
+    if me and me["study_id"] == study.id:
+        return me
+    wanted = params.get("reader")
+    if wanted and params.get("study") == str(study.id):
+        try:
+            me = store.find_reader(study.id, wanted)
+        except StudyStoreError as e:
+            fail(e)
+        if me:
+            st.session_state["rs_reader"] = me
+            return me
+    st.subheader("Who is reading?")
+    c1, c2 = st.columns(2)
+    name = c1.text_input("Your name", key="rs_reader_name",
+                         help="Use the same name to continue later: progress is kept for each name.")
+    level = c2.selectbox("Experience level", LEVELS, key="rs_reader_level")
+    if st.button("Start or continue", type="primary", key="rs_start"):
+        if not name.strip():
+            st.error("Enter your name.")
+            return None
+        try:
+            me = store.reader(study.id, name, level)
+        except StudyStoreError as e:
+            fail(e)
+        if not me["new"] and me["level"] != level:
+            st.info(f"Welcome back, {me['name']}: continuing as {me['level']}, the level you first gave.")
+        st.session_state["rs_reader"] = me
+        st.query_params.update({"study": str(study.id), "reader": me["name"]})
+        st.rerun()
+    return None
+
+
+def show_model_output(study: Study, case: dict) -> None:
+    tax = study.taxonomy
+    st.markdown("**DermTriage's output**")
+    tier = case["model_tier"]
+    st.markdown(f"Risk tier: **{tier}** — {tax.tiers[tier].action}")
+    for code, p in case["model_differential"]:
+        st.markdown(f"- {tax.display_names[code]} ({code}): {p:.0%}")
+    pred = get_predictor()
+    if not same_model(study.model, pred.card):
+        st.caption(f"Grad-CAM not shown: this study froze the output of model {study.model.get('name')} "
+                   f"({study.model.get('version')}), and another model is loaded.")
+        return
+    top = tax.index(case["model_differential"][0][0])
+    clinical = None
+    if study.spec.show_clinical:
+        clinical = Clinical.parse(case["age"], case["sex"], case["site"])
+    try:
+        overlay = cached_cam(int(case["id"]), case["image_path"], top, f"{pred.card.path}:{pred.card.version}", pred,
+                             clinical)
+    except (ImageError, OSError, RuntimeError) as e:
+        st.caption(f"Grad-CAM unavailable: {e}")
+        return
+    st.image(overlay, width=300, caption=f"Grad-CAM for {tax.display_names[tax.classes[top]]}")
+
+
+def read_section() -> None:
+    studies = load_studies()
+    if not len(studies):
+        st.info("No study yet: a teacher creates one in **Set up**.")
+        return
+    study = study_picker("rs_read_study", studies)
+    me = sign_in(study)
+    if me is None:
+        return
+    top = st.columns([4, 1])
+    top[0].markdown(f"Reading as **{me['name']}** ({me['level']})")
+    if top[1].button("Sign out", key="rs_sign_out"):
+        st.session_state.pop("rs_reader", None)
+        st.query_params.pop("reader", None)
+        st.rerun()
+    for msg in st.session_state.pop("rs_flash", []):
+        st.info(msg)
+    try:
+        case = store.next_case(me["id"])
+        done, total = store.progress(me["id"])
+    except StudyStoreError as e:
+        fail(e)
+    st.progress(done / max(total, 1), text=f"{done} of {total} cases answered")
+    if case is None:
+        st.success(f"All {total} cases answered — thank you, {me['name']}.")
+        mine = R.reader_table(store.answers(study.id))
+        mine = mine[mine["reader_id"] == me["id"]]
+        for _, r in mine.iterrows():
+            st.markdown(f"- {PHASE_TITLE[r['phase']] if study.spec.mode == 'both' else r['phase']}: accuracy "
+                        f"**{r['accuracy']:.0%}** ({r['n_cases']} cases, {r['n_timed_out']} timed out)")
+        st.caption("See where you stand in **Results**.")
+        return
+
+    phase = case["phase"]
+    if study.spec.mode == "both":
+        st.subheader("Part 1: unassisted" if phase == "unassisted" else "Part 2: AI-assisted (a different case set)")
+    try:
+        shown_at = store.mark_shown(me["id"], int(case["id"]))
+    except StudyStoreError as e:
+        fail(e)
+    limit = study.spec.time_limit_s
+    if limit:
+        left = seconds_left(shown_at, limit, time.time())
+
+        @st.fragment(run_every=1.0 if left > 0 else None)
+        def countdown() -> None:
+            remaining = seconds_left(shown_at, limit, time.time())
+            st.progress(remaining / limit, text=f"⏱️ {remaining:.0f} s left" if remaining > 0 else
+                        "⏱️ Time is up: your answer will be recorded as timed out.")
+        countdown()
+
+    left_col, right_col = st.columns([3, 2])
+    with left_col:
+        try:
+            image = strip_metadata(load_image(case["image_path"]))
+        except (ImageError, OSError) as e:
+            st.error(f"The case image {case['image_path']} cannot be shown: {e}. Ask the teacher to restore the "
+                     "dataset folder.")
+            st.stop()
+        st.image(image, caption=f"Case {case['position'] + 1}", width=480)
+        if study.spec.show_clinical:
+            age = "unknown" if pd.isna(case["age"]) else f"{case['age']:.0f}"
+            st.markdown(f"Age **{age}** · sex **{case['sex'] or 'unknown'}** · site **{case['site'] or 'unknown'}**")
+    with right_col:
+        if phase == "assisted":
+            show_model_output(study, case)
+    answer = st.radio(f"Your answer: {QUESTIONS[study.question].lower()}", list(study.choices), index=None,
+                      format_func=study.label, key=f"rs_answer_{case['id']}")
+    if st.button("Submit answer", type="primary", key="rs_submit"):
+        if answer is None:
+            st.warning("Choose an answer first.")
+            return
+        try:
+            row = store.record_answer(me["id"], int(case["id"]), answer)
+        except AlreadyAnswered:
+            st.session_state["rs_flash"] = ["That case was already answered (another tab?); moving on."]
+        except StudyStoreError as e:
+            fail(e)
+        else:
+            if row["timed_out"]:
+                st.session_state["rs_flash"] = [f"Recorded as timed out ({row['seconds']:.0f} s, limit {limit:g} s)."]
+        st.rerun()
+
+
+# ============================================================================ Results
+def results_section() -> None:
+    studies = load_studies()
+    if not len(studies):
+        st.info("No study yet.")
+        return
+    study = study_picker("rs_res_study", studies)
+    try:
+        answers, cases = store.answers(study.id), store.cases(study.id)
+    except StudyStoreError as e:
+        fail(e)
+    thr, thr_note = study.thresholds, "frozen at creation"
+    if study.model:
+        pred = get_predictor()
+        if same_model(study.model, pred.card):
+            thr, thr_note = active_thresholds(pred), "active profile"
+    model = R.model_as_reader(cases, study, thr)
+    if study.model:
+        st.caption(f"Model **{study.model.get('name')}** ({study.model.get('version')}) on the same cases, at "
+                   f"thresholds **{thr.name}** ({thr_note}). Timed-out answers count as wrong and are left out of "
+                   "sensitivity, specificity and the ROC points.")
+    if not len(answers):
+        st.info("No answers yet.")
+        return
+    readers = R.reader_table(answers)
+    phases = [p for p in study.spec.phases if (answers["phase"] == p).any()]
+
+    st.subheader("Accuracy per reader")
+    table = pd.concat([readers, R.reader_table(model)], ignore_index=True)
+    st.dataframe(table.drop(columns=["reader_id"]), hide_index=True, key="rs_readers")
+    st.subheader("Per experience level")
+    levels = R.level_table(readers)
+    st.dataframe(levels, hide_index=True, key="rs_levels")
+
+    st.subheader("Readers on the model's ROC curve")
+    c1, c2 = st.columns(2)
+    phase = c1.radio("Part", phases, horizontal=True, key="rs_res_phase") if len(phases) > 1 else phases[0]
+    target = c2.selectbox("Positive class", R.targets(study), key="rs_res_target",
+                          format_func=lambda t: R.target_label(study, t))
+    points = R.reader_points(answers, study, target)
+    points = points[points["phase"] == phase]
+    ev = R.eval_set(cases[cases["phase"] == phase], study)
+    mpt = R.model_point(ev, thr, target) if ev is not None and thr is not None else None
+    fig = reader_roc_figure(ev, target, f"{R.target_label(study, target)} · {phase} part · {len(points)} readers",
+                            points, R.level_points(points), mpt, f"model at {thr.name}" if thr else "model")
+    st.plotly_chart(fig, key="rs_roc")
+
+    st.subheader("Per answer option: sensitivity and specificity")
+    classes = R.class_table(answers, study)
+    by_level = st.toggle("Average per experience level", key="rs_res_by_level")
+    st.dataframe(R.level_class_table(classes) if by_level else classes.drop(columns=["reader_id"]), hide_index=True,
+                 key="rs_classes")
+
+    st.subheader("Confusion matrix")
+    who = ["all readers", *[f"level: {lv}" for lv in levels["level"].unique()], *readers["reader"].unique()]
+    pick = st.selectbox("Readers", who, key="rs_res_cm")
+    sub = answers[answers["phase"] == phase]
+    if pick.startswith("level: "):
+        sub = sub[sub["level"] == pick[len("level: "):]]
+    elif pick != "all readers":
+        sub = sub[sub["reader"] == pick]
+    st.plotly_chart(confusion_figure(R.confusion(sub, study), list(study.choices), axis_names=("correct", "answered"),
+                                     title=f"{pick}, {phase} part"), key="rs_cm")
+
+    if study.spec.mode == "both":
+        st.subheader("AI-assisted vs unassisted")
+        per, test = R.assistance_comparison(readers)
+        if test["n_readers"]:
+            c = st.columns(4)
+            c[0].metric("Readers in both parts", test["n_readers"])
+            c[1].metric("Unassisted accuracy", f"{test['mean_unassisted']:.1%}")
+            c[2].metric("Assisted accuracy", f"{test['mean_assisted']:.1%}", f"{test['mean_difference']:+.1%}")
+            c[3].metric("Wilcoxon p", "—" if pd.isna(test["wilcoxon_p"]) else f"{test['wilcoxon_p']:.3f}")
+            st.caption(f"Test: {test['test']}; paired t-test p = "
+                       f"{'—' if pd.isna(test['ttest_p']) else format(test['ttest_p'], '.3f')}.")
+            st.dataframe(per.drop(columns=["reader_id"]), hide_index=True, key="rs_assist")
+        else:
+            st.info("No reader has finished cases in both parts yet.")
+
+    if len(model):
+        st.subheader("Each reader against the model (same cases)")
+        st.caption("McNemar's exact test on the cases where exactly one of the two was right.")
+        st.dataframe(R.mcnemar_vs_model(answers, model).drop(columns=["reader_id"]), hide_index=True, key="rs_mcnemar")
+
+    st.subheader("Export")
+    slug = "".join(ch if ch.isalnum() else "-" for ch in study.spec.name.lower()).strip("-") or f"study{study.id}"
+    files = {"answers": R.answers_export(answers, study), "readers": table, "levels": levels,
+             "per-class": classes, "model-answers": R.answers_export(model, study) if len(model) else None}
+    cols = st.columns(len(files))
+    for col, (kind, df) in zip(cols, files.items()):
+        if df is not None:
+            col.download_button(f"{kind} (CSV)", df.to_csv(index=False).encode(), file_name=f"{slug}-{kind}.csv",
+                                mime="text/csv", key=f"rs_csv_{kind}")
+
+
+{"Set up": setup_section, "Read": read_section, "Results": results_section}[section]()

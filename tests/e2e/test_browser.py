@@ -1,0 +1,223 @@
+"""DermTriage in a real browser: headless Chromium against `streamlit run app.py` (one server and one
+browser for the whole module, tests in order, sharing one browser session like a user would).
+
+Triage: upload a phone photo through the file chooser, keep the suggested crop, read the differential
+and the tier (checked against the library on the same crop), run LIME with few samples, download the
+case report (no EXIF/GPS inside). Model lab: evaluate the tiny model and publish a threshold profile.
+Reader study: create a study, sign in, answer a case. Every page shows the disclaimer; screenshots go
+to test-artifacts/e2e/. Finally: the browser only ever talked to this machine, and so did the server.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import re
+from urllib.parse import urlparse
+
+import pytest
+import torch
+from conftest import CLASS_COLOURS, ROOT, lesion_image
+from PIL import Image
+
+from derm_core.clinical import Clinical
+from derm_core.images import load_image
+from derm_core.predictor import Predictor
+from derm_core.report import DISCLAIMER
+from e2e.conftest import ARTIFACTS
+
+pytestmark = pytest.mark.e2e
+GPS_TEXT = ("PhoneMaker", "Model X")
+TIERS = ("low-risk", "high-risk", "dangerous")
+
+
+def phone_photo() -> bytes:
+    """200x150 sensor JPEG with EXIF orientation 6 (upright: 150x200), GPS, camera make and model."""
+    img = lesion_image(CLASS_COLOURS["mel"], (200, 150), seed=11)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F], exif[0x0110] = GPS_TEXT
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2], gps[3], gps[4] = "N", (51.0, 30.0, 12.5), "W", (0.0, 7.0, 39.0)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif, quality=95)
+    return buf.getvalue()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def wait_idle(page) -> None:
+    """Until Streamlit has finished the script run the last action started (the app root's
+    data-test-script-state, which Streamlit's own browser tests wait on)."""
+    app = '[data-testid="stApp"]'
+    try:   # the run may not have started yet
+        page.wait_for_selector(f'{app}:not([data-test-script-state="notRunning"])', timeout=1500)
+    except Exception:  # noqa: BLE001 - it started and ended already, or the action started none
+        pass
+    page.wait_for_selector(f'{app}[data-test-script-state="notRunning"][data-test-connection-state="CONNECTED"]')
+    page.wait_for_timeout(200)
+
+
+def disclaimer_shown(page) -> None:
+    page.get_by_text(DISCLAIMER).first.wait_for()
+
+
+def go(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    page.get_by_role("heading", name=re.compile(title)).first.wait_for()
+    wait_idle(page)
+
+
+# ============================================================================ triage
+
+def read_triage(page) -> tuple[str, list[tuple[str, float]]]:
+    """The risk tier and the differential (class code, probability) as the page shows them."""
+    tier = re.search(r"Risk tier: (\S+)", page.get_by_text(re.compile(r"Risk tier: ")).first.inner_text()).group(1)
+    items = page.locator('[data-testid="stMarkdownContainer"] li').all_inner_texts()
+    differential = [(m.group(1), float(m.group(2)) / 100) for t in items
+                    if (m := re.search(r"\((\w+)\): ([\d.]+)%", t))]
+    return tier, differential
+
+
+def test_triage_upload_crop_differential_lime_and_report(page, app_server, tmp_path):
+    photo = tmp_path / "IMG_0001.jpg"
+    photo.write_bytes(phone_photo())
+    page.goto(app_server.url)
+    page.get_by_text("Upload a photo of a skin lesion").wait_for()
+    disclaimer_shown(page)
+
+    with page.expect_file_chooser() as chooser:
+        page.get_by_test_id("stFileUploaderDropzone").get_by_role("button", name="Upload", exact=True).click()
+    chooser.value.set_files(str(photo))
+    page.get_by_text(re.compile(r"Risk tier: ")).first.wait_for()
+
+    # the cropper (an iframe component) is there, and its default box is accepted as it is
+    cropper = page.frame_locator('iframe[title*="cropper"]').first
+    cropper.locator("canvas").first.wait_for()
+    wait_idle(page)
+    caption = page.get_by_text(re.compile(r"Model input: crop \d+x\d+ px of a 150x200 photo"))
+    caption.first.wait_for()     # EXIF orientation applied: the 200x150 sensor image is upright
+
+    # LIME with few samples: the samples slider down to its minimum (50)
+    page.get_by_role("tab", name="LIME superpixels and biopsy site").click()
+    slider = page.get_by_role("slider", name="LIME samples")
+    slider.focus()
+    for _ in range(6):
+        page.keyboard.press("ArrowLeft")
+    assert slider.input_value() == "50"
+    wait_idle(page)
+    page.get_by_text(re.compile(r"LIME done in")).first.wait_for()
+    page.get_by_text(re.compile(r"Biopsy site at x=\d+, y=\d+")).first.wait_for()
+    wait_idle(page)
+    shot(page, "triage")
+
+    tier, differential = read_triage(page)
+    assert tier in TIERS
+    assert differential
+    assert [p for _, p in differential] == sorted((p for _, p in differential), reverse=True)
+
+    # the case report
+    with page.expect_download() as dl:
+        page.get_by_role("button", name=re.compile("Download case report")).click()
+    report = ARTIFACTS / "case-report.html"
+    dl.value.save_as(report)
+    html = report.read_text(encoding="utf-8")
+    assert DISCLAIMER in html and f"<b>{tier}</b>" in html
+    for t in GPS_TEXT:
+        assert t not in html
+    images = [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
+    assert len(images) >= 4
+    for data in images:
+        img = Image.open(io.BytesIO(data))
+        assert not img.getexif() and "exif" not in img.info
+        assert b"Exif" not in data and b"eXIf" not in data
+
+    # what the page showed is what the library computes on the same crop
+    box = tuple(int(v) for v in re.search(r"crop box: \((\d+), (\d+), (\d+), (\d+)\)", html).groups())
+    pred = Predictor.from_path(app_server.card, device=torch.device("cpu"))
+    expected = pred.predict(load_image(photo).crop(box), Clinical())
+    assert (expected.tier, [c for c, _ in expected.differential]) == (tier, [c for c, _ in differential]), box
+    assert [p for _, p in differential] == pytest.approx([p for _, p in expected.differential], abs=6e-4)
+
+
+# ============================================================================ model lab
+
+def test_model_lab_evaluate_and_save_a_threshold_profile(page, app_server):
+    from derm_core.checkpoint import read_card
+    from derm_core.profiles import load_profile
+    go(page, "Model lab")
+    disclaimer_shown(page)
+    page.get_by_test_id("stRadio").get_by_text("Evaluate & tune").click()
+    wait_idle(page)
+    model_box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text("Model", exact=True)).first
+    model_box.click()
+    page.get_by_role("option", name=re.compile(r"DERMTRIAGE_MODEL")).click()
+    wait_idle(page)
+    page.get_by_role("button", name=re.compile(r"Evaluate \d+ images")).click()
+    page.get_by_test_id("stMetric").filter(has_text="Balanced accuracy").first.wait_for()
+    wait_idle(page)
+    page.get_by_role("textbox", name="Profile name").fill("e2e clinic")
+    page.get_by_role("button", name="Save profile").click()
+    page.get_by_text(re.compile(r"Saved profile e2e clinic v1")).first.wait_for()
+    wait_idle(page)
+    shot(page, "model-lab")
+    saved = app_server.root / "profiles" / "e2e-clinic@v1.json"
+    prof = load_profile(saved, read_card(app_server.card))
+    assert prof.version == 1 and prof.data["validation"]["n_images"] > 0
+
+
+# ============================================================================ reader study
+
+@pytest.mark.skipif(not (ROOT / "pages" / "reader_study.py").is_file(), reason="reader study page not yet present")
+def test_reader_study_create_sign_in_and_answer(page, app_server):
+    from derm_core.study_store import StudyStore
+    go(page, "Reader study")
+    disclaimer_shown(page)
+    page.get_by_role("textbox", name="Study name").fill("e2e study")
+    cases = page.get_by_label("Cases per part")
+    cases.fill("3")
+    cases.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Create study").click()
+    page.get_by_text(re.compile(r"Study e2e study created")).first.wait_for()
+    wait_idle(page)
+    page.get_by_test_id("stRadio").first.get_by_text("Read", exact=True).click()
+    wait_idle(page)
+    page.get_by_role("textbox", name="Your name").fill("Dr Browser")
+    page.get_by_role("button", name="Start or continue").click()
+    page.get_by_text("0 of 3 cases answered").first.wait_for()
+    wait_idle(page)
+    answers = page.get_by_test_id("stRadio").filter(has_text="Your answer").first
+    answers.locator("label").nth(1).click()        # the first answer option
+    wait_idle(page)
+    page.get_by_role("button", name="Submit answer").click()
+    page.get_by_text("1 of 3 cases answered").first.wait_for()
+    wait_idle(page)
+    shot(page, "reader-study")
+    store = StudyStore(app_server.root / "home" / "studies.sqlite3")
+    studies = store.studies()
+    assert list(studies["name"]) == ["e2e study"]
+    got = store.answers(int(studies["id"].iloc[0]))
+    assert len(got) == 1 and list(got["reader"]) == ["Dr Browser"]
+
+
+# ============================================================================ privacy
+
+def test_the_browser_only_talked_to_this_machine(browser_context, app_server):
+    urls = browser_context.requests
+    assert len(urls) > 20, "requests were recorded"
+    assert any(u.startswith("ws") for u in urls), "the WebSocket was recorded too"
+    outside = [u for u in urls if urlparse(u).scheme not in ("data", "blob", "about", "chrome-extension")
+               and urlparse(u).hostname not in ("127.0.0.1", "localhost", "::1")]
+    assert outside == [], outside
+    (ARTIFACTS / "browser-requests.txt").write_text("\n".join(urls))
+
+
+def test_the_server_never_tried_to_reach_another_machine(app_server):
+    """Runs without a browser too: start-up alone used to look up the public IP (checkip.amazonaws.com)."""
+    assert app_server.proc.poll() is None, "the server is still up"
+    assert app_server.outside_attempts() == []
+    log = app_server.log.read_text()
+    assert "External URL" not in log and "Network URL" not in log

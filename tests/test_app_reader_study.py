@@ -1,0 +1,191 @@
+"""The Reader study page, headless with AppTest: a teacher sets up a study, two readers take it at
+the same time (two AppTest sessions on one database), the results show them on the model's ROC;
+a reload continues where the reader stopped, a late answer is timed out, a broken database is reported."""
+import base64
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from derm_core.checkpoint import save_model
+from derm_core.data import load_table
+from derm_core.models import create_model
+from derm_core.predictor import Predictor
+from derm_core.study import StudySpec, create_study
+from derm_core.study_store import StudyStore
+from conftest import ROOT, tiny_card, write_dataset
+
+
+@pytest.fixture
+def env(tmp_path, ham7, monkeypatch):
+    torch.manual_seed(0)
+    card = save_model(create_model("tiny_test", 7, use_metadata=True, pretrained="none"), tiny_card(ham7).data,
+                      tmp_path / "model" / "model")
+    data = write_dataset(tmp_path / "data", per_class=3)
+    db = tmp_path / "home" / "studies.sqlite3"
+    monkeypatch.setenv("DERMTRIAGE_MODEL", str(card))
+    monkeypatch.setenv("DERMTRIAGE_DATA", str(data))
+    monkeypatch.setenv("DERMTRIAGE_STUDY_DB", str(db))
+    monkeypatch.setenv("DERMTRIAGE_PROFILES", str(tmp_path / "profiles"))
+    monkeypatch.setenv("DERMTRIAGE_CACHE", str(tmp_path / "cache"))
+    return {"card": card, "data": data, "db": db}
+
+
+def _page(**query) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.switch_page("pages/reader_study.py")
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.subheader]
+    for kind in (at.success, at.warning, at.error, at.info):
+        parts += [e.value for e in kind]
+    parts += [p.proto.text for p in at.get("progress")]
+    return "\n".join(str(p) for p in parts)
+
+
+def _values(v) -> list:
+    """A plotly JSON array: a list, or plotly's base64 typed array ``{"dtype", "bdata"}``."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def _sign_in(at, name, level):
+    at.radio(key="rs_section").set_value("Read").run()
+    at.text_input(key="rs_reader_name").input(name)
+    at.selectbox(key="rs_reader_level").set_value(level)
+    at.button(key="rs_start").click().run()
+    assert not at.exception, at.exception
+    assert f"Reading as **{name}** ({level})" in _texts(at)
+
+
+def _answer_radio(at):
+    found = [r for r in at.radio if (r.key or "").startswith("rs_answer_")]
+    assert len(found) == 1, _texts(at)
+    return found[0], int(found[0].key.rsplit("_", 1)[1])
+
+
+def _answer(at, choose):
+    """Answer the case on screen with ``choose(case_id)``; returns the case id."""
+    radio, case_id = _answer_radio(at)
+    code = choose(case_id)
+    radio.set_value(next(o for o in radio.options if o == code or o.endswith(f"({code})") or o.startswith(f"{code} (")))
+    at.button(key="rs_submit").click().run()
+    assert not at.exception, at.exception
+    return case_id
+
+
+def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_roc(env):
+    teacher = _page()
+    assert not teacher.exception, teacher.exception
+    assert "not a medical device" in _texts(teacher) and str(env["db"]) in _texts(teacher)
+    teacher.text_input(key="rs_new_name").input("Ward round")
+    teacher.radio(key="rs_new_mode").set_value("both")
+    teacher.number_input(key="rs_new_n").set_value(3)
+    teacher.selectbox(key="rs_new_balance").set_value("tier")       # one case per risk tier and part
+    teacher.selectbox(key="rs_new_limit").set_value(45)
+    teacher.button(key="rs_create").click().run()
+    assert not teacher.exception, teacher.exception
+    assert "Study **Ward round** created" in _texts(teacher)
+    store = StudyStore(env["db"])
+    sid = int(store.studies()["id"].iloc[0])
+    truth = dict(zip(store.cases(sid)["id"], store.cases(sid)["truth"]))
+    assert len(truth) == 6
+
+    ann, bob = _page(), _page()                       # two browser sessions on the same database
+    _sign_in(ann, "Ann", "dermatologist")
+    _sign_in(bob, "Bob", "student")
+    assert "45 s left" in _texts(ann)                 # the countdown of a timed study
+    seen = {"Ann": [], "Bob": []}
+    for step in range(6):                             # interleaved: each answers, then the other
+        seen["Ann"].append(_answer(ann, lambda cid: truth[cid]))
+        seen["Bob"].append(_answer(bob, lambda cid: "nv"))
+        if step == 2:                                 # after three cases: the AI-assisted part, a different set
+            assert "Part 2: AI-assisted" in _texts(ann) and "DermTriage's output" in _texts(ann)
+            assert len(ann.get("image")) == 2         # the case and its Grad-CAM
+    assert seen["Ann"] == seen["Bob"] and len(set(seen["Ann"])) == 6   # same frozen cases, same order
+    assert "All 6 cases answered" in _texts(ann) and "accuracy **100%**" in _texts(ann)
+
+    got = store.answers(sid)
+    assert len(got) == 12 and set(got["reader"]) == {"Ann", "Bob"} and not got["timed_out"].any()
+
+    res = _page()
+    res.radio(key="rs_section").set_value("Results").run()
+    assert not res.exception, res.exception
+    res.radio(key="rs_res_phase").set_value("unassisted").run()
+    res.selectbox(key="rs_res_target").set_value("tier:high-risk").run()   # malignant vs benign
+    assert not res.exception, res.exception
+    readers = next(d.value for d in res.dataframe if "accuracy" in d.value.columns and "reader" in d.value.columns)
+    readers = readers.set_index(["reader", "phase"])
+    bob_acc = sum(truth[c] == "nv" for c in seen["Bob"][:3]) / 3
+    assert readers.loc[("Ann", "unassisted"), "accuracy"] == 1.0
+    assert readers.loc[("Bob", "unassisted"), "accuracy"] == pytest.approx(bob_acc)
+    assert ("DermTriage model", "assisted") in readers.index
+    roc = next(c for c in res.get("plotly_chart") if "1 - specificity" in c.proto.spec)
+    traces = {t.get("name"): t for t in json.loads(roc.proto.spec)["data"]}
+    assert _values(traces["dermatologist (1 reader)"]["text"]) == ["Ann"]
+    assert _values(traces["student (1 reader)"]["text"]) == ["Bob"]
+    # one low-risk, one high-risk, one dangerous case: Ann right on all, Bob ('nv') never calls malignant
+    ann_pt, bob_pt = traces["dermatologist (1 reader)"], traces["student (1 reader)"]
+    assert (_values(ann_pt["x"]), _values(ann_pt["y"])) == ([0.0], [1.0])
+    assert (_values(bob_pt["x"]), _values(bob_pt["y"])) == ([0.0], [0.0])
+    assert {"dermatologist average", "student average"} <= set(traces)
+    assert any((n or "").startswith("model at") for n in traces)
+    assert "Wilcoxon" in _texts(res)
+    assert len(res.get("download_button")) == 5
+
+
+def test_reload_continues_late_answer_is_timed_out(env, ham7):
+    pred = Predictor.from_path(env["card"], device=torch.device("cpu"))
+    store = StudyStore(env["db"])
+    sid = create_study(store, StudySpec("Quiz", str(env["data"]), "malignancy", 3, "data", 30, True, "unassisted"),
+                       load_table(env["data"], ham7), ham7, pred)
+    first = _page()
+    _sign_in(first, "Cleo", "resident")
+    done = _answer(first, lambda cid: "benign")
+    assert "1 of 3 cases answered" in _texts(first)
+
+    again = _page(study=str(sid), reader="Cleo")       # a reload: the link keeps study and reader
+    assert not again.exception, again.exception
+    assert "Reading as **Cleo** (resident)" in _texts(again) and "1 of 3 cases answered" in _texts(again)
+    _, case_id = _answer_radio(again)
+    assert case_id != done
+    con = sqlite3.connect(env["db"])                    # the case was first shown 100 s ago
+    with con:
+        con.execute("UPDATE shown SET shown_at = shown_at - 100 WHERE case_id = ?", (case_id,))
+    con.close()
+    again.run()
+    assert "Time is up" in _texts(again)
+    _answer(again, lambda cid: "malignant")
+    assert "Recorded as timed out" in _texts(again)
+    row = store.answers(sid).set_index("case_id").loc[case_id]
+    assert row["timed_out"] and row["seconds"] >= 100
+
+    other = _page()                                    # same name in a new session: continues, keeps the level
+    _sign_in(other, "Cleo", "resident")
+    assert "2 of 3 cases answered" in _texts(other)
+
+
+def test_setup_errors_and_a_broken_database_are_reported(env, tmp_path, monkeypatch):
+    at = _page()
+    at.text_input(key="rs_new_name").input("Too big")
+    at.number_input(key="rs_new_n").set_value(400)
+    at.button(key="rs_create").click().run()
+    assert not at.exception, at.exception
+    assert "Study not created" in _texts(at) and "distinct lesions" in _texts(at)
+    assert StudyStore(env["db"]).studies().empty
+
+    broken = tmp_path / "broken.sqlite3"
+    broken.write_bytes(b"\x00garbage" * 512)
+    monkeypatch.setenv("DERMTRIAGE_STUDY_DB", str(broken))
+    at = _page()
+    assert not at.exception, at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "cannot be used" in errors and str(broken) in errors and "damaged" in errors
