@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         base = []
         for seed in range(a.baseline_seeds):
             r, bwall, bcpu = timed(E.lime_explanation, predictor, photo, num_samples=1000, seed=seed,
-                                   segmentation="quickshift", batch_size=10)
+                                   segmentation="quickshift", batch_size=10, sampling="random")
             base.append((r, bwall, bcpu))
         b, bwall, bcpu = base[0]
         print(f"LIME, lime defaults:  {bwall:6.2f} s wall  {bcpu:6.2f} s CPU   (1000 samples, "

@@ -379,8 +379,9 @@ def lime_explanation(predictor, image: Image.Image, target: int | None = None, n
     """LIME superpixel weights for ``target`` (default: the class the predictor predicts).
 
     Reproducible: the same photo and arguments give identical weights (seeded sampling,
-    deterministic segmentation). ``segmentation="quickshift"`` with ``num_samples=1000``
-    reproduces lime's own defaults (``n_segments`` is then unused). The perturbed photos go
+    deterministic segmentation). ``sampling="paired"`` (default) draws antithetic pairs, see
+    :class:`PairedLimeExplainer`; ``sampling="random"``, ``segmentation="quickshift"`` and
+    ``num_samples=1000`` reproduce lime's own defaults (``n_segments`` is then unused). The perturbed photos go
     through the network once each; ``tta=True`` uses the predictor's full forward instead
     (flip test-time augmentation when the model card enables it: four times slower).
     """

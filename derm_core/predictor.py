@@ -1,8 +1,9 @@
 """A loaded model ready for single photos: preprocessing, calibration, triage.
 
 The Streamlit app shares one :class:`Predictor` between sessions (``st.cache_resource``),
-so prediction holds no per-request state; explanation methods that hook the network take
-``self.lock``.
+so prediction holds no per-request state and never takes a lock. ``self.lock`` serialises
+the CAM methods, which hook a private view of the network (see :mod:`derm_core.explain`)
+rather than the shared model.
 """
 from __future__ import annotations
 

@@ -239,15 +239,22 @@ class StudyStore:
         steps then run in one write transaction that re-reads the version, so two processes
         opening a new file at once migrate it once.
         """
-        try:
-            con = self._connect()
+        deadline = time.monotonic() + self.timeout
+        while True:
             try:
-                if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    con.execute("PRAGMA journal_mode = WAL")
-            finally:
-                con.close()
-        except sqlite3.Error as e:
-            raise self._error(e, "opening it") from None
+                con = self._connect()
+                try:
+                    if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        con.execute("PRAGMA journal_mode = WAL")
+                finally:
+                    con.close()
+                break
+            except sqlite3.Error as e:
+                # Switching a new file to WAL can report "locked" at once, without waiting for
+                # the busy timeout, when several connections race to do it: retry until then.
+                if not _is_locked(e) or time.monotonic() > deadline:
+                    raise self._error(e, "opening it") from None
+                time.sleep(0.05)
         with self._tx("reading its schema version", write=False) as con:
             version = self._check_version(con, migrations)
         if version == len(migrations):

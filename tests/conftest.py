@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic datasets, a tiny untrained model, the HAM10000 folder."""
 from __future__ import annotations
 
+import io
 import os
 import zlib
 from pathlib import Path
@@ -97,3 +98,21 @@ def page_text(at) -> str:
     for kind in (at.success, at.warning, at.error, at.info):
         parts += [e.value for e in kind]
     return "\n".join(str(p) for p in parts)
+
+
+GPS_TEXT = ("PhoneMaker", "Model X")    # camera make and model written into exif_photo
+
+
+def exif_photo(colour=CLASS_COLOURS["mel"], size=(200, 150), seed=7) -> bytes:
+    """A phone JPEG: EXIF orientation 6, GPS position, camera make and model."""
+    img = lesion_image(colour, size, seed=seed)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F], exif[0x0110] = GPS_TEXT
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2], gps[3], gps[4] = "N", (51.0, 30.0, 12.5), "W", (0.0, 7.0, 39.0)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif, quality=95)
+    data = buf.getvalue()
+    assert Image.open(io.BytesIO(data)).getexif().get_ifd(0x8825), "the fixture photo carries GPS"
+    return data

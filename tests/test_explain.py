@@ -403,3 +403,27 @@ def test_lime_then_biopsy_on_a_photo(predictor, photo):
     assert E.mask_to_model(mask, INPUT)[site.y, site.x]
     u, v = lime.geometry.point_to_original(site.x, site.y)
     assert 0 <= u < photo.size[0] and 0 <= v < photo.size[1]
+
+
+def test_paired_lime_sampling_is_antithetic_and_balanced():
+    """Every sample is followed by its complement: each superpixel is on in exactly half the
+    samples, the first sample is the photo itself, and the batches reach the classifier."""
+    segments = np.repeat(np.arange(6), 4).reshape(4, 6).astype(np.int32)   # 6 superpixels
+    image = np.full((4, 6, 3), 200, np.uint8)
+    fudged = np.zeros_like(image)
+    seen = []
+
+    def classifier(batch):
+        seen.append(len(batch))
+        on = (batch[..., 0] > 0).mean(axis=(1, 2))           # share of the photo left on
+        return np.stack([on, 1 - on], 1)
+
+    data, labels = E.PairedLimeExplainer(random_state=3).data_labels(image, fudged, segments, classifier, 40,
+                                                                    batch_size=16)
+    assert data.shape == (40, 6) and seen == [16, 16, 8]
+    assert (data[0] == 1).all() and (data[1] == 0).all()
+    assert (data[0::2] + data[1::2] == 1).all()
+    assert (data.sum(0) == 20).all()
+    assert np.allclose(labels[:, 0], data.mean(1))          # the perturbed photos match the on/off rows
+    again, _ = E.PairedLimeExplainer(random_state=3).data_labels(image, fudged, segments, classifier, 40)
+    assert (again == data).all()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import ipaddress
 import json
 import pickle
 import re
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CLASS_COLOURS, ROOT, lesion_image, tiny_card, write_dataset
+from netguard import is_loopback
+from conftest import CLASS_COLOURS, GPS_TEXT, ROOT, exif_photo, lesion_image, tiny_card, write_dataset
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -34,24 +34,9 @@ from derm_core.report import DISCLAIMER
 from derm_core.taxonomy import load_taxonomy
 
 PAGES = re.findall(r'st\.Page\(\s*"([^"]+)"', (ROOT / "app.py").read_text())
-GPS_TEXT = ("PhoneMaker", "Model X")
 
 
 # =========================================================================== network guard
-
-def is_loopback(family, address) -> bool:
-    """True for a Unix socket or a loopback host (127/8, ::1, 'localhost')."""
-    if family == getattr(socket, "AF_UNIX", None) or isinstance(address, (str, bytes)):
-        return True
-    host = str(address[0]).split("%")[0]
-    if host in ("localhost", ""):
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False                                  # a host name other than localhost
-    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
-
 
 @pytest.fixture
 def offline(monkeypatch):
@@ -144,21 +129,6 @@ def test_streamlit_itself_reads_these_settings(monkeypatch):
 
 
 # =========================================================================== app fixtures
-
-def exif_photo(colour=CLASS_COLOURS["mel"], size=(200, 150), seed=7) -> bytes:
-    """A phone JPEG: EXIF orientation 6, GPS position, camera make and model."""
-    img = lesion_image(colour, size, seed=seed)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    exif[0x010F], exif[0x0110] = GPS_TEXT
-    gps = exif.get_ifd(0x8825)
-    gps[1], gps[2], gps[3], gps[4] = "N", (51.0, 30.0, 12.5), "W", (0.0, 7.0, 39.0)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif, quality=95)
-    data = buf.getvalue()
-    assert Image.open(io.BytesIO(data)).getexif().get_ifd(0x8825), "the fixture photo carries GPS"
-    return data
-
 
 def assert_no_metadata(png_or_jpeg: bytes, where: str) -> None:
     img = Image.open(io.BytesIO(png_or_jpeg))

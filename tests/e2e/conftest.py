@@ -38,63 +38,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 # per browser action; a 2-core machine shared with training jobs can be slow
 TIMEOUT_MS = int(float(os.environ.get("DERMTRIAGE_E2E_TIMEOUT_S", "180")) * 1000)
 
-NETGUARD = '''
-"""Test-only: block and log every connection or name lookup that would leave this machine."""
-import ipaddress, os, socket
-
-_LOG = os.environ.get("DERMTRIAGE_NETGUARD_LOG")
-
-
-def _local(family, address):
-    if family == getattr(socket, "AF_UNIX", None) or isinstance(address, (str, bytes)):
-        return True
-    host = str(address[0]).split("%")[0]
-    if host in ("localhost", ""):
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
-
-
-def _record(what):
-    with open(_LOG, "a") as f:
-        f.write(what + "\\n")
-
-
-if _LOG:
-    _connect, _connect_ex, _sendto, _getaddrinfo = (socket.socket.connect, socket.socket.connect_ex,
-                                                    socket.socket.sendto, socket.getaddrinfo)
-
-    def connect(self, address):
-        if not _local(self.family, address):
-            _record(f"connect {address!r}")
-            raise OSError(101, "network is unreachable (blocked by the DermTriage test guard)")
-        return _connect(self, address)
-
-    def connect_ex(self, address):
-        if not _local(self.family, address):
-            _record(f"connect_ex {address!r}")
-            return 101
-        return _connect_ex(self, address)
-
-    def sendto(self, data, *args):
-        if not _local(self.family, args[-1]):
-            _record(f"sendto {args[-1]!r}")
-            raise OSError(101, "network is unreachable (blocked by the DermTriage test guard)")
-        return _sendto(self, data, *args)
-
-    def getaddrinfo(host, *args, **kwargs):
-        name = host.decode() if isinstance(host, bytes) else host
-        if name is not None and not _local(socket.AF_INET, (name, 0)):
-            _record(f"getaddrinfo {name!r}")
-            raise socket.gaierror(socket.EAI_NONAME, "name lookup blocked by the DermTriage test guard")
-        return _getaddrinfo(host, *args, **kwargs)
-
-    socket.socket.connect, socket.socket.connect_ex, socket.socket.sendto = connect, connect_ex, sendto
-    socket.getaddrinfo = getaddrinfo
-'''
 
 
 def find_chromium() -> str | None:
@@ -155,7 +98,7 @@ def app_server(tmp_path_factory, request) -> AppServer:
     data = write_dataset(tmp / "data", per_class=3, size=(200, 150))
     guard = tmp / "netguard"
     guard.mkdir()
-    (guard / "sitecustomize.py").write_text(NETGUARD)
+    (guard / "sitecustomize.py").write_text((Path(__file__).parent.parent / "netguard.py").read_text())
     netlog, log = tmp / "outside-connections.log", tmp / "server.log"
     port = free_port()
     env = {**os.environ, "DERMTRIAGE_MODEL": str(card), "DERMTRIAGE_DATA": str(data),

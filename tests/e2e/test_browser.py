@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import pytest
 import torch
-from conftest import CLASS_COLOURS, ROOT, lesion_image
+from conftest import GPS_TEXT, ROOT, exif_photo
 from PIL import Image
 
 from derm_core.clinical import Clinical
@@ -26,21 +26,7 @@ from derm_core.report import DISCLAIMER
 from e2e.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.e2e
-GPS_TEXT = ("PhoneMaker", "Model X")
 TIERS = ("low-risk", "high-risk", "dangerous")
-
-
-def phone_photo() -> bytes:
-    """200x150 sensor JPEG with EXIF orientation 6 (upright: 150x200), GPS, camera make and model."""
-    img = lesion_image(CLASS_COLOURS["mel"], (200, 150), seed=11)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    exif[0x010F], exif[0x0110] = GPS_TEXT
-    gps = exif.get_ifd(0x8825)
-    gps[1], gps[2], gps[3], gps[4] = "N", (51.0, 30.0, 12.5), "W", (0.0, 7.0, 39.0)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif, quality=95)
-    return buf.getvalue()
 
 
 def shot(page, name: str) -> None:
@@ -83,7 +69,7 @@ def read_triage(page) -> tuple[str, list[tuple[str, float]]]:
 
 def test_triage_upload_crop_differential_lime_and_report(page, app_server, tmp_path):
     photo = tmp_path / "IMG_0001.jpg"
-    photo.write_bytes(phone_photo())
+    photo.write_bytes(exif_photo(seed=11))
     page.goto(app_server.url)
     page.get_by_text("Upload a photo of a skin lesion").wait_for()
     disclaimer_shown(page)
