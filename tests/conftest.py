@@ -93,10 +93,11 @@ def ham_dir() -> Path:
 
 
 def page_text(at) -> str:
-    """Every markdown, caption and alert an AppTest run shows, as one string."""
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    """Every markdown, caption, subheader, alert and progress-bar text an AppTest run shows, as one string."""
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.subheader]
     for kind in (at.success, at.warning, at.error, at.info):
         parts += [e.value for e in kind]
+    parts += [p.proto.text for p in at.get("progress")]
     return "\n".join(str(p) for p in parts)
 
 

@@ -16,7 +16,7 @@ from derm_core.models import create_model
 from derm_core.predictor import Predictor
 from derm_core.study import StudySpec, create_study
 from derm_core.study_store import StudyStore
-from conftest import ROOT, tiny_card, write_dataset
+from conftest import ROOT, page_text, tiny_card, write_dataset
 
 
 @pytest.fixture
@@ -42,14 +42,6 @@ def _page(**query) -> AppTest:
     return at.run()
 
 
-def _texts(at) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.subheader]
-    for kind in (at.success, at.warning, at.error, at.info):
-        parts += [e.value for e in kind]
-    parts += [p.proto.text for p in at.get("progress")]
-    return "\n".join(str(p) for p in parts)
-
-
 def _values(v) -> list:
     """A plotly JSON array: a list, or plotly's base64 typed array ``{"dtype", "bdata"}``."""
     if isinstance(v, dict) and "bdata" in v:
@@ -63,12 +55,12 @@ def _sign_in(at, name, level):
     at.selectbox(key="rs_reader_level").set_value(level)
     at.button(key="rs_start").click().run()
     assert not at.exception, at.exception
-    assert f"Reading as **{name}** ({level})" in _texts(at)
+    assert f"Reading as **{name}** ({level})" in page_text(at)
 
 
 def _answer_radio(at):
     found = [r for r in at.radio if (r.key or "").startswith("rs_answer_")]
-    assert len(found) == 1, _texts(at)
+    assert len(found) == 1, page_text(at)
     return found[0], int(found[0].key.rsplit("_", 1)[1])
 
 
@@ -85,7 +77,7 @@ def _answer(at, choose):
 def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_roc(env):
     teacher = _page()
     assert not teacher.exception, teacher.exception
-    assert "not a medical device" in _texts(teacher) and str(env["db"]) in _texts(teacher)
+    assert "not a medical device" in page_text(teacher) and str(env["db"]) in page_text(teacher)
     teacher.text_input(key="rs_new_name").input("Ward round")
     teacher.radio(key="rs_new_mode").set_value("both")
     teacher.number_input(key="rs_new_n").set_value(3)
@@ -93,7 +85,7 @@ def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_r
     teacher.selectbox(key="rs_new_limit").set_value(45)
     teacher.button(key="rs_create").click().run()
     assert not teacher.exception, teacher.exception
-    assert "Study **Ward round** created" in _texts(teacher)
+    assert "Study **Ward round** created" in page_text(teacher)
     store = StudyStore(env["db"])
     sid = int(store.studies()["id"].iloc[0])
     truth = dict(zip(store.cases(sid)["id"], store.cases(sid)["truth"]))
@@ -102,16 +94,16 @@ def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_r
     ann, bob = _page(), _page()                       # two browser sessions on the same database
     _sign_in(ann, "Ann", "dermatologist")
     _sign_in(bob, "Bob", "student")
-    assert "45 s left" in _texts(ann)                 # the countdown of a timed study
+    assert "45 s left" in page_text(ann)                 # the countdown of a timed study
     seen = {"Ann": [], "Bob": []}
     for step in range(6):                             # interleaved: each answers, then the other
         seen["Ann"].append(_answer(ann, lambda cid: truth[cid]))
         seen["Bob"].append(_answer(bob, lambda cid: "nv"))
         if step == 2:                                 # after three cases: the AI-assisted part, a different set
-            assert "Part 2: AI-assisted" in _texts(ann) and "DermTriage's output" in _texts(ann)
+            assert "Part 2: AI-assisted" in page_text(ann) and "DermTriage's output" in page_text(ann)
             assert len(ann.get("image")) == 2         # the case and its Grad-CAM
     assert seen["Ann"] == seen["Bob"] and len(set(seen["Ann"])) == 6   # same frozen cases, same order
-    assert "All 6 cases answered" in _texts(ann) and "accuracy **100%**" in _texts(ann)
+    assert "All 6 cases answered" in page_text(ann) and "accuracy **100%**" in page_text(ann)
 
     got = store.answers(sid)
     assert len(got) == 12 and set(got["reader"]) == {"Ann", "Bob"} and not got["timed_out"].any()
@@ -138,7 +130,7 @@ def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_r
     assert (_values(bob_pt["x"]), _values(bob_pt["y"])) == ([0.0], [0.0])
     assert {"dermatologist average", "student average"} <= set(traces)
     assert any((n or "").startswith("model at") for n in traces)
-    assert "Wilcoxon" in _texts(res)
+    assert "Wilcoxon" in page_text(res)
     assert len(res.get("download_button")) == 5
 
 
@@ -150,11 +142,11 @@ def test_reload_continues_late_answer_is_timed_out(env, ham7):
     first = _page()
     _sign_in(first, "Cleo", "resident")
     done = _answer(first, lambda cid: "benign")
-    assert "1 of 3 cases answered" in _texts(first)
+    assert "1 of 3 cases answered" in page_text(first)
 
     again = _page(study=str(sid), reader="Cleo")       # a reload: the link keeps study and reader
     assert not again.exception, again.exception
-    assert "Reading as **Cleo** (resident)" in _texts(again) and "1 of 3 cases answered" in _texts(again)
+    assert "Reading as **Cleo** (resident)" in page_text(again) and "1 of 3 cases answered" in page_text(again)
     _, case_id = _answer_radio(again)
     assert case_id != done
     con = sqlite3.connect(env["db"])                    # the case was first shown 100 s ago
@@ -162,15 +154,15 @@ def test_reload_continues_late_answer_is_timed_out(env, ham7):
         con.execute("UPDATE shown SET shown_at = shown_at - 100 WHERE case_id = ?", (case_id,))
     con.close()
     again.run()
-    assert "Time is up" in _texts(again)
+    assert "Time is up" in page_text(again)
     _answer(again, lambda cid: "malignant")
-    assert "Recorded as timed out" in _texts(again)
+    assert "Recorded as timed out" in page_text(again)
     row = store.answers(sid).set_index("case_id").loc[case_id]
     assert row["timed_out"] and row["seconds"] >= 100
 
     other = _page()                                    # same name in a new session: continues, keeps the level
     _sign_in(other, "Cleo", "resident")
-    assert "2 of 3 cases answered" in _texts(other)
+    assert "2 of 3 cases answered" in page_text(other)
 
 
 def test_setup_errors_and_a_broken_database_are_reported(env, tmp_path, monkeypatch):
@@ -179,7 +171,7 @@ def test_setup_errors_and_a_broken_database_are_reported(env, tmp_path, monkeypa
     at.number_input(key="rs_new_n").set_value(400)
     at.button(key="rs_create").click().run()
     assert not at.exception, at.exception
-    assert "Study not created" in _texts(at) and "distinct lesions" in _texts(at)
+    assert "Study not created" in page_text(at) and "distinct lesions" in page_text(at)
     assert StudyStore(env["db"]).studies().empty
 
     broken = tmp_path / "broken.sqlite3"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from netguard import is_loopback
-from conftest import CLASS_COLOURS, GPS_TEXT, ROOT, exif_photo, lesion_image, tiny_card, write_dataset
+from conftest import CLASS_COLOURS, GPS_TEXT, ROOT, exif_photo, lesion_image, page_text, tiny_card, write_dataset
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -181,13 +181,6 @@ def _app(page: str | None = None) -> AppTest:
     return at
 
 
-def _texts(at) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
-    for kind in (at.success, at.warning, at.error, at.info):
-        parts += [e.value for e in kind]
-    return "\n".join(str(p) for p in parts)
-
-
 def _images_in_html(html: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r'src="data:image/[a-z]+;base64,([A-Za-z0-9+/=]+)"', html)]
 
@@ -206,7 +199,7 @@ def test_triage_offline_and_the_report_carries_no_exif(app_env, offline, media):
     at.file_uploader[0].set_value(("IMG_0001.jpg", exif_photo(), "image/jpeg"))
     at.run()
     assert not at.exception, at.exception
-    text = _texts(at)
+    text = page_text(at)
     assert "Risk tier:" in text and "Biopsy site at x=" in text
     captions = " ".join(str(e.proto) for e in at.get("image"))
     assert "of a 150x200 photo" in captions, "EXIF orientation 6 applied: the 200x150 sensor image is upright"
@@ -237,7 +230,7 @@ def test_model_lab_offline_evaluate_and_publish(app_env, offline):
     at.text_input(key="lab_profile_name").set_value("offline clinic")
     next(b for b in at.button if b.label == "Save profile").click().run()
     assert not at.exception, at.exception
-    assert "Saved profile **offline clinic v1**" in _texts(at)
+    assert "Saved profile **offline clinic v1**" in page_text(at)
 
 
 @pytest.mark.skipif(not (ROOT / "pages" / "reader_study.py").is_file(), reason="reader study page not yet present")
@@ -248,7 +241,7 @@ def test_reader_study_offline_and_cases_shown_without_exif(app_env, offline, med
     at.number_input(key="rs_new_n").set_value(3)
     at.button(key="rs_create").click().run()
     assert not at.exception, at.exception
-    assert "created" in _texts(at), _texts(at)
+    assert "created" in page_text(at), page_text(at)
     at.radio(key="rs_section").set_value("Read").run()
     at.text_input(key="rs_reader_name").set_value("Dr Test")
     at.button(key="rs_start").click().run()
@@ -341,7 +334,7 @@ def test_broken_model_from_the_environment_falls_back_to_the_shipped_model(app_e
     assert f"Model {path} was refused" in errors and re.search(BROKEN[kind], errors), errors
     assert "Using the shipped default model instead" in errors
     shipped = read_card(DEFAULT_MODEL)
-    assert f"Model **{shipped.name}**" in _texts(at), "the page runs on the shipped model"
+    assert f"Model **{shipped.name}**" in page_text(at), "the page runs on the shipped model"
     assert DISCLAIMER in [w.value for w in at.warning]
 
 
@@ -355,7 +348,7 @@ def test_broken_profile_is_refused_and_the_model_thresholds_are_used(app_env):
     assert not at.exception, at.exception
     errors = " ".join(e.value for e in at.error)
     assert "Threshold profile refused" in errors and "not a readable profile" in errors
-    assert "thresholds: **model default**" in _texts(at)
+    assert "thresholds: **model default**" in page_text(at)
 
 
 def test_strip_metadata_removes_exif_but_keeps_pixels():
