@@ -42,16 +42,15 @@ from .transforms import to_pil_preview
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "scorecam": ScoreCAM}
 SEGMENTATIONS = ("slic", "quickshift")
 
-# LIME defaults, for < 3 s LIME + biopsy with lite0 at 150x200 on a 2-core CPU (measured on 4
-# HAM10000 test photos with an epoch-1 lite0 checkpoint, 3 seeds each; bench/bench_explain.py
-# re-measures speed and agreement):
+# LIME defaults, for < 3 s LIME + biopsy with lite0 at 150x200 on a 2-core CPU (README
+# "Explanations" has the measurements; bench/bench_explain.py re-measures speed and agreement):
 # * ~30 SLIC superpixels: lime's own quickshift defaults give only ~25 segments at this small
-#   size, and fewer, larger superpixels are the stabler ones (mean top-5 self-agreement over
-#   seeds at 200 samples: 0.76 with 30 superpixels, 0.63 with 50; 0.57 with 50 at 300 samples).
-# * 200 samples: 100 dropped that agreement to 0.55.
-# * batches of 16: per-image CPU cost rises with batch size on a small-cache CPU (single thread:
-#   ~14-20 ms at 8-16, 30-40 ms at 64-128), as activations stop fitting in cache.
-LIME_SAMPLES = 200
+#   size; 20 or 25 SLIC superpixels were no stabler than 30.
+# * 300 samples in antithetic pairs (PairedLimeExplainer), through the predictor's frozen
+#   TorchScript copy: about 2.3 s per photo; mean top-5 self-agreement over seeds 0.82
+#   (200 paired: 0.74 in 1.9 s; 200 random: 0.65; lime's 1000-sample defaults: 0.87).
+# * batches of 16: per-image CPU cost rises with batch size on a small-cache CPU (32: +25%).
+LIME_SAMPLES = 300
 LIME_SEGMENTS = 30
 LIME_BATCH = 16
 SCORECAM_BATCH = 64
@@ -343,8 +342,10 @@ def _classifier_fn(predictor, clinical: Clinical | None, tta: bool = False):
             if tta:
                 logits = predictor.logits(x, clinical)
             else:
+                meta = predictor.meta_tensor(clinical, len(x))
+                net = predictor.frozen() or predictor.model
                 with torch.autocast(predictor.device.type, enabled=predictor.device.type == "cuda"):
-                    logits = predictor.model(x, predictor.meta_tensor(clinical, len(x))).float().cpu().numpy()
+                    logits = (net(x) if meta is None else net(x, meta)).float().cpu().numpy()
             return softmax(logits, predictor.card.temperature)
     return predict
 

@@ -8,6 +8,7 @@ rather than the shared model.
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class Predictor:
         self.taxonomy = card.taxonomy
         self.transform = eval_transform(card.input_size, card.mean, card.std)
         self.lock = threading.Lock()
+        self._frozen_lock = threading.Lock()
+        self._frozen = None                    # None: not built yet; False: cannot be built
         self.tta = bool(card.data["preprocessing"].get("tta", False))
         self.ood = load_detector(card)
 
@@ -57,6 +60,26 @@ class Predictor:
             e = embed_tta(self.model, x, self.meta_tensor(clinical, len(x)), self.tta)
             z = self.model.head(e)
         return z.float().cpu().numpy(), e.float().cpu().numpy()
+
+    def frozen(self) -> torch.jit.ScriptModule | None:
+        """A TorchScript-frozen copy of the network (batch norm folded into the convolutions)
+        for the many same-size CPU forward passes LIME makes: about twice as fast there.
+        Built once on first use; None on a GPU (AMP is the fast path there) or where tracing
+        fails. Called as ``frozen(x)`` or, for a metadata model, ``frozen(x, meta)``."""
+        if self.device.type != "cpu":
+            return None
+        with self._frozen_lock:
+            if self._frozen is None:
+                x = torch.zeros(2, 3, *self.card.input_size).contiguous(memory_format=torch.channels_last)
+                meta = self.meta_tensor(None, 2)
+                try:
+                    with torch.no_grad(), warnings.catch_warnings():
+                        warnings.simplefilter("ignore")   # tracer warnings about Python-side shape arithmetic
+                        traced = torch.jit.trace(self.model, (x,) if meta is None else (x, meta))
+                        self._frozen = torch.jit.freeze(traced.eval())
+                except Exception:  # noqa: BLE001 - an untraceable model just keeps the eager path
+                    self._frozen = False
+            return self._frozen or None
 
     def logits(self, x: torch.Tensor, clinical: Clinical | None = None) -> np.ndarray:
         return self.forward(x, clinical)[0]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import lesion_image
+from conftest import lesion_image, tiny_card
 from derm_core import explain as E
 from derm_core.checkpoint import ModelCard
 from derm_core.clinical import Clinical
@@ -237,6 +237,7 @@ def test_lime_classifier_matches_the_predictor(predictor, tta_predictor, photo):
     """LIME sees the triage's calibrated probabilities: from the single un-flipped view by
     default (one pass per image), exactly the predictor's forward with ``tta=True``."""
     preview = np.stack([np.asarray(to_pil_preview(photo, INPUT))] * 2)
+    tta_predictor._frozen = False   # count passes on the eager network (the frozen copy runs no Python hooks)
     passes = []
     hook = predictor.model.backbone.register_forward_hook(lambda *_: passes.append(1))
     try:
@@ -250,6 +251,9 @@ def test_lime_classifier_matches_the_predictor(predictor, tta_predictor, photo):
     assert (n_single, n_full) == (1, 4)
     np.testing.assert_allclose(single, np.repeat(expect_single, 2, 0), atol=1e-6)
     np.testing.assert_allclose(full, np.repeat(expect_full, 2, 0), atol=1e-6)
+    tta_predictor._frozen = None    # LIME's CPU fast path: the frozen copy, same probabilities
+    np.testing.assert_allclose(E._classifier_fn(tta_predictor, None)(preview), single, atol=1e-5)
+    assert tta_predictor.frozen() is not None
 
 
 def test_default_target_is_the_triage_class(tta_predictor, photo):
@@ -427,3 +431,25 @@ def test_paired_lime_sampling_is_antithetic_and_balanced():
     assert np.allclose(labels[:, 0], data.mean(1))          # the perturbed photos match the on/off rows
     again, _ = E.PairedLimeExplainer(random_state=3).data_labels(image, fudged, segments, classifier, 40)
     assert (again == data).all()
+
+
+@pytest.mark.parametrize("metadata", [True, False])
+def test_frozen_network_matches_the_eager_one(metadata):
+    """LIME's fast path (TorchScript, batch norm folded) gives the eager network's logits at every batch size."""
+    torch.manual_seed(0)
+    tax = load_taxonomy("ham7")
+    model = create_model("tiny_test", len(tax.classes), metadata, "none")
+    for m in model.modules():                     # non-trivial batch-norm statistics to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    pred = Predictor(model, tiny_card(tax, use_metadata=metadata), device=torch.device("cpu"))
+    frozen = pred.frozen()
+    assert frozen is not None and pred.frozen() is frozen            # built once
+    for n in (1, 5, 16):
+        x = torch.randn(n, 3, *pred.card.input_size).contiguous(memory_format=torch.channels_last)
+        meta = pred.meta_tensor(Clinical(age=50, sex="female", site="back"), n)
+        with torch.inference_mode():
+            eager = pred.model(x, meta)
+            fast = frozen(x) if meta is None else frozen(x, meta)
+        assert torch.allclose(fast, eager, atol=1e-4), float((fast - eager).abs().max())
