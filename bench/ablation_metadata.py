@@ -42,7 +42,7 @@ def main() -> None:
     model, card = load_model(a.model)
     tax = card.taxonomy
     table = load_table(a.data, tax)
-    split = load_splits(table, card.path.parent / card.data["training"]["split_file"])
+    split = load_splits(table, card.split_file)
     parts = {s: table[(split == s).to_numpy()].reset_index(drop=True) for s in ("train", "val", "test")}
     kw = dict(input_size=card.input_size, mean=card.mean, std=card.std, tta=bool(card.data["preprocessing"].get("tta")))
     y = {s: p["y"].to_numpy() for s, p in parts.items()}

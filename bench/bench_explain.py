@@ -62,7 +62,7 @@ def pick_image(card: ModelCard | None, images: Path, image_id: str | None) -> st
     """The requested image, else the first of the model's test split, else the first file."""
     if image_id:
         return image_id
-    split = (card.path.parent / card.data.get("training", {}).get("split_file", "split.csv")) if card else None
+    split = card.split_file if card else None
     if split is not None and split.is_file():
         table = pd.read_csv(split, dtype=str)
         test = table.loc[table["split"] == "test", "image_id"]
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
 
 def evaluate_sites(predictor: Predictor, card: ModelCard | None, data: Path, n: int) -> None:
     """How often each candidate point lands inside the ground-truth lesion (HAM10000 masks)."""
-    split = (card.path.parent / card.data.get("training", {}).get("split_file", "split.csv")) if card else None
+    split = card.split_file if card else None
     if split is not None and split.is_file():
         table = pd.read_csv(split, dtype=str)
         ids = table.loc[table["split"] == "test", "image_id"].tolist()

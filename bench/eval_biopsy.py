@@ -45,7 +45,7 @@ def main() -> None:
     a = ap.parse_args()
     pred = Predictor.from_path(a.model)
     table = load_table(a.data, pred.taxonomy)
-    split = load_splits(table, pred.card.path.parent / pred.card.data["training"]["split_file"])
+    split = load_splits(table, pred.card.split_file)
     test = table[(split == "test").to_numpy() & table["mask_path"].notna().to_numpy()].reset_index(drop=True)
 
     box_ious, bbox_ious, mask_ious = [], [], []

@@ -18,8 +18,8 @@ lesions) and the script records:
 
 * triage latency: upload -> the risk tier is on the page (the differential is computed first;
   Grad-CAM and LIME follow on the same page run),
-* full-page latency: upload -> the page run is finished (Grad-CAM, LIME with its default 200
-  samples, biopsy site and the downloadable report).
+* full-page latency: upload -> the page run is finished (Grad-CAM, LIME with its default
+  number of samples, biopsy site and the downloadable report).
 
 Correctness: every user's final risk tier and differential (classes and percentages as shown) must
 equal a serial reference, the same photos triaged one after another by a single user first.

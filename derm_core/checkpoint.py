@@ -128,6 +128,14 @@ class ModelCard:
         return self.data["preprocessing"]["std"]
 
     @property
+    def split_file(self) -> Path | None:
+        """The lesion-grouped split the model was trained on (``split.csv`` beside the card unless
+        the card names another); None for a card not read from a file."""
+        if self.path is None:
+            return None
+        return self.path.parent / self.data.get("training", {}).get("split_file", "split.csv")
+
+    @property
     def temperature(self) -> float:
         return float(self.data["temperature"])
 

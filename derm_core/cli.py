@@ -19,6 +19,12 @@ def _add_model(p):
     p.add_argument("--model", default=None, help="model card (.json) or run folder; default: the shipped model")
 
 
+def _add_clinical(p):
+    p.add_argument("--age", type=float)
+    p.add_argument("--sex", choices=["male", "female"])
+    p.add_argument("--site")
+
+
 def cmd_train(a) -> int:
     from .train import Stopped, TrainConfig, train
     cfg = TrainConfig(data=a.data, out=a.out, arch=a.arch, taxonomy=a.taxonomy, csv=a.csv, split_file=a.split_file,
@@ -50,7 +56,7 @@ def cmd_evaluate(a) -> int:
     tax = card.taxonomy
     table = load_table(a.data, tax, a.csv)
     if a.split:
-        sf = Path(a.split_file) if a.split_file else card.path.parent / card.data["training"]["split_file"]
+        sf = Path(a.split_file) if a.split_file else card.split_file
         table = table[(load_splits(table, sf) == a.split).to_numpy()].reset_index(drop=True)
     t0 = time.time()
     pred = predict_table(model, table, card.input_size, card.mean, card.std, batch_size=a.batch_size,
@@ -99,7 +105,7 @@ def cmd_explain(a) -> int:
     t0 = time.perf_counter()
     result = {"image": a.image, "model": pred.card.name, "method": a.method}
     if a.method == "lime":
-        lime = E.lime_explanation(pred, photo, clinical=clinical, num_samples=a.samples)
+        lime = E.lime_explanation(pred, photo, clinical=clinical, num_samples=E.LIME_SAMPLES if a.samples is None else a.samples)
         site = E.biopsy_site(lime, suggest_mask(photo))
         x, y = lime.geometry.point_to_original(site.x, site.y)
         lime.overlay(photo).save(out / "lime.png")
@@ -124,7 +130,7 @@ def cmd_recalibrate(a) -> int:
     from .train import finish
     model, card = load_model(a.model)
     table = load_table(a.data, card.taxonomy, a.csv)
-    split = load_splits(table, card.path.parent / card.data["training"]["split_file"])
+    split = load_splits(table, card.split_file)
     data = card.data
     if a.tta is not None:
         data["preprocessing"]["tta"] = a.tta
@@ -147,7 +153,7 @@ def cmd_fit_ood(a) -> int:
     from .splits import load_splits
     model, card = load_model(a.model)
     table = load_table(a.data, card.taxonomy, a.csv)
-    split = load_splits(table, card.path.parent / card.data["training"]["split_file"])
+    split = load_splits(table, card.split_file)
     print(json.dumps(fit_for_model(model, card, table, split), indent=2))
     return 0
 
@@ -199,9 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="triage one photo")
     p.add_argument("image")
-    p.add_argument("--age", type=float)
-    p.add_argument("--sex", choices=["male", "female"])
-    p.add_argument("--site")
+    _add_clinical(p)
     _add_model(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_predict)
@@ -209,10 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("image")
     x.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "eigencam", "scorecam", "lime"])
     x.add_argument("--out", required=True, help="folder for the overlay images")
-    x.add_argument("--samples", type=int, default=200, help="LIME samples")
-    x.add_argument("--age", type=float)
-    x.add_argument("--sex", choices=["male", "female"])
-    x.add_argument("--site")
+    x.add_argument("--samples", type=int, help="LIME samples (default: explain.LIME_SAMPLES, as on the triage page)")
+    _add_clinical(x)
     _add_model(x)
     x.add_argument("--json", action="store_true")
     x.set_defaults(fn=cmd_explain)

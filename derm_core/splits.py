@@ -83,13 +83,12 @@ def held_out_cases(data_dir: str | Path, taxonomy, card=None) -> tuple[pd.DataFr
     people see the model on images it never trained on; else all of the folder."""
     from .data import load_table
     table = load_table(data_dir, taxonomy)
-    if card is not None and card.path is not None:
-        split_file = card.path.parent / card.data.get("training", {}).get("split_file", "split.csv")
-        if split_file.is_file():
-            try:
-                test = (load_splits(table, split_file) == "test").to_numpy()
-            except ValueError:
-                test = None   # another dataset than the model's
-            if test is not None and test.any():
-                return table[test].reset_index(drop=True), f"the model's test split ({int(test.sum())} images)"
+    split_file = card.split_file if card is not None else None
+    if split_file is not None and split_file.is_file():
+        try:
+            test = (load_splits(table, split_file) == "test").to_numpy()
+        except ValueError:
+            test = None   # another dataset than the model's
+        if test is not None and test.any():
+            return table[test].reset_index(drop=True), f"the model's test split ({int(test.sum())} images)"
     return table.reset_index(drop=True), f"all {len(table)} images of the folder"

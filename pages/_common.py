@@ -54,10 +54,11 @@ def data_dir_setting() -> str:
     return st.session_state["data_dir_value"]
 
 
-@st.cache_data(show_spinner="Reading the dataset ...")
-def _cases(data_dir: str, card_path: str, classes: tuple[str, ...]) -> pd.DataFrame:
+@st.cache_data(show_spinner="Reading the dataset ...", max_entries=4)
+def cached_cases(data_dir: str, card_path: str, classes: tuple[str, ...]) -> tuple[pd.DataFrame, str]:
+    """:func:`derm_core.splits.held_out_cases`, read once per folder and model for all sessions."""
     card = read_card(card_path)
-    return held_out_cases(data_dir, card.taxonomy, card)[0]
+    return held_out_cases(data_dir, card.taxonomy, card)
 
 
 def example_cases(pred: Predictor) -> pd.DataFrame:
@@ -65,7 +66,7 @@ def example_cases(pred: Predictor) -> pd.DataFrame:
     data_dir = data_dir_setting()
     if not data_dir:
         raise DataError(f"set the dataset folder in the sidebar (or ${ENV_DATA})")
-    return _cases(data_dir, str(pred.card.path), pred.taxonomy.classes)
+    return cached_cases(data_dir, str(pred.card.path), pred.taxonomy.classes)[0]
 
 
 ACTIVE_PROFILE = "active_profile"   # session key: path of the chosen threshold profile (absent: model default)

@@ -220,7 +220,7 @@ def dataset(folder: str, taxonomy: dict, card_path: str, split: str) -> pd.DataF
     table = load_table(folder, Taxonomy.from_dict(taxonomy))
     if split != ALL:
         card = read_card(card_path)
-        sf = card.path.parent / card.data.get("training", {}).get("split_file", "split.csv")
+        sf = card.split_file
         table = table[(load_splits(table, sf) == split).to_numpy()].reset_index(drop=True)
         if table.empty:
             raise DataError(f"the {split} split of {folder} is empty")
@@ -228,7 +228,7 @@ def dataset(folder: str, taxonomy: dict, card_path: str, split: str) -> pd.DataF
 
 
 def available_splits(card, folder: str) -> list[str]:
-    sf = card.path.parent / card.data.get("training", {}).get("split_file", "split.csv")
+    sf = card.split_file
     if not sf.is_file():
         return [ALL]
     try:

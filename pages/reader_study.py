@@ -14,7 +14,6 @@ import streamlit as st
 
 from derm_core import explain
 from derm_core import study_results as R
-from derm_core.checkpoint import read_card
 from derm_core.clinical import Clinical
 from derm_core.data import DataError
 from derm_core.figures import confusion_figure
@@ -22,9 +21,8 @@ from derm_core.images import ImageError, load_image, strip_metadata
 from derm_core.study import (BALANCES, LEVELS, MODES, QUESTIONS, TIME_LIMITS, Study, StudyError, StudySpec,
                              create_study, same_model, seconds_left)
 from derm_core.figures import reader_roc_figure
-from derm_core.splits import held_out_cases
 from derm_core.study_store import ENV_HOME, ENV_STUDY_DB, AlreadyAnswered, StudyStore, StudyStoreError
-from pages._common import active_thresholds, data_dir_setting, disclaimer, get_predictor
+from pages._common import active_thresholds, cached_cases, data_dir_setting, disclaimer, get_predictor
 
 SECTIONS = ["Set up", "Read", "Results"]
 PHASE_TITLE = {"unassisted": "Part 1: unassisted", "assisted": "AI-assisted"}
@@ -64,12 +62,6 @@ def study_picker(key: str, studies: pd.DataFrame) -> Study:
     return study
 
 
-@st.cache_data(show_spinner="Reading the dataset ...", max_entries=4)
-def cached_pool(data_dir: str, card_path: str, classes: tuple[str, ...]):
-    card = read_card(card_path)
-    return held_out_cases(data_dir, card.taxonomy, card)
-
-
 def load_studies() -> pd.DataFrame:
     try:
         return store.studies()
@@ -103,7 +95,7 @@ def setup_section() -> None:
             spec = StudySpec(name, data_dir, question, int(n_cases), balance, limit, show_clinical, mode, int(seed))
             if not data_dir:
                 raise StudyError("set the dataset folder in the sidebar first")
-            table, pool = cached_pool(data_dir, str(pred.card.path), pred.taxonomy.classes)
+            table, pool = cached_cases(data_dir, str(pred.card.path), pred.taxonomy.classes)
             bar = st.progress(0.0, text="Computing the model's output for the cases ...")
             sid = create_study(store, spec, table, pred.taxonomy, pred, thresholds, pool,
                                callback=lambda d, n: bar.progress(d / n, text=f"Model output: case {d} of {n}"))
