@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")
     ap.add_argument("--seeds", type=int, default=3, help="LIME seeds for the self-agreement of the fast setting")
     ap.add_argument("--no-baseline", action="store_true", help="skip LIME at lime's defaults (1000 samples)")
+    ap.add_argument("--sampling", default="paired", choices=list(E.SAMPLINGS), help="LIME sampling design of the fast setting")
+    ap.add_argument("--samples", type=int, default=E.LIME_SAMPLES, help="LIME samples of the fast setting")
     ap.add_argument("--baseline-seeds", type=int, default=1, help="runs of the baseline (2+ gives its self-agreement)")
     ap.add_argument("--eval", type=int, default=0, metavar="N",
                     help="also score biopsy points against ground-truth masks on N test images")
@@ -106,7 +108,8 @@ def main(argv=None) -> int:
         lesion, lesion_src = suggest_mask(photo), "suggest_mask"
     lesion_model = E.mask_to_model(lesion, predictor.card.input_size)
     print(f"{note}\nimage {image_id} {photo.size[0]}x{photo.size[1]} -> input {predictor.card.input_size}, "
-          f"{a.threads} threads, lesion from {lesion_src}")
+          f"{a.threads} threads, lesion from {lesion_src}, inference path "
+          f"{getattr(predictor, 'fast_path', 'frozen fp32')}, LIME sampling {a.sampling}")
 
     E.cam_heatmap(predictor, photo)  # warm-up
     cams = [timed(E.cam_heatmap, predictor, photo) for _ in range(3)]
@@ -115,13 +118,13 @@ def main(argv=None) -> int:
           f"{np.median([c[2] for c in cams]):6.2f} s CPU   (median of 3 after warm-up)")
 
     def fast(seed):
-        lime = E.lime_explanation(predictor, photo, seed=seed)
+        lime = E.lime_explanation(predictor, photo, seed=seed, sampling=a.sampling, num_samples=a.samples)
         return lime, E.biopsy_site(lime, lesion)
 
     fast(1)  # warm-up (also one of the seeds below)
     (lime, site), wall, cpu = timed(fast, 0)
     print(f"LIME + biopsy:        {wall:6.2f} s wall  {cpu:6.2f} s CPU   ({lime.num_samples} samples, "
-          f"{lime.segments.max() + 1} SLIC superpixels, batches of {E.LIME_BATCH})")
+          f"{lime.segments.max() + 1} SLIC superpixels, batches of {E.LIME_BATCH}, {a.sampling} sampling)")
     runs = [lime] + [fast(s)[0] for s in range(1, a.seeds)]
     if a.seeds > 1:
         print(f"  self-agreement over {a.seeds} seeds: top-5 IoU {mean_pairwise(runs):.2f}, "

@@ -9,6 +9,7 @@ same format: optimizer and RNG state are tensors in safetensors, the rest JSON.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .errors import DermTriageError
 from .models import DermNet, create_model, list_archs
 from .taxonomy import Taxonomy
 from .triage import Thresholds
@@ -29,8 +31,16 @@ ENV_MODEL = "DERMTRIAGE_MODEL"
 REQUIRED = ("arch", "taxonomy", "use_metadata", "preprocessing", "temperature", "thresholds")
 
 
-class ModelError(ValueError):
+MIN_INPUT, MAX_INPUT = 16, 2048   # model input side, pixels (the Model lab's image-size limits)
+
+
+class ModelError(DermTriageError, ValueError):
     """A model file that cannot be used, with the reason."""
+
+
+def _is_number(v) -> bool:
+    """A finite JSON number (not a bool, not a string such as "0.1", not NaN or Infinity)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _stage_bytes(path: Path, data: bytes) -> str:
@@ -145,6 +155,13 @@ class ModelCard:
         return Thresholds(dict(t["classes"]), dict(t["tiers"]), t.get("name", "model default"))
 
     @property
+    def balanced_rule(self):
+        """The prior-corrected decision rule fitted on validation (None on cards from before it)."""
+        from .decision import BalancedRule
+        d = (self.data.get("decision_rules") or {}).get("balanced")
+        return BalancedRule.from_dict(d) if d else None
+
+    @property
     def name(self) -> str:
         return self.data.get("name") or (self.path.stem if self.path else "model")
 
@@ -153,17 +170,80 @@ class ModelCard:
         return str(self.data.get("version", "0"))
 
     def validate(self) -> None:
-        missing = [k for k in REQUIRED if k not in self.data]
+        """Check every field the predictor, trainer and pages read, so that a card that loads
+        can be used: each problem is a :class:`ModelError` naming the file and the field.
+
+        Raises:
+            ModelError: a missing field, or one of the wrong type, length or range.
+        """
+        where = f"model card {self.path}" if self.path else "model card"
+
+        def bad(field: str, problem: str) -> ModelError:
+            return ModelError(f"{where}: field '{field}' {problem}")
+
+        d = self.data
+        missing = [k for k in REQUIRED if k not in d]
         if missing:
-            raise ModelError(f"model card {self.path} lacks {missing}")
-        if self.arch not in list_archs():
-            raise ModelError(f"model card {self.path}: unknown architecture {self.arch!r}")
+            raise ModelError(f"{where} lacks {missing}")
+        if not isinstance(d["arch"], str) or d["arch"] not in list_archs():
+            raise ModelError(f"{where}: unknown architecture {d['arch']!r} (field 'arch')")
+        if not isinstance(d["taxonomy"], dict):
+            raise bad("taxonomy", f"must be an object with the classes and tiers, not {d['taxonomy']!r}")
         try:
-            self.thresholds.check(self.taxonomy)
+            tax = self.taxonomy
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise bad("taxonomy", f"is not a usable taxonomy ({e})") from None
+        if "classes" in d and (not isinstance(d["classes"], list) or list(d["classes"]) != list(tax.classes)):
+            raise bad("classes", f"is {d['classes']!r}, but the taxonomy lists {list(tax.classes)}")
+        if not isinstance(d["use_metadata"], bool):
+            raise bad("use_metadata", f"must be true or false, not {d['use_metadata']!r}")
+        pre = d["preprocessing"]
+        if not isinstance(pre, dict):
+            raise bad("preprocessing", f"must be an object, not {pre!r}")
+        for k in ("input_size", "mean", "std"):
+            if k not in pre:
+                raise bad(f"preprocessing.{k}", "is missing")
+        size = pre["input_size"]
+        if (not isinstance(size, list) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and MIN_INPUT <= v <= MAX_INPUT for v in size)):
+            raise bad("preprocessing.input_size", f"must be [height, width], two whole numbers from {MIN_INPUT} to "
+                                                  f"{MAX_INPUT}, not {size!r}")
+        for k in ("mean", "std"):
+            v = pre[k]
+            if not isinstance(v, list) or len(v) != 3 or not all(_is_number(x) for x in v):
+                raise bad(f"preprocessing.{k}", f"must be three finite numbers (one per colour channel), not {v!r}")
+        if not all(x > 0 for x in pre["std"]):
+            raise bad("preprocessing.std", f"must be positive (it divides the pixels), not {pre['std']!r}")
+        if "tta" in pre and not isinstance(pre["tta"], bool):
+            raise bad("preprocessing.tta", f"must be true or false, not {pre['tta']!r}")
+        t = d["temperature"]
+        if not _is_number(t) or not 0 < t <= 1e3:
+            raise bad("temperature", f"must be a finite number above 0 (at most 1000), not {t!r}")
+        th = d["thresholds"]
+        if not isinstance(th, dict) or not isinstance(th.get("classes"), dict) or not isinstance(th.get("tiers"), dict):
+            raise bad("thresholds", "must hold 'classes' and 'tiers' objects")
+        for group in ("classes", "tiers"):
+            for k, v in th[group].items():
+                if not _is_number(v) or not 0.0 <= v <= 1.0:
+                    raise bad(f"thresholds.{group}.{k}", f"must be a number between 0 and 1, not {v!r}")
+        try:
+            self.thresholds.check(tax)
         except (ValueError, KeyError, TypeError) as e:
-            raise ModelError(f"model card {self.path}: {e}") from None
-        if not self.temperature > 0:
-            raise ModelError(f"model card {self.path}: temperature must be positive")
+            raise ModelError(f"{where}: field 'thresholds': {e}") from None
+        ood = d.get("out_of_scope")
+        if ood is not None:
+            from .ood import SCORES
+            if not isinstance(ood, dict):
+                raise bad("out_of_scope", f"must be an object or null, not {ood!r}")
+            if ood.get("score") not in SCORES:
+                raise bad("out_of_scope.score", f"must be one of {list(SCORES)}, not {ood.get('score')!r}")
+            if not _is_number(ood.get("threshold")):
+                raise bad("out_of_scope.threshold", f"must be a finite number, not {ood.get('threshold')!r}")
+        for k in ("weights_file", "name"):
+            if k in d and d[k] is not None and not isinstance(d[k], str):
+                raise bad(k, f"must be a string, not {d[k]!r}")
+        if "training" in d and not isinstance(d["training"], dict):
+            raise bad("training", f"must be an object, not {d['training']!r}")
 
 
 def _card_paths(path: str | Path) -> tuple[Path, Path]:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from .clinical import Clinical, encode
+from .errors import DermTriageError
 from .images import ImageError, load_image
 from .taxonomy import Taxonomy
 
@@ -31,7 +32,7 @@ HAM_CSV = "metadata.csv"
 GENERIC_CSV = "labels.csv"
 
 
-class DataError(ValueError):
+class DataError(DermTriageError, ValueError):
     """A dataset problem, naming the file and row to fix."""
 
 
@@ -43,6 +44,17 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
         raise DataError(f"no dataset folder given: pass --data DIR or set {ENV_DATA}")
     path = Path(data_dir).expanduser()
     if not path.is_dir():
+        if path.is_symlink():   # exists as a link: a loop or a dangling target, not "not found" (issue 13)
+            try:
+                path.resolve(strict=True)
+                why = "is not a folder"
+            except RuntimeError:
+                why = "is a symbolic link loop"
+            except OSError:
+                why = f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+            raise DataError(f"dataset folder {path} {why}")
+        if path.exists():
+            raise DataError(f"dataset folder {path} is a file, not a folder")
         raise DataError(f"dataset folder not found: {path}")
     return path
 
@@ -113,6 +125,14 @@ def load_table(data_dir: str | Path | None, taxonomy: Taxonomy, csv: str | Path 
     mask_dir = root / "masks"
     site_col = "site" if "site" in raw.columns else "localization" if "localization" in raw.columns else None
     group_col = next((c for c in ("lesion_id", "patient_id") if c in raw.columns), None)
+    if group_col == "lesion_id":   # one lesion, one diagnosis (issue 13)
+        lesions = raw["lesion_id"].astype(str).str.strip()
+        per = labels.groupby(lesions[raw["lesion_id"].notna()]).nunique()
+        if (per > 1).any():
+            lid = per.index[per.to_numpy() > 1][0]
+            rows = [int(i) + 2 for i in np.flatnonzero((lesions == lid).to_numpy())][:4]
+            raise DataError(f"{csv} rows {rows}: lesion_id {lid!r} is labelled "
+                            f"{' and '.join(sorted(labels[lesions == lid].unique()))}; one lesion has one diagnosis")
     rows = []
     for i, (image_id, label) in enumerate(zip(ids, labels)):
         path = _find_image(img_dir, image_id) if check_files else img_dir / image_id
@@ -146,16 +166,13 @@ class LesionDataset(torch.utils.data.Dataset):
 
     Images are decoded once (through :func:`derm_core.images.load_image`, so a bad file
     is reported by name) and kept in memory as uint8, downsized to at most ``max_side``.
-    With ``meta_dropout`` > 0 each clinical field is hidden at random, so a
-    metadata-aware model learns to work when a field is missing.
+    Evaluation uses it; training batches come from :mod:`derm_core.batches`.
     """
 
-    def __init__(self, table: pd.DataFrame, transform, preload: bool = True, max_side: int = 400,
-                 meta_dropout: float = 0.0):
+    def __init__(self, table: pd.DataFrame, transform, preload: bool = True, max_side: int = 400):
         self.table = table.reset_index(drop=True)
         self.transform = transform
         self.max_side = max_side
-        self.meta_dropout = meta_dropout
         self.clinical = [clinical_of(r) for r in self.table.itertuples()]
         self._cache = [self._decode(i) for i in range(len(self.table))] if preload else None
 
@@ -174,8 +191,4 @@ class LesionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         img = self._cache[i] if self._cache is not None else self._decode(i)
-        c = self.clinical[i]
-        if self.meta_dropout > 0:
-            keep = (torch.rand(3) >= self.meta_dropout).tolist()
-            c = Clinical(c.age if keep[0] else None, c.sex if keep[1] else None, c.site if keep[2] else None)
-        return self.transform(img), torch.from_numpy(encode(c)), int(self.table.at[i, "y"])
+        return self.transform(img), torch.from_numpy(encode(self.clinical[i])), int(self.table.at[i, "y"])

@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 from . import metrics as M
 from .calibration import softmax
 from .data import LesionDataset
+from .decision import BalancedRule
 from .device import pick_device
-from .models import embed_tta
+from .inference import Runner
 from .taxonomy import Taxonomy
 from .transforms import eval_transform
 from .triage import Thresholds, assign_tiers, tier_scores, true_tiers
@@ -28,29 +29,30 @@ AGE_BANDS = [(0, 30, "<30"), (30, 50, "30-49"), (50, 70, "50-69"), (70, 200, "70
 @torch.inference_mode()
 def predict_table(model, table: pd.DataFrame, input_size, mean, std, *, use_metadata: bool | None = None,
                   batch_size: int = 64, device: torch.device | None = None, embeddings: bool = False,
-                  progress: bool = True, callback=None, tta: bool = False) -> dict[str, np.ndarray]:
+                  progress: bool = True, callback=None, tta: bool = False, path: str | None = None
+                  ) -> dict[str, np.ndarray]:
     """Logits (and optionally penultimate embeddings) for every row of ``table``.
 
     Args:
         use_metadata: feed the table's age/sex/site (default: when the model fuses metadata).
-        tta: average over horizontal/vertical flips (see :func:`derm_core.models.embed_tta`).
+        tta: average over horizontal/vertical flips (see :class:`derm_core.inference.TTAForward`).
         callback: called as ``callback(done, total)`` after each batch (progress bars in the app).
+        path: force an inference path (see :mod:`derm_core.inference`); default: the fast one.
     """
     device = device or pick_device()
     model.eval().to(device)
     use_metadata = model.use_metadata if use_metadata is None else use_metadata
     ds = LesionDataset(table, eval_transform(input_size, mean, std), preload=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0)
+    run = Runner(model, tta, device, input_size, path)
     logits, embs, done = [], [], 0
     for x, meta, _ in tqdm(loader, desc="predict", disable=not progress, leave=False):
         x = x.to(device, memory_format=torch.channels_last)
         meta = meta.to(device) if use_metadata and model.use_metadata else None
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            e = embed_tta(model, x, meta, tta)
-            z = model.head(e)
-        logits.append(z.float().cpu().numpy())
+        z, e = run(x, meta)
+        logits.append(z.cpu().numpy())
         if embeddings:
-            embs.append(e.float().cpu().numpy())
+            embs.append(e.cpu().numpy())
         done += len(x)
         if callback:
             callback(done, len(ds))
@@ -86,7 +88,8 @@ def _tier_block(y_true, probs, thresholds: Thresholds, taxonomy: Taxonomy) -> di
                   "sensitivity": M.sensitivity_score(pos, (pt == k).astype(int)),
                   "specificity": M.specificity_score(pos, (pt == k).astype(int)),
                   # referral view: cases at this tier or above flagged at least this urgent
-                  "sensitivity_at_or_above": M.sensitivity_score(at_or_above, flagged) if k else None}
+                  "sensitivity_at_or_above": M.sensitivity_score(at_or_above, flagged) if k else None,
+                  "specificity_at_or_above": M.specificity_score(at_or_above, flagged) if k else None}
     return out
 
 
@@ -125,12 +128,57 @@ def subgroups(table: pd.DataFrame) -> dict[str, pd.Series]:
     return out
 
 
+def intervals(y_true, probs, clusters, thresholds: Thresholds | None, taxonomy: Taxonomy, rule: BalancedRule | None = None,
+              n_boot: int = M.N_BOOT, level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile bootstrap intervals, resampling whole lesions (``clusters``: one lesion id
+    per image), for the AUCs, accuracy, balanced accuracy (both rules) and each referral
+    tier's sensitivity and specificity (cases at that tier or above flagged at least that urgent;
+    only with ``thresholds``)."""
+    y_true = np.asarray(y_true)
+    counts = M.bootstrap_counts(len(y_true), n_boot, seed, clusters=clusters)
+    every = np.ones(len(y_true), bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # resamples without some class
+        aucs = {c: M.bootstrap_auc_samples(y_true == i, probs[:, i], counts) for i, c in enumerate(taxonomy.classes)}
+
+        def accuracies(pred):
+            hit = pred == y_true
+            recall = [M.weighted_rate(hit, y_true == i, counts) for i in range(probs.shape[1]) if (y_true == i).any()]
+            return M.weighted_rate(hit, every, counts), np.nanmean(np.stack(recall), 0)
+
+        acc, bal = accuracies(probs.argmax(1))
+        out = {"method": "percentile bootstrap over lesions" if clusters is not None else "percentile bootstrap over images",
+               "level": level, "n_boot": n_boot, "n_clusters": int(len(np.unique(clusters))) if clusters is not None else None,
+               "macro_auc": M.interval(np.nanmean(np.stack(list(aucs.values())), 0), level),
+               "accuracy": M.interval(acc, level), "balanced_accuracy": M.interval(bal, level),
+               "per_class_auc": {c: M.interval(a, level) for c, a in aucs.items()}, "tiers": {}}
+        if rule is not None:
+            r_acc, r_bal = accuracies(rule.predict(probs))
+            out["balanced_rule"] = {"accuracy": M.interval(r_acc, level), "balanced_accuracy": M.interval(r_bal, level)}
+    if thresholds is None:
+        return out
+    tt, pt = true_tiers(y_true, taxonomy), assign_tiers(probs, taxonomy, thresholds.tiers)
+    for k, t in enumerate(taxonomy.tier_names):
+        if k:
+            out["tiers"][t] = {"sensitivity_at_or_above": M.interval(M.weighted_rate(pt >= k, tt >= k, counts), level),
+                               "specificity_at_or_above": M.interval(M.weighted_rate(pt < k, tt < k, counts), level)}
+    return out
+
+
 def build_report(y_true, logits, temperature: float, thresholds: Thresholds, taxonomy: Taxonomy,
-                 table: pd.DataFrame | None = None) -> dict:
-    """The full evaluation report (see the CLI's ``evaluate``)."""
+                 table: pd.DataFrame | None = None, rule: BalancedRule | None = None) -> dict:
+    """The full evaluation report (see the CLI's ``evaluate``).
+
+    ``accuracy`` and ``balanced_accuracy`` are those of the most-likely rule; with a
+    ``rule``, ``balanced_rule`` holds the prior-corrected rule's (see :mod:`derm_core.decision`).
+    With a ``table``, ``intervals`` holds lesion-grouped bootstrap intervals and
+    ``subgroups`` the metrics per sex, age band and site."""
     y_true, logits = np.asarray(y_true), np.asarray(logits)
     probs = softmax(logits, temperature)
     rep = summary_metrics(y_true, probs, thresholds, taxonomy)
+    rep["decision_rule"] = "most_likely"
+    if rule is not None:
+        rep["balanced_rule"] = rule.report(y_true, probs, taxonomy.classes)
     rep["classes"] = list(taxonomy.classes)
     rep["confusion_matrix"] = M.confusion(y_true, probs.argmax(1), len(taxonomy.classes)).tolist()
     rep["ece"] = M.expected_calibration_error(y_true, probs)
@@ -138,6 +186,8 @@ def build_report(y_true, logits, temperature: float, thresholds: Thresholds, tax
     rep["temperature"] = float(temperature)
     rep["thresholds"] = thresholds.name
     if table is not None:
+        rep["intervals"] = intervals(y_true, probs, table["group"].to_numpy() if "group" in table else None,
+                                     thresholds, taxonomy, rule)
         warnings.filterwarnings("ignore", message=".*(not in y_true|single label).*")  # small subgroups
         rep["subgroups"] = {}
         for gname, groups in subgroups(table).items():

@@ -370,7 +370,37 @@ class PairedLimeExplainer(LimeImageExplainer):
         return data, np.concatenate(labels)
 
 
-SAMPLINGS = {"paired": PairedLimeExplainer, "random": LimeImageExplainer}
+class OrthogonalLimeExplainer(PairedLimeExplainer):
+    """Paired sampling on a randomised two-level orthogonal design (issue 12): the on/off patterns
+    are rows of a Hadamard matrix (columns = superpixels, chosen at random, each flipped at random,
+    rows shuffled, all from the seed), each followed by its complement (a foldover). Every
+    superpixel is on in half the samples and every pair of superpixels is uncorrelated *exactly*,
+    not just on average, and the foldover keeps two-superpixel interactions out of the main
+    effects: the regression's chance correlations, the noise that makes random LIME unstable,
+    are gone. lime's kernel, regression and explanation objects are unchanged."""
+
+    def data_labels(self, image, fudged_image, segments, classifier_fn, num_samples, batch_size=10):
+        from scipy.linalg import hadamard
+        rs = self.random_state
+        n = int(segments.max()) + 1
+        order = 1 << max(2, int(np.ceil(np.log2(n + 1))))            # a Hadamard order with a spare column
+        rows = []
+        while sum(len(r) for r in rows) < (num_samples + 1) // 2:
+            h = hadamard(order)[:, 1:]                                 # drop the constant column
+            h = h[:, rs.permutation(order - 1)[:n]] * rs.choice((-1, 1), n)
+            rows.append((h[rs.permutation(order)] > 0).astype(int))
+        half = np.concatenate(rows)[: (num_samples + 1) // 2]
+        half[0] = 1                                                    # the photo itself (and all switched off)
+        data = np.empty((num_samples, n), dtype=half.dtype)
+        data[0::2], data[1::2] = half, 1 - half[: num_samples // 2]
+        labels = []
+        for i in range(0, num_samples, batch_size):
+            keep = data[i:i + batch_size][:, segments].astype(bool)[..., None]
+            labels.append(classifier_fn(np.where(keep, image, fudged_image)))
+        return data, np.concatenate(labels)
+
+
+SAMPLINGS = {"paired": PairedLimeExplainer, "random": LimeImageExplainer, "orthogonal": OrthogonalLimeExplainer}
 
 
 def lime_explanation(predictor, image: Image.Image, target: int | None = None, num_samples: int = LIME_SAMPLES,
@@ -430,6 +460,10 @@ class BiopsySite:
     score: float                   # LIME weight of the superpixel holding the point
     segments: tuple[int, ...]      # chosen superpixels, strongest first
     note: str = ""                 # how the site was chosen when the preferred rule failed
+    suggested: bool = True         # False: the explanation carries no signal; no site to show (see note)
+
+
+MIN_LIME_SIGNAL = 1e-4             # largest |LIME weight| (probability units) below which there is nothing to explain
 
 
 def _deepest_point(region: np.ndarray) -> tuple[int, int]:
@@ -484,4 +518,10 @@ def biopsy_site(lime: LimeResult, lesion_mask: np.ndarray | None = None, k: int 
         note = note or "no supporting superpixel lies in the lesion: the best-weighted part of the lesion was used"
     x, y = _deepest_point((seg == chosen[0]) & mask)
     region = np.isin(seg, chosen) & mask
+    peak = max((abs(float(w)) for w in lime.weights.values()), default=0.0)
+    if not peak >= MIN_LIME_SIGNAL:   # a flat photo: no part of it changes the output (issue 13)
+        return BiopsySite(x, y, np.zeros(seg.shape, dtype=bool), peak, (), f"no biopsy site suggested: the "
+                          f"explanation carries no signal (largest LIME weight {peak:.1e}, under {MIN_LIME_SIGNAL:g}); "
+                          f"no part of the photo changes the model's output, as for a flat or featureless photo",
+                          suggested=False)
     return BiopsySite(x, y, region, float(lime.weights.get(chosen[0], 0.0)), tuple(int(s) for s in chosen), note)

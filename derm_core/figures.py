@@ -41,22 +41,53 @@ def tier_chart(result: TriageResult, taxonomy: Taxonomy) -> go.Figure:
     return fig
 
 
-def mark_biopsy(photo: Image.Image, region_original: np.ndarray, point: tuple[int, int]) -> Image.Image:
-    """The photo with the suggested biopsy region outlined and its point marked (cyan)."""
-    out = np.asarray(photo.convert("RGB")).copy()
-    edge = find_boundaries(region_original, mode="inner")
-    if edge.sum() < 4:  # very small photos: thicken the outline
-        edge = find_boundaries(region_original, mode="thick")
-    out[edge] = (0, 230, 255)
+BIOPSY_COLOUR = (0, 230, 255)     # cyan: the suggested region and point
+OUTLINE_COLOUR = (255, 214, 0)    # yellow: the lesion outline the site was chosen in
+
+
+def _thick_edge(mask: np.ndarray, width: int) -> np.ndarray:
+    from scipy import ndimage
+    edge = find_boundaries(mask, mode="inner")
+    return ndimage.binary_dilation(edge, iterations=width - 1) & mask if width > 1 else edge
+
+
+def mark_biopsy(photo: Image.Image, region_original: np.ndarray, point: tuple[int, int],
+                shown_width: int | None = None, outline: np.ndarray | None = None) -> Image.Image:
+    """The photo with the suggested biopsy region outlined and its point marked (cyan), and
+    the lesion outline it was chosen in (yellow, when given).
+
+    Drawn for a display ``shown_width`` px wide: the picture is rendered at twice that (sharp on
+    high-density screens) with lines 2 and 3 screen pixels wide and a marker sized to the
+    shown picture, so the site stays visible whether a 1,600 px crop is shown at 360 px or a
+    150 px one is enlarged. Without ``shown_width`` it is drawn at the photo's own size.
+    """
+    w, h = photo.size
+    out_w = 2 * shown_width if shown_width else w
+    f = out_w / w
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    px = out_w / shown_width if shown_width else max(1.0, w / 360)     # output pixels per screen pixel
+
+    def fit(mask):
+        m = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
+        return np.asarray(m.resize(size, Image.NEAREST)) >= 128
+
+    img = photo.convert("RGB")
+    img = img.resize(size, Image.LANCZOS) if size != img.size else img.copy()
+    out = np.asarray(img).copy()
+    if outline is not None and np.asarray(outline).any():
+        out[_thick_edge(fit(outline), max(1, round(1.5 * px)))] = OUTLINE_COLOUR
+    region = fit(region_original)
+    out[_thick_edge(region, max(2, round(2.5 * px)))] = BIOPSY_COLOUR
     img = Image.fromarray(out)
     d = ImageDraw.Draw(img)
-    x, y = point
-    r = max(3, round(min(img.size) * 0.03))
-    d.ellipse([x - r, y - r, x + r, y + r], outline=(0, 230, 255), width=max(1, r // 3))
-    d.line([x - 2 * r, y, x - r, y], fill=(0, 230, 255), width=max(1, r // 3))
-    d.line([x + r, y, x + 2 * r, y], fill=(0, 230, 255), width=max(1, r // 3))
-    d.line([x, y - 2 * r, x, y - r], fill=(0, 230, 255), width=max(1, r // 3))
-    d.line([x, y + r, x, y + 2 * r], fill=(0, 230, 255), width=max(1, r // 3))
+    x, y = (point[0] + 0.5) * f - 0.5, (point[1] + 0.5) * f - 0.5
+    r = max(3 * px, 0.035 * min(size))          # at least 3 screen px, else 3.5% of the picture
+    lw = max(2, round(2.5 * px))
+    for colour, width in (((0, 0, 0), lw + 2 * max(1, round(px))), (BIOPSY_COLOUR, lw)):   # dark halo, then cyan
+        d.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=width)
+        for (x0, y0, x1, y1) in ((x - 2 * r, y, x - r, y), (x + r, y, x + 2 * r, y),
+                                 (x, y - 2 * r, x, y - r), (x, y + r, x, y + 2 * r)):
+            d.line([x0, y0, x1, y1], fill=colour, width=width)
     return img
 
 
@@ -86,6 +117,27 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 
 
+# ROC axes: always the unit square with equal aspect. ``constrain="domain"`` makes plotly keep
+# the range and shrink the plotting area to a square instead of widening the axis range
+# (which had a y axis running from -2.6 to 3.6 in a wide box).
+ROC_AXIS = dict(range=[-0.01, 1.01], constrain="domain", constraintoward="center", automargin=True)
+LEGEND_ROW_PX = 20     # one legend entry, font size 11
+PLOT_SIDE_PX = 360     # the square plotting area of an ROC figure
+
+
+def legend_below(n_entries: int, font_size: int = 11) -> dict:
+    """A one-entry-per-row legend under the plot, so long labels never take the plot's width."""
+    return dict(orientation="v", x=0, xanchor="left", xref="container", y=0, yanchor="bottom", yref="container",
+                font=dict(size=font_size), tracegroupgap=0)
+
+
+def roc_height(n_entries: int, side: int = PLOT_SIDE_PX) -> int:
+    """Figure height for a square plot of about ``side`` px, its x-axis title and a legend of
+    ``n_entries`` rows below."""
+    return int(30 + side + 55 + LEGEND_ROW_PX * max(n_entries, 0) + 10)
+
+
+
 def target_colours(ev) -> dict[str, str]:
     """A colour per target of an :class:`~derm_core.operating.EvalSet`: tiers in their own colour, classes a palette."""
     from .operating import TIER_PREFIX
@@ -97,8 +149,11 @@ def target_colours(ev) -> dict[str, str]:
     return out
 
 
-def roc_figure(ev, table, targets: list[str], height: int = 460) -> go.Figure:
+def roc_figure(ev, table, targets: list[str], side: int = PLOT_SIDE_PX) -> go.Figure:
     """ROC curve of each target with its AUC (95% bootstrap CI) and the current operating point.
+
+    The axes stay the unit square with equal aspect; the legend (one row per curve) sits
+    under the plot and the height grows with it, so the plot keeps the box's width.
 
     Args:
         ev: the :class:`~derm_core.operating.EvalSet`.
@@ -123,10 +178,11 @@ def roc_figure(ev, table, targets: list[str], height: int = 460) -> go.Figure:
                          marker=dict(color=colours[t], size=11, symbol="circle", line=dict(color="black", width=1.5)),
                          hovertemplate=(f"{t} at threshold {r['threshold']:.3f}<br>sensitivity %{{y:.3f}}<br>"
                                         f"specificity {r['specificity']:.3f}<extra></extra>")))
+    n_entries = sum(1 for d in data if d.get("name"))
     return _figure(data, dict(
-        xaxis=dict(title=dict(text="1 - specificity"), range=[-0.01, 1.01]),
-        yaxis=dict(title=dict(text="sensitivity"), range=[-0.01, 1.01], scaleanchor="x", scaleratio=1),
-        height=height, margin=dict(l=10, r=10, t=30, b=40), legend=dict(font=dict(size=11)),
+        xaxis=dict(title=dict(text="1 - specificity"), **ROC_AXIS),
+        yaxis=dict(title=dict(text="sensitivity"), scaleanchor="x", scaleratio=1, **ROC_AXIS),
+        height=roc_height(n_entries, side), margin=dict(l=10, r=10, t=30, b=10), legend=legend_below(n_entries),
         title=dict(text="ROC (dot: current operating point)", font=dict(size=14))))
 
 
@@ -213,9 +269,10 @@ def reliability_figure(calibration: dict) -> go.Figure:
                          marker=dict(size=[4 + 16 * np.sqrt(n / biggest) for n in c["count"]]), customdata=c["count"],
                          hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} images<extra></extra>"))
     return _figure(data, dict(
-        xaxis=dict(title=dict(text="confidence (top-class probability)"), range=[0, 1]),
-        yaxis=dict(title=dict(text="accuracy"), range=[0, 1.02]), height=400,
-        margin=dict(l=10, r=10, t=10, b=40), legend=dict(x=0.01, y=0.99)))
+        xaxis=dict(title=dict(text="confidence (top-class probability)"), range=[0, 1], automargin=True),
+        yaxis=dict(title=dict(text="accuracy"), range=[0, 1.02], automargin=True),
+        height=340 + 55 + LEGEND_ROW_PX * len(data), margin=dict(l=10, r=10, t=10, b=10),
+        legend=legend_below(len(data))))
 
 
 def embedding_figure(xy: np.ndarray, colour_by: np.ndarray, hover: np.ndarray, colours: dict[str, str] | None = None,
@@ -247,7 +304,10 @@ def embedding_figure(xy: np.ndarray, colour_by: np.ndarray, hover: np.ndarray, c
             data.append(dict(type="scattergl", x=xy[m, 0], y=xy[m, 1],
                              marker=dict(size=size, color=colour, opacity=0.8), **common))
     axis = dict(showticklabels=False, title=dict(text=""), zeroline=False, showgrid=False)
-    layout = dict(height=height, margin=dict(l=10, r=10, t=30 if title else 10, b=10), legend=dict(itemsizing="constant"))
+    rows = -(-len(data) // 4)          # a horizontal legend under the map: about four entries a row
+    layout = dict(height=height + LEGEND_ROW_PX * rows, margin=dict(l=10, r=10, t=30 if title else 10, b=10),
+                  legend=dict(itemsizing="constant", orientation="h", x=0, xanchor="left", y=0, yanchor="bottom",
+                              yref="container"))
     if dims == 3:
         layout["scene"] = dict(xaxis=axis, yaxis=axis, zaxis=axis)
     else:
@@ -271,7 +331,8 @@ def training_figure(history: list[dict]) -> go.Figure:
                               row=1, col=col)
     fig.update_xaxes(title_text="epoch", dtick=1 if len(ep) <= 20 else None)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=10),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=0, yanchor="bottom", yref="container"))
     return fig
 
 
@@ -288,7 +349,7 @@ def _ok(v) -> bool:
 
 
 def reader_roc_figure(ev, target: str, title: str, points: pd.DataFrame, averages: pd.DataFrame,
-                      model_pt: dict | None = None, model_label: str = "model", height: int = 520) -> go.Figure:
+                      model_pt: dict | None = None, model_label: str = "model", side: int = PLOT_SIDE_PX) -> go.Figure:
     """The model's ROC curve for ``target`` on the study's cases, each reader's
     (1 - specificity, sensitivity) point coloured by experience level, each level's average
     (large diamond, outlined) and the model's own operating point (black star).
@@ -334,8 +395,39 @@ def reader_roc_figure(ev, target: str, title: str, points: pd.DataFrame, average
                                  marker=dict(color="black", size=16, symbol="star"),
                                  hovertemplate=model_label + "<br>1-specificity %{x:.3f}<br>sensitivity %{y:.3f}"
                                                "<extra></extra>"))
-    fig.update_layout(xaxis=dict(title=dict(text="1 - specificity"), range=[-0.02, 1.02]),
-                      yaxis=dict(title=dict(text="sensitivity"), range=[-0.02, 1.02], scaleanchor="x", scaleratio=1),
-                      height=height, margin=dict(l=10, r=10, t=40, b=40), title=dict(text=title, font=dict(size=14)),
-                      legend=dict(font=dict(size=11)))
+    n_entries = sum(1 for d in fig.data if d.name and d.showlegend is not False)
+    fig.update_layout(xaxis=dict(title=dict(text="1 - specificity"), **ROC_AXIS),
+                      yaxis=dict(title=dict(text="sensitivity"), scaleanchor="x", scaleratio=1, **ROC_AXIS),
+                      height=roc_height(n_entries, side) + 10, margin=dict(l=10, r=10, t=40, b=10),
+                      title=dict(text=title, font=dict(size=14)), legend=legend_below(n_entries))
     return fig
+
+
+# ---------------------------------------------------------------------- conformal prediction sets (issue 12)
+def coverage_figure(curve: dict, colours: dict[str, str] | None = None) -> go.Figure:
+    """Empirical coverage against the chosen level, overall and per class, with the diagonal the
+    guarantee promises (``curve``: :func:`derm_core.conformal.coverage_curve`)."""
+    lv = curve["level"]
+    data = [dict(type="scatter", x=[lv[0], lv[-1]], y=[lv[0], lv[-1]], mode="lines", name="guaranteed (coverage = level)",
+                 line=dict(color="#bbbbbb", dash="dot"), hoverinfo="skip"),
+            dict(type="scatter", x=lv, y=curve["coverage"], mode="lines", name="all photos",
+                 line=dict(color="#000000", width=3),
+                 hovertemplate="level %{x:.0%}<br>coverage %{y:.3f}<extra>all photos</extra>")]
+    for i, (c, ys) in enumerate(curve["per_class"].items()):
+        data.append(dict(type="scatter", x=lv, y=ys, mode="lines", name=c, line=dict(
+            color=(colours or {}).get(c, PALETTE[i % len(PALETTE)]), width=1.5),
+            hovertemplate=f"level %{{x:.0%}}<br>coverage %{{y:.3f}}<extra>{c}</extra>"))
+    return _figure(data, dict(
+        xaxis=dict(title=dict(text="chosen level"), tickformat=".0%", automargin=True),
+        yaxis=dict(title=dict(text="coverage (true diagnosis in the set)"), range=[min(lv) - 0.1, 1.01], automargin=True),
+        height=340 + 55 + LEGEND_ROW_PX * len(data), margin=dict(l=10, r=10, t=10, b=10), legend=legend_below(len(data))))
+
+
+def set_size_figure(counts: list[int], level: float) -> go.Figure:
+    """How many photos get a prediction set of each size (0 = empty) at one level."""
+    n = max(sum(counts), 1)
+    return _figure([dict(type="bar", x=list(range(len(counts))), y=[c / n for c in counts], marker=dict(color="#1565c0"),
+                         customdata=counts, hovertemplate="%{x} classes: %{customdata} photos (%{y:.1%})<extra></extra>")],
+                   dict(xaxis=dict(title=dict(text=f"set size at {level:.0%} (number of diagnoses)"), dtick=1),
+                        yaxis=dict(title=dict(text="share of photos"), tickformat=".0%"), height=300,
+                        margin=dict(l=10, r=10, t=10, b=10)))

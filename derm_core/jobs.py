@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .checkpoint import atomic_write_json
+from .errors import DermTriageError
 from .models import DEFAULT_ARCH
 
 ENV_RUNS = "DERMTRIAGE_RUNS"
@@ -43,7 +44,7 @@ _LOCAL_LOCK = threading.Lock()
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
-class JobError(RuntimeError):
+class JobError(DermTriageError, RuntimeError):
     """A job that cannot be started or controlled, with the reason."""
 
 

@@ -140,3 +140,136 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"masks differ in shape: {a.shape} vs {b.shape}")
     union = np.count_nonzero(a | b)
     return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+# --------------------------------------------------------------------------- photo shown on screen
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class DisplayScale:
+    """A photo of ``size`` (W, H) shown at ``shown`` (w, h) screen pixels, e.g. in the cropper.
+
+    Phone photos (4032x3024 and up, portrait or landscape) are far larger than a page column,
+    so the crop widget gets a copy scaled to fit the column; the box it returns is in that
+    copy's pixels and is mapped back here, exactly (to within one screen pixel).
+    """
+
+    size: tuple[int, int]    # original (W, H)
+    shown: tuple[int, int]   # on screen (w, h)
+
+    @classmethod
+    def fit(cls, size: tuple[int, int], max_width: int, max_height: int | None = None) -> "DisplayScale":
+        """The largest aspect-preserving size within ``max_width`` x ``max_height`` (never enlarged)."""
+        w, h = (int(v) for v in size)
+        if min(w, h) < 1 or max_width < 1 or (max_height is not None and max_height < 1):
+            raise ValueError(f"sizes must be positive, got photo {size}, max {max_width}x{max_height}")
+        f = min(1.0, max_width / w, (max_height / h) if max_height else 1.0)
+        return cls((w, h), (max(1, int(w * f)), max(1, int(h * f))))
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Screen pixels per original pixel, horizontally and vertically."""
+        return self.shown[0] / self.size[0], self.shown[1] / self.size[1]
+
+    def resize(self, image: Image.Image) -> Image.Image:
+        """The photo as it is shown."""
+        if image.size != self.size:
+            raise ValueError(f"the photo is {image.size}, this scale is for {self.size}")
+        return image if self.shown == self.size else image.resize(self.shown, Image.LANCZOS)
+
+    def box_to_shown(self, box: Box) -> dict:
+        """An original-pixel box as the crop widget's rectangle (left, top, width, height in screen pixels)."""
+        sx, sy = self.scale
+        left, top = round(box[0] * sx), round(box[1] * sy)
+        right, bottom = round(box[2] * sx), round(box[3] * sy)
+        return {"left": left, "top": top, "width": max(1, right - left), "height": max(1, bottom - top)}
+
+    def rect_to_original(self, rect: dict) -> Box:
+        """The crop widget's rectangle (screen pixels; floats allowed) as an original-pixel box,
+        clipped to the photo and at least one pixel wide and high."""
+        sx, sy = self.scale
+        W, H = self.size
+        left = min(max(0, round(float(rect["left"]) / sx)), W - 1)
+        top = min(max(0, round(float(rect["top"]) / sy)), H - 1)
+        right = min(W, max(left + 1, round((float(rect["left"]) + float(rect["width"])) / sx)))
+        bottom = min(H, max(top + 1, round((float(rect["top"]) + float(rect["height"])) / sy)))
+        return left, top, right, bottom
+
+
+# --------------------------------------------------------------------------- biopsy site
+GRAZE_DEPTH = 0.3    # a superpixel whose deepest point in the outline is under this share of the outline's own
+                     # depth only grazes the lesion's rim
+
+
+def _depth(region: np.ndarray) -> np.ndarray:
+    return ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+
+
+def biopsy_site(lime, outline: np.ndarray | None, outline_name: str = "the lesion outline", k: int = 3):
+    """The biopsy site for a LIME explanation, kept well inside the lesion outline.
+
+    Starts from :func:`derm_core.explain.biopsy_site` (the strongest supporting superpixels
+    that lie mostly in the outline), then puts the point where that superpixel reaches
+    deepest into the outline (the point farthest from the outline's edge, among the
+    superpixel's pixels at least 2 px from its own edge when there are any) rather than at
+    the superpixel's own centre, which for a superpixel at the lesion's rim can fall just
+    outside the true lesion. When none of the chosen superpixels reaches
+    :data:`GRAZE_DEPTH` of the outline's depth, the outline's deepest point is used and the
+    note says so.
+
+    Args:
+        lime: a :class:`~derm_core.explain.LimeResult`.
+        outline: bool lesion mask at the model input size or the photo's size (None: none).
+        outline_name: what the outline is, for the note ("an automatic lesion outline").
+
+    Returns:
+        A :class:`~derm_core.explain.BiopsySite` (model-input pixels) whose note names the
+        outline used.
+    """
+    from dataclasses import replace
+
+    from .explain import biopsy_site as lime_site, mask_to_model
+
+    site = lime_site(lime, outline, k=k)
+    seg = lime.segments
+    if outline is None or not site.suggested:
+        return site
+    mask = np.asarray(outline, dtype=bool)
+    if mask.shape != seg.shape:
+        mask = mask_to_model(mask, seg.shape)
+    if not mask.any():
+        return site
+    depth = _depth(mask)
+    deepest = float(depth.max())
+    best = None
+    for s in site.segments:
+        sp = seg == s
+        inner = sp & (_depth(sp) >= 2) & mask
+        cand = inner if inner.any() else sp & mask
+        if not cand.any():
+            continue
+        d = np.where(cand, depth, -1.0)
+        y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+        if d[y, x] >= GRAZE_DEPTH * deepest:
+            best = (int(x), int(y), s)
+            break
+    if best is None:
+        y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        note = (f"the supporting superpixels only graze {outline_name}'s rim: its deepest point was used")
+        return replace(site, x=int(x), y=int(y), note=note)
+    x, y, s = best
+    score = float(lime.weights.get(s, 0.0))
+    segs = (s, *[t for t in site.segments if t != s])
+    return replace(site, x=x, y=y, score=score, segments=segs, note=site.note)
+
+
+def crop_point_to_photo(point: tuple[int, int], box: Box) -> tuple[int, int]:
+    """A pixel of the crop ``box`` (left, top, right, bottom) as a pixel of the whole photo."""
+    return int(point[0]) + int(box[0]), int(point[1]) + int(box[1])
+
+
+def crop_mask(mask: np.ndarray, box: Box) -> np.ndarray:
+    """The part of a whole-photo mask inside the crop ``box``."""
+    left, top, right, bottom = (int(v) for v in box)
+    return np.asarray(mask)[top:bottom, left:right]

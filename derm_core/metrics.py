@@ -5,8 +5,12 @@ Thin, tested wrappers over scikit-learn where it has the metric; what it lacks
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn import metrics as skm
+
+N_BOOT = 500
 
 
 def _check(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
@@ -113,3 +117,70 @@ def reliability_curve(y_true, probs, n_bins: int = 15) -> dict[str, list[float]]
 
 def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
     return skm.confusion_matrix(*_check(y_true, y_pred), labels=np.arange(n_classes))
+
+
+def bootstrap_counts(n: int, n_boot: int = N_BOOT, seed: int = 0, clusters=None) -> np.ndarray:
+    """(n_boot, n) multiplicities of each image in each bootstrap resample.
+
+    With ``clusters`` (one lesion id per image) whole lesions are resampled: the images of
+    one lesion are not independent, so resampling images would make intervals too narrow.
+    Every image then takes its lesion's multiplicity."""
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float32)
+    _, code = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+    k = int(code.max()) + 1
+    return rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot).astype(np.float32)[:, code]
+
+
+def bootstrap_auc(y_true, y_score, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95,
+                  counts: np.ndarray | None = None) -> tuple[float, float, float]:
+    """(AUC, lower, upper): ROC AUC with a percentile bootstrap confidence interval.
+
+    Each resample's AUC is the weighted Mann-Whitney statistic of the original images with
+    their resample multiplicities as weights, so the scores are sorted once, not per resample
+    (ties count one half). NaN when one class is absent. ``counts`` may pass
+    :func:`bootstrap_counts` to share one set of resamples between targets.
+    """
+    y_true, y_score = np.asarray(y_true).astype(bool), np.asarray(y_score, dtype=float)
+    auc = auc_score(y_true.astype(int), y_score)
+    if math.isnan(auc):
+        return auc, float("nan"), float("nan")
+    if counts is None:
+        counts = bootstrap_counts(len(y_true), n_boot, seed)
+    aucs = bootstrap_auc_samples(y_true, y_score, counts)
+    lo, hi = np.nanpercentile(aucs, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return auc, float(lo), float(hi)
+
+
+def bootstrap_auc_samples(y_true, y_score, counts: np.ndarray) -> np.ndarray:
+    """The AUC of every resample (rows of ``counts``); NaN where a resample lacks a class."""
+    y_true, y_score = np.asarray(y_true).astype(bool), np.asarray(y_score, dtype=float)
+    order = np.argsort(y_score, kind="stable")
+    s, p = y_score[order], y_true[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])          # tie groups, in ascending score
+    w = counts[:, order]
+    w_pos = np.add.reduceat(w * p, starts, axis=1)
+    w_neg = np.add.reduceat(w * ~p, starts, axis=1)
+    below = np.cumsum(w_neg, axis=1) - w_neg                       # negative weight strictly below each group
+    u = (w_pos * (below + 0.5 * w_neg)).sum(1, dtype=np.float64)
+    denom = w_pos.sum(1, dtype=np.float64) * w_neg.sum(1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0, u / denom, np.nan)
+
+
+def weighted_rate(hit: np.ndarray, among: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per resample: the weighted share of ``hit`` among the rows where ``among`` holds."""
+    den = counts @ among.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, (counts @ (hit & among).astype(np.float64)) / den, np.nan)
+
+
+def interval(values: np.ndarray, level: float = 0.95) -> list[float] | None:
+    """Percentile interval of bootstrap values; None when every resample was undefined."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return None
+    lo, hi = np.percentile(v, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return [float(lo), float(hi)]

@@ -84,24 +84,18 @@ class DermNet(nn.Module):
 
     def embed(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         """Penultimate-layer features (what the head sees): for t-SNE and out-of-scope scores."""
-        f = self.backbone(x)
+        return self.fuse(self.backbone(x), meta)
+
+    def fuse(self, f: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone features joined with the metadata branch (when the model has one)."""
         if self.meta is None:
             return f
         if meta is None:
-            meta = self.missing_meta.expand(x.shape[0], -1)
+            meta = self.missing_meta.expand(f.shape[0], -1)
         return torch.cat([f, self.meta(meta.to(f.dtype))], dim=1)
 
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(x, meta))
-
-
-def embed_tta(model: DermNet, x: torch.Tensor, meta: torch.Tensor | None, tta: bool) -> torch.Tensor:
-    """Embeddings averaged over the four flips of ``x`` when ``tta`` (lesions have no up or
-    left); the head is linear, so averaging embeddings equals averaging logits."""
-    if not tta:
-        return model.embed(x, meta)
-    views = (x, x.flip(3), x.flip(2), x.flip(2, 3))
-    return torch.stack([model.embed(v, meta) for v in views]).mean(0)
 
 
 def create_model(arch: str, num_classes: int, use_metadata: bool = False, pretrained: str = "offline") -> DermNet:

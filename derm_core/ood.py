@@ -122,18 +122,28 @@ def detector_path(card_path) -> Path:
 
 def load_detector(card) -> OodDetector | None:
     """The model's detector, or None when the card has none (or its file is unusable)."""
+    return load_detector_checked(card)[0]
+
+
+def load_detector_checked(card) -> tuple[OodDetector | None, str | None]:
+    """(detector, None), or (None, why the out-of-scope warning is unavailable) when the card
+    names a detector whose file is missing, truncated or for other classes; (None, None) for a
+    card without one."""
     from safetensors.torch import load_file
     cfg = card.data.get("out_of_scope")
     if not cfg or card.path is None:
-        return None
+        return None, None
     path = detector_path(card.path)
+    fix = f"refit it with `python -m derm_core fit-ood --model {card.path}`"
     try:
         c = load_file(path)["centroids"].double().numpy()
-    except Exception:  # noqa: BLE001 - a missing/corrupt side file only disables the warning
-        return None
-    if c.shape[0] != len(card.classes):
-        return None
-    return OodDetector(c, cfg["score"], float(cfg["threshold"]), float(card.temperature))
+    except Exception as e:  # noqa: BLE001 - a missing/corrupt side file only disables the warning
+        why = "is missing" if not path.is_file() else f"cannot be read (truncated or corrupt: {type(e).__name__})"
+        return None, f"the out-of-scope warning is unavailable: {path.name} {why}; {fix}"
+    if c.ndim != 2 or c.shape[0] != len(card.classes) or not np.isfinite(c).all():
+        return None, (f"the out-of-scope warning is unavailable: {path.name} holds centroids of shape "
+                      f"{tuple(c.shape)}, not one per class of the model ({len(card.classes)}); {fix}")
+    return OodDetector(c, cfg["score"], float(cfg["threshold"]), float(card.temperature)), None
 
 
 def fit_for_model(model, card, table, split, seed: int = 0, n_out: int = 300, progress: bool = True) -> dict:

@@ -29,6 +29,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from . import metrics as M
+from .metrics import bootstrap_auc, bootstrap_counts  # noqa: F401 - re-exported
 from .calibration import softmax
 from .evaluation import subgroups
 from .taxonomy import Taxonomy
@@ -38,7 +39,7 @@ PRESETS = ("youden", "screening", "specific")
 PRESET_LABELS = {"youden": "Youden-optimal", "screening": "High-sensitivity screening",
                  "specific": "High-specificity"}
 GRID = np.round(np.linspace(0.0, 1.0, 201), 6)   # thresholds for the sensitivity/specificity curves
-N_BOOT = 500
+N_BOOT = M.N_BOOT
 TIER_PREFIX = "tier:"
 
 
@@ -85,41 +86,6 @@ def threshold_for_specificity(y_true, y_score, target: float) -> float:
     return float(min(np.nextafter(neg[k], np.inf), 1.0))
 
 
-def bootstrap_counts(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
-    """(n_boot, n) multiplicities of each image in each bootstrap resample (rows sum to n)."""
-    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float32)
-
-
-def bootstrap_auc(y_true, y_score, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95,
-                  counts: np.ndarray | None = None) -> tuple[float, float, float]:
-    """(AUC, lower, upper): ROC AUC with a percentile bootstrap confidence interval.
-
-    Each resample's AUC is the weighted Mann-Whitney statistic of the original images with
-    their resample multiplicities as weights, so the scores are sorted once, not per resample
-    (ties count one half). NaN when one class is absent. ``counts`` may pass
-    :func:`bootstrap_counts` to share one set of resamples between targets.
-    """
-    y_true, y_score = np.asarray(y_true).astype(bool), np.asarray(y_score, dtype=float)
-    auc = M.auc_score(y_true.astype(int), y_score)
-    if math.isnan(auc):
-        return auc, float("nan"), float("nan")
-    if counts is None:
-        counts = bootstrap_counts(len(y_true), n_boot, seed)
-    order = np.argsort(y_score, kind="stable")
-    s, p = y_score[order], y_true[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])          # tie groups, in ascending score
-    w = counts[:, order]
-    w_pos = np.add.reduceat(w * p, starts, axis=1)
-    w_neg = np.add.reduceat(w * ~p, starts, axis=1)
-    below = np.cumsum(w_neg, axis=1) - w_neg                       # negative weight strictly below each group
-    u = (w_pos * (below + 0.5 * w_neg)).sum(1, dtype=np.float64)
-    denom = w_pos.sum(1, dtype=np.float64) * w_neg.sum(1, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        aucs = np.where(denom > 0, u / denom, np.nan)
-    lo, hi = np.nanpercentile(aucs, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return auc, float(lo), float(hi)
-
-
 @dataclass
 class EvalSet:
     """One model's predictions on one evaluation set; the thresholds are applied later.
@@ -137,6 +103,7 @@ class EvalSet:
     image_ids: np.ndarray | None = None
     groups: dict[str, np.ndarray] = field(default_factory=dict)
     n_boot: int = N_BOOT
+    clusters: np.ndarray | None = None   # lesion id per image: the bootstrap resamples lesions
 
     def __post_init__(self):
         self.y = np.asarray(self.y, dtype=int)
@@ -163,7 +130,8 @@ class EvalSet:
                    **kw) -> EvalSet:
         """From a :func:`derm_core.data.load_table` table and the model's logits for its rows."""
         groups = {k: v.to_numpy() for k, v in subgroups(table).items()}
-        return cls(taxonomy, table["y"].to_numpy(), logits, temperature, table["image_id"].to_numpy(), groups, **kw)
+        return cls(taxonomy, table["y"].to_numpy(), logits, temperature, table["image_id"].to_numpy(), groups,
+                   clusters=table["group"].to_numpy() if "group" in table else None, **kw)
 
     # ------------------------------------------------------------------ names
     @property
@@ -203,11 +171,11 @@ class EvalSet:
     # ------------------------------------------------------- threshold-free parts (computed once)
     @cached_property
     def _boot_counts(self) -> np.ndarray:
-        return bootstrap_counts(len(self.y), self.n_boot)
+        return bootstrap_counts(len(self.y), self.n_boot, clusters=self.clusters)
 
     @cached_property
     def auc(self) -> dict[str, tuple[float, float, float]]:
-        """Target -> (AUC, 95% CI low, high), bootstrap over images."""
+        """Target -> (AUC, 95% CI low, high), bootstrap over lesions (images without lesion ids)."""
         out = {}
         for t in self.target_names():
             pos, score = self.target_truth_score(t)
@@ -276,6 +244,16 @@ class EvalSet:
                 "top3_accuracy": M.top_k_accuracy_score(self.y, self.probs, 3) if c > 3 else 1.0,
                 "macro_auc": float(np.nanmean(aucs)) if not all(math.isnan(a) for a in aucs) else float("nan"),
                 "ece": self.calibration["after"]["ece"], "ece_uncalibrated": self.calibration["before"]["ece"]}
+
+    def intervals(self, rule=None) -> dict:
+        """Lesion-grouped bootstrap intervals of the threshold-free headline (and of the
+        balanced decision ``rule``'s accuracies); see :func:`derm_core.evaluation.intervals`."""
+        from .evaluation import intervals
+        key = None if rule is None else rule.to_dict()["tau"]
+        cache = self.__dict__.setdefault("_intervals", {})
+        if key not in cache:
+            cache[key] = intervals(self.y, self.probs, self.clusters, None, self.taxonomy, rule, n_boot=self.n_boot)
+        return cache[key]
 
     @cached_property
     def _group_static(self) -> dict[str, pd.DataFrame]:

@@ -8,7 +8,6 @@ rather than the shared model.
 from __future__ import annotations
 
 import threading
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,8 +19,9 @@ from .calibration import softmax
 from .checkpoint import ModelCard, load_model
 from .clinical import Clinical, encode
 from .device import pick_device
-from .models import embed_tta
-from .ood import load_detector
+from .inference import Runner
+from .images import is_flat
+from .ood import load_detector_checked
 from .transforms import eval_transform
 from .triage import Thresholds, TriageResult, triage
 
@@ -34,10 +34,10 @@ class Predictor:
         self.taxonomy = card.taxonomy
         self.transform = eval_transform(card.input_size, card.mean, card.std)
         self.lock = threading.Lock()
-        self._frozen_lock = threading.Lock()
-        self._frozen = None                    # None: not built yet; False: cannot be built
         self.tta = bool(card.data["preprocessing"].get("tta", False))
-        self.ood = load_detector(card)
+        self.runner = Runner(self.model, self.tta, self.device, card.input_size)
+        self._single_view = Runner(self.model, False, self.device, card.input_size, self.runner.path)
+        self.ood, self.ood_note = load_detector_checked(card)   # note: why the warning is unavailable
 
     @classmethod
     def from_path(cls, path: str | Path | None = None, device=None) -> "Predictor":
@@ -56,30 +56,19 @@ class Predictor:
     @torch.inference_mode()
     def forward(self, x: torch.Tensor, clinical: Clinical | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(logits, penultimate embeddings) for a preprocessed batch."""
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            e = embed_tta(self.model, x, self.meta_tensor(clinical, len(x)), self.tta)
-            z = self.model.head(e)
-        return z.float().cpu().numpy(), e.float().cpu().numpy()
+        z, e = self.runner(x, self.meta_tensor(clinical, len(x)))
+        return z.cpu().numpy(), e.cpu().numpy()
 
-    def frozen(self) -> torch.jit.ScriptModule | None:
-        """A TorchScript-frozen copy of the network (batch norm folded into the convolutions)
-        for the many same-size CPU forward passes LIME makes: about twice as fast there.
-        Built once on first use; None on a GPU (AMP is the fast path there) or where tracing
-        fails. Called as ``frozen(x)`` or, for a metadata model, ``frozen(x, meta)``."""
-        if self.device.type != "cpu":
-            return None
-        with self._frozen_lock:
-            if self._frozen is None:
-                x = torch.zeros(2, 3, *self.card.input_size).contiguous(memory_format=torch.channels_last)
-                meta = self.meta_tensor(None, 2)
-                try:
-                    with torch.no_grad(), warnings.catch_warnings():
-                        warnings.simplefilter("ignore")   # tracer warnings about Python-side shape arithmetic
-                        traced = torch.jit.trace(self.model, (x,) if meta is None else (x, meta))
-                        self._frozen = torch.jit.freeze(traced.eval())
-                except Exception:  # noqa: BLE001 - an untraceable model just keeps the eager path
-                    self._frozen = False
-            return self._frozen or None
+    @property
+    def fast_path(self) -> str:
+        """cuda-amp, cpu-bf16 or fp32 (see :mod:`derm_core.inference`)."""
+        return self.runner.path
+
+    def frozen(self):
+        """The single-view network on the fast path, for LIME's many same-size batches
+        (a frozen bf16 or fp32 TorchScript copy on a CPU): ``frozen(x)`` or, for a metadata
+        model, ``frozen(x, meta)`` -> float32 logits."""
+        return lambda x, meta=None: self._single_view(x, meta)[0]
 
     def logits(self, x: torch.Tensor, clinical: Clinical | None = None) -> np.ndarray:
         return self.forward(x, clinical)[0]
@@ -94,13 +83,22 @@ class Predictor:
         thresholds = thresholds or self.card.thresholds
         thresholds.check(self.taxonomy)
         logits, emb = self.forward(self.preprocess([image]), clinical)
-        result = triage(softmax(logits, self.card.temperature)[0], self.taxonomy, thresholds)
+        probs = softmax(logits, self.card.temperature)[0]
+        result = triage(probs, self.taxonomy, thresholds)
+        rule = self.card.balanced_rule
+        if rule is not None:
+            result = replace(result, balanced=self.taxonomy.classes[int(rule.predict(probs)[0])])
         if self.ood is not None:
             score, flagged = self.ood(logits, emb)
             result = replace(result, out_of_scope=bool(flagged[0]), ood_score=float(score[0]))
             if flagged[0]:
                 result.notes.append("this photo does not look like the dermatoscopic lesion images the model was "
                                     "trained on: treat the result with extra caution")
+        elif self.ood_note:
+            result.notes.append(self.ood_note)
+        if is_flat(image):
+            result = replace(result, out_of_scope=True)
+            result.notes.append("the photo is (almost) one colour: it shows no lesion, so the result means nothing")
         used = (clinical or Clinical()).given()
         if self.card.use_metadata:
             result.notes.append(f"clinical data used: {', '.join(used)}" if used else "no clinical data given")

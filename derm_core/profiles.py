@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .checkpoint import ModelCard, atomic_write_json
 from .embedding import weights_sha256
+from .errors import DermTriageError
 from .triage import Thresholds
 
 ENV_PROFILES = "DERMTRIAGE_PROFILES"
@@ -39,7 +40,7 @@ MODEL_DEFAULT = "model default"
 _NAME = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9._-]*)@v(?P<v>[0-9]+)\.json$")
 
 
-class ProfileError(ValueError):
+class ProfileError(DermTriageError, ValueError):
     """A threshold profile that cannot be used, with the reason."""
 
 
@@ -91,7 +92,7 @@ class Profile:
 
     def label(self) -> str:
         m = self.model
-        return f"{self.id} — {m.get('name')} {m.get('version')} ({self.data.get('created', '?')[:16]})"
+        return f"{self.id} — {m.get('name')} {m.get('version')} ({str(self.data.get('created') or '?')[:16]})"
 
     def check(self, card: ModelCard) -> None:
         """Refuse this profile for ``card`` unless it was made for the same classes, tiers and model.
@@ -117,15 +118,44 @@ class Profile:
                                f"model {card.name} now has {card.temperature:.4g} (recalibrated since): re-tune it")
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _validate(data, path: Path) -> dict:
+    """Every field the pages and :meth:`Profile.check` read, with the file and field named.
+
+    Raises:
+        ProfileError: not a profile, or a field of the wrong type or range.
+    """
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ProfileError(f"{path.name} is not a DermTriage threshold profile")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+
+    def bad(field: str, problem: str) -> ProfileError:
+        return ProfileError(f"{path.name}: field '{field}' {problem}")
+
+    fv = data.get("format_version", 1)
+    if not _is_int(fv) or fv < 1:
+        raise bad("format_version", f"must be a whole number from 1, not {fv!r}")
+    if fv > FORMAT_VERSION:
         raise ProfileError(f"{path.name} has format version {data.get('format_version')}; this DermTriage reads "
                            f"up to {FORMAT_VERSION}")
     missing = [k for k in ("name", "version", "classes", "thresholds", "model") if k not in data]
     if missing:
         raise ProfileError(f"{path.name} lacks {missing}")
+    if not isinstance(data["name"], str) or not data["name"].strip():
+        raise bad("name", f"must be a non-empty string, not {data['name']!r}")
+    if not _is_int(data["version"]) or data["version"] < 1:
+        raise bad("version", f"must be a whole number from 1, not {data['version']!r}")
+    classes = data["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", f"must be a list of class codes, not {classes!r}")
+    for k in ("created", "author", "note"):
+        if k in data and data[k] is not None and not isinstance(data[k], str):
+            raise bad(k, f"must be a string, not {data[k]!r}")
+    for k in ("validation", "metrics"):
+        if k in data and data[k] is not None and not isinstance(data[k], dict):
+            raise bad(k, f"must be an object, not {data[k]!r}")
     t = data["thresholds"]
     if not isinstance(t, dict) or not isinstance(t.get("classes"), dict) or not isinstance(t.get("tiers"), dict):
         raise ProfileError(f"{path.name}: thresholds must hold 'classes' and 'tiers' objects")
@@ -134,6 +164,9 @@ def _validate(data, path: Path) -> dict:
             raise ProfileError(f"{path.name}: threshold for {k!r} is {v!r}; it must be a number between 0 and 1")
     if not isinstance(data["model"], dict) or "weights_sha256" not in data["model"]:
         raise ProfileError(f"{path.name}: the model it was made for is not recorded")
+    temp = data["model"].get("temperature")
+    if temp is not None and (not isinstance(temp, (int, float)) or isinstance(temp, bool) or not math.isfinite(temp)):
+        raise bad("model.temperature", f"must be a finite number, not {temp!r}")
     return data
 
 
@@ -166,7 +199,15 @@ def list_profiles(folder: str | Path | None = None) -> list[Profile | ProfileErr
         except ProfileError as e:
             e.path = p  # type: ignore[attr-defined]
             out.append(e)
-    return sorted(out, key=lambda x: x.data.get("created", "") if isinstance(x, Profile) else "", reverse=True)
+        except Exception as e:  # noqa: BLE001 - one odd file must never break the listing for everyone
+            err = ProfileError(f"{p.name} is not a readable profile ({type(e).__name__}: {e})")
+            err.path = p  # type: ignore[attr-defined]
+            out.append(err)
+
+    def created(x) -> str:
+        c = x.data.get("created") if isinstance(x, Profile) else None
+        return c if isinstance(c, str) else ""
+    return sorted(out, key=created, reverse=True)
 
 
 def versions(name: str, folder: str | Path | None = None) -> list[int]:

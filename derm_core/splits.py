@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from .data import DataError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -25,18 +27,31 @@ def make_splits(table: pd.DataFrame, val_frac: float = 0.15, test_frac: float = 
         raise ValueError(f"split fractions must be in (0, 1) and sum below 1, got val={val_frac} test={test_frac}")
     split = np.array(["train"] * len(table), dtype=object)
     y, groups = table["y"].to_numpy(), table["group"].to_numpy()
+    if len(np.unique(y)) < 2:
+        raise DataError(f"the data hold one class only ({len(table)} image(s)): a classifier needs at least two")
+    if len(np.unique(groups)) < 3:
+        raise DataError(f"only {len(np.unique(groups))} lesion(s): train, validation and test need at least one "
+                        f"each (better dozens per class)")
 
     def carve(idx: np.ndarray, frac: float, name: str, rs: int) -> None:
         n_splits = max(2, round(1 / frac))
         n_groups = len(np.unique(groups[idx]))
         if n_groups < 2:
-            raise ValueError(f"only {n_groups} lesion group(s): too few to split")
+            raise DataError(f"only {n_groups} lesion(s) left for the {name} split: the data are too few to split "
+                            f"into train, validation and test; give at least a few lesions per class")
         largest = int(np.bincount(y[idx]).max())
         if largest < n_splits:  # tiny dataset: hold out a larger share rather than fail
             warnings.warn(f"too few images per class for a {frac:.0%} {name} split; holding out 1/{max(2, largest)}")
             n_splits = max(2, min(largest, n_groups))
+        n_splits = min(n_splits, n_groups)
         cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=rs)
-        _, held = next(cv.split(idx, y[idx], groups[idx]))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+            try:
+                _, held = next(cv.split(idx, y[idx], groups[idx]))
+            except ValueError as e:   # sklearn's n_splits message, in the data's terms
+                raise DataError(f"cannot make a lesion-grouped {name} split of {n_groups} lesions over "
+                                f"{len(np.unique(y[idx]))} classes ({e}); give more lesions per class") from None
         split[idx[held]] = name
 
     carve(np.arange(len(table)), test_frac, "test", seed)
@@ -60,10 +75,10 @@ def load_splits(table: pd.DataFrame, path: str | Path) -> pd.Series:
     saved = pd.read_csv(path, dtype=str).set_index("image_id")["split"]
     missing = table.loc[~table["image_id"].isin(saved.index), "image_id"]
     if len(missing):
-        raise ValueError(f"split file {path} does not list {len(missing)} image(s), e.g. {missing.iloc[0]!r}")
+        raise DataError(f"split file {path} does not list {len(missing)} image(s), e.g. {missing.iloc[0]!r}")
     bad = set(saved.unique()) - set(SPLITS)
     if bad:
-        raise ValueError(f"split file {path} has unknown split names {sorted(bad)}")
+        raise DataError(f"split file {path} has unknown split names {sorted(bad)}")
     return pd.Series(saved.loc[table["image_id"]].to_numpy(), index=table.index, name="split")
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from .clinical import Clinical
 from .data import clinical_of
+from .errors import DermTriageError
 from .taxonomy import Taxonomy
 from .triage import Thresholds, TriageResult
 
@@ -36,7 +37,7 @@ TIME_LIMITS = (None, 30, 45)
 BENIGN, MALIGNANT = "benign", "malignant"
 
 
-class StudyError(ValueError):
+class StudyError(DermTriageError, ValueError):
     """A study that cannot be set up as asked (e.g. too few distinct lesions), with the reason."""
 
 

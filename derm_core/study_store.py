@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import DermTriageError
+
 ENV_HOME = "DERMTRIAGE_HOME"
 ENV_STUDY_DB = "DERMTRIAGE_STUDY_DB"
 DEFAULT_HOME = Path(__file__).resolve().parent.parent / ".dermtriage"
@@ -142,7 +144,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset({"study", "choice", "study_case", "reader", "shown", "answer"})
 
 
-class StudyStoreError(RuntimeError):
+class StudyStoreError(DermTriageError, RuntimeError):
     """The study database cannot be used (damaged, foreign, newer, locked, unwritable), with its path."""
 
     def __init__(self, message: str, path: Path | str | None = None):

@@ -30,20 +30,22 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from . import __version__
 from . import metrics as M
 from .calibration import fit_temperature, softmax
 from .checkpoint import atomic_save_tensors, atomic_write_json, load_model, read_card, save_model
-from .data import LesionDataset, load_table, resolve_data_dir
+from .batches import BatchAugment, TrainBatches, image_cache, metadata_matrix
+from .data import load_table, resolve_data_dir
+from .decision import BalancedRule, class_prior
 from .device import pick_device
 from .evaluation import build_report, predict_table
 from .ood import fit_for_model
 from .models import DEFAULT_ARCH, create_model, data_config, freeze_early, get_arch
 from .splits import get_splits
 from .taxonomy import Taxonomy, load_taxonomy
-from .transforms import train_transform
 from .triage import fit_thresholds
 
 
@@ -64,11 +66,16 @@ class TrainConfig:
     metadata: bool = True
     meta_dropout: float = 0.3
     pretrained: str = "offline"
-    freeze_early: bool = True
-    class_weighting: str = "sqrt"        # none | sqrt | inverse
+    freeze_early: bool = True            # the arch's early layers frozen ...
+    freeze_epochs: int | None = 1        # ... for this many epochs, then all layers train (None: the whole run)
+    class_weighting: str = "none"        # none | sqrt | inverse (loss weights; the logit-adjusted loss replaces them)
+    loss: str = "logit_adjusted"         # cross_entropy | logit_adjusted (Menon et al. 2021; balanced softmax at tau 1)
+    logit_tau: float = 1.0               # the logit adjustment's tau * log(class prior)
+    label_smoothing: float = 0.1
+    ema_decay: float | None = 0.998      # weight EMA (timm ModelEmaV3, warm-up); validated and shipped; None: off
     patience: int = 4
     monitor: str = "val_loss"            # early stopping / best epoch: val_loss, val_macro_auc, val_balanced_accuracy
-    workers: int = 1
+    workers: int = 1                     # unused: batches are built as tensors in the training process
     tier_sensitivity: dict = field(default_factory=lambda: {"high-risk": 0.90, "dangerous": 0.90})
     limit: int | None = None             # use only the first N images (smoke runs)
     resume: bool = True
@@ -78,6 +85,7 @@ class TrainConfig:
 
 
 MONITORS = ("val_loss", "val_macro_auc", "val_balanced_accuracy", "val_accuracy")
+LOSSES = ("cross_entropy", "logit_adjusted")
 
 
 class Stopped(Exception):
@@ -88,6 +96,28 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def logit_adjustment(y: np.ndarray, n_classes: int, tau: float) -> torch.Tensor:
+    """tau * log(class prior) of the training labels. Training on ``logits + adjustment``
+    makes the network's own logits balanced (Menon et al. 2021); adding the adjustment to the
+    head's bias afterwards (:func:`fold_logit_adjustment`) turns them back into posterior logits."""
+    return torch.tensor(tau * np.log(class_prior(y, n_classes)), dtype=torch.float32)
+
+
+def fold_logit_adjustment(model, adjustment: torch.Tensor) -> None:
+    """Add the adjustment to the classifier's bias, so the shipped model outputs posterior logits."""
+    with torch.no_grad():
+        model.head[-1].bias.add_(adjustment.to(model.head[-1].bias))
+
+
+def set_early_frozen(model, frozen: bool) -> list[str]:
+    """Freeze or unfreeze the arch's early layers; returns the names now frozen."""
+    if frozen:
+        return freeze_early(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return []
 
 
 def class_weights(y: np.ndarray, n_classes: int, mode: str) -> torch.Tensor:
@@ -139,7 +169,8 @@ def _optim_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(out: Path, model, opt, sched, epoch: int, history: list, best: dict, commands: list) -> None:
+def save_checkpoint(out: Path, model, opt, sched, epoch: int, history: list, best: dict, commands: list,
+                    ema=None) -> None:
     """Resumable state in one safetensors file (no pickle): weights, optimizer and RNG as tensors,
     the counters as JSON in its metadata, so a kill mid-save can never pair new weights with old
     counters. ``last.json`` is a readable copy of the counters, written after."""
@@ -147,13 +178,15 @@ def save_checkpoint(out: Path, model, opt, sched, epoch: int, history: list, bes
     opt_t, opt_meta = _optim_tensors(opt)
     tensors.update(opt_t)
     tensors["rng.torch"] = torch.get_rng_state()
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
     meta = {"epoch": epoch, "scheduler_step": sched.last_epoch, "history": history, "best": best,
             "commands": commands, **opt_meta}
     atomic_save_tensors(out / "last.safetensors", tensors, {"checkpoint": json.dumps(meta)})
     atomic_write_json(out / "last.json", meta)
 
 
-def load_checkpoint(out: Path, model, opt, sched) -> dict | None:
+def load_checkpoint(out: Path, model, opt, sched, ema=None) -> dict | None:
     """Restore weights, optimizer, scheduler and RNG; returns the JSON half (epoch, history, best, ...)."""
     if not (out / "last.safetensors").is_file():
         return None
@@ -168,6 +201,9 @@ def load_checkpoint(out: Path, model, opt, sched) -> dict | None:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     _optim_from_tensors(opt, tensors, meta)
     torch.set_rng_state(tensors["rng.torch"])
+    if ema is not None:
+        ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        ema.module.load_state_dict(ema_sd or model.state_dict())
     sched.last_epoch = meta["scheduler_step"]  # the restored param_groups already hold the current lr
     sched._last_lr = [g["lr"] for g in opt.param_groups]
     return meta
@@ -200,8 +236,10 @@ def train(cfg: TrainConfig, command: str = "") -> Path | None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
     rank = dist.get_rank() if world > 1 else 0
+    from .run_folder import claim    # limits, one process per run folder, same settings on resume (issue 13)
     try:
-        return _train(cfg, command, device, rank, world)
+        with claim(cfg, command, rank):
+            return _train(cfg, command, device, rank, world)
     finally:
         if world > 1:
             dist.destroy_process_group()
@@ -234,24 +272,29 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
     dcfg = data_config(cfg.arch)
     size = tuple(cfg.image_size) if cfg.image_size else tuple(get_arch(cfg.arch).input_size)
     dcfg["input_size"] = list(size)
-    train_ds = LesionDataset(parts["train"], train_transform(size, dcfg["mean"], dcfg["std"]),
-                             meta_dropout=cfg.meta_dropout if cfg.metadata else 0.0)
-    sampler = (torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed)
-               if world > 1 else torch.utils.data.RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed)))
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                                         drop_last=len(train_ds) > cfg.batch_size * world,
-                                         persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
+    loader = TrainBatches(image_cache(parts["train"], size, progress=rank == 0), metadata_matrix(parts["train"]),
+                          parts["train"]["y"].to_numpy(), cfg.batch_size, BatchAugment(dcfg["mean"], dcfg["std"]),
+                          meta_dropout=cfg.meta_dropout if cfg.metadata else 0.0, seed=cfg.seed, rank=rank, world=world)
 
     _seed_all(cfg.seed)
     model = create_model(cfg.arch, len(tax.classes), cfg.metadata, "none" if cfg.init_from else cfg.pretrained)
     if cfg.init_from:
         _init_from(model, cfg.init_from, cfg.arch)
-    frozen = freeze_early(model) if cfg.freeze_early else []
     model.to(device, memory_format=torch.channels_last)
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
-    weights = class_weights(parts["train"]["y"].to_numpy(), len(tax.classes), cfg.class_weighting).to(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def wrap():  # DDP records which parameters train, so it is rebuilt when the early layers thaw
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    y_train = parts["train"]["y"].to_numpy()
+    weights = class_weights(y_train, len(tax.classes), cfg.class_weighting).to(device)
+    adjust = (logit_adjustment(y_train, len(tax.classes), cfg.logit_tau) if cfg.loss == "logit_adjusted"
+              else torch.zeros(len(tax.classes))).to(device)
+    # every parameter is in the optimizer; AdamW skips the frozen ones (no gradient) until they thaw
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None
+    evaluated = (lambda: ema.module) if ema is not None else (lambda: model)  # what is validated and shipped
     steps_per_epoch = max(1, len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.epochs * steps_per_epoch, steps_per_epoch // 2 + 1))
     use_amp = device.type == "cuda"
@@ -260,7 +303,7 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
     sign = 1.0 if cfg.monitor == "val_loss" else -1.0  # lower is better for the loss only
     start_epoch, history, best = 0, [], {"epoch": -1, "score": float("inf"), "monitor": cfg.monitor}
     commands = [command]
-    restored = load_checkpoint(out, model, opt, sched) if cfg.resume else None
+    restored = load_checkpoint(out, model, opt, sched, ema) if cfg.resume else None
     if restored:
         start_epoch, history, best = restored["epoch"], restored["history"], restored["best"]
         commands = restored.get("commands", []) + [command]
@@ -270,7 +313,7 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
             # a new early-stopping criterion: the best so far is where we are now
             best = {"epoch": history[-1]["epoch"], "score": sign * history[-1][cfg.monitor], "monitor": cfg.monitor}
             if rank == 0:
-                atomic_save_tensors(out / "best.safetensors", model.state_dict())
+                atomic_save_tensors(out / "best.safetensors", evaluated().state_dict())
 
     val_tf = dict(input_size=size, mean=dcfg["mean"], std=dcfg["std"], device=device, progress=False)
     stop_file = out / "STOP"
@@ -278,10 +321,11 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
     for epoch in range(start_epoch, cfg.epochs):
         if bad_epochs >= cfg.patience:
             break
-        if world > 1:
-            sampler.set_epoch(epoch)
-        else:  # the order depends on the epoch only, so a resumed run sees the same batches
-            sampler.generator.manual_seed(cfg.seed + epoch)
+        loader.set_epoch(epoch)   # the order and augmentation depend on the epoch only (resume-safe)
+        want = cfg.freeze_early and (cfg.freeze_epochs is None or epoch < cfg.freeze_epochs)
+        if epoch == start_epoch or bool(frozen) != want:
+            frozen = set_early_frozen(model, want)
+            net = wrap()
         net.train()
         for name in frozen:  # frozen layers keep their ImageNet BatchNorm statistics
             model.backbone.get_submodule(name).eval()
@@ -292,12 +336,15 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
             meta, y = meta.to(device), y.to(device)
             with torch.autocast(device.type, enabled=use_amp):
                 logits = net(x, meta if cfg.metadata else None)
-                loss = torch.nn.functional.cross_entropy(logits.float(), y, weight=weights)
+                loss = torch.nn.functional.cross_entropy(logits.float() + adjust, y, weight=weights,
+                                                         label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if ema is not None:
+                ema.update(model, step=sched.last_epoch)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             if rank == 0 and (b % 10 == 0 or b == len(loader) - 1):
@@ -309,26 +356,27 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
                                 eta_s=el / done * left, history=history)
             if stop_file.exists():
                 if rank == 0:
-                    save_checkpoint(out, model, opt, sched, epoch, history, best, commands)
+                    save_checkpoint(out, model, opt, sched, epoch, history, best, commands, ema)
                     _write_progress(out, state="stopped", epoch=epoch + 1, epochs=cfg.epochs, history=history)
                 raise Stopped(f"stopped by {stop_file}; resume with the same command")
 
         stop_early = torch.zeros(1)
         if rank == 0:
-            pv = predict_table(model, parts["val"], use_metadata=cfg.metadata, **val_tf)
+            pv = predict_table(evaluated(), parts["val"], use_metadata=cfg.metadata, **val_tf)
+            logits_val = pv["logits"] + adjust.cpu().numpy()      # posterior logits
             row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
-                   "seconds": time.time() - t_epoch, **_val_metrics(parts["val"]["y"].to_numpy(), pv["logits"])}
+                   "seconds": time.time() - t_epoch, **_val_metrics(parts["val"]["y"].to_numpy(), logits_val)}
             history.append(row)
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
             if sign * row[cfg.monitor] < best["score"]:
                 best = {"epoch": epoch + 1, "score": sign * row[cfg.monitor], "monitor": cfg.monitor}
-                atomic_save_tensors(out / "best.safetensors", model.state_dict())
+                atomic_save_tensors(out / "best.safetensors", evaluated().state_dict())
                 bad_epochs = 0
             else:
                 bad_epochs += 1
-            save_checkpoint(out, model, opt, sched, epoch + 1, history, best, commands)
+            save_checkpoint(out, model, opt, sched, epoch + 1, history, best, commands, ema)
             stop_early[0] = float(bad_epochs >= cfg.patience)
         if world > 1:
             dist.broadcast(stop_early, 0)
@@ -339,13 +387,16 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
         return None
     _write_progress(out, state="calibrating", history=history, elapsed_s=time.time() - t0)
     model.load_state_dict(load_file(out / "best.safetensors"))
+    fold_logit_adjustment(model, adjust)
+    set_early_frozen(model, False)
     train_seconds = sum(h["seconds"] for h in history)  # all epochs, across resumed processes
     card = {
         "name": out.name, "version": time.strftime("%Y%m%d-%H%M%S"), "arch": cfg.arch,
         "timm_name": get_arch(cfg.arch).timm_name, "classes": list(tax.classes), "taxonomy": tax.to_dict(),
         "use_metadata": cfg.metadata, "preprocessing": {**dcfg, "resize": "cover then centre-crop", "tta": cfg.tta},
         "training": {"command": command, "commands": commands, "config": {**asdict(cfg), "image_size": list(size)},
-                     "frozen_layers": frozen, "epochs_run": len(history), "best_epoch": best["epoch"],
+                     "frozen_layers": get_arch(cfg.arch).freeze if cfg.freeze_early else [],
+                     "logit_adjustment": adjust.cpu().tolist(), "epochs_run": len(history), "best_epoch": best["epoch"],
                      "history": history, "wall_time_s": round(train_seconds, 1),
                      "wall_time_note": "sum of the epochs' training + validation seconds, over all resumed runs",
                      "device": str(device) + (f" x{world}" if world > 1 else ""),
@@ -375,18 +426,21 @@ def finish(model, card: dict, table, split, path: Path, tier_sensitivity: dict, 
     yv = parts["val"]["y"].to_numpy()
     temperature = fit_temperature(pv["logits"], yv)
     thresholds = fit_thresholds(softmax(pv["logits"], temperature), yv, tax, tier_sensitivity)
-    reports = {"val": build_report(yv, pv["logits"], temperature, thresholds, tax, parts["val"])}
+    prior = class_prior(table["y"].to_numpy()[(split == "train").to_numpy()], len(tax.classes))
+    rule = BalancedRule.fit(softmax(pv["logits"], temperature), yv, prior)
+    reports = {"val": build_report(yv, pv["logits"], temperature, thresholds, tax, parts["val"], rule)}
     if len(parts["test"]):
         progress("evaluating the test split")
         pt = predict_table(model, parts["test"], **kw)
         reports["test"] = build_report(parts["test"]["y"].to_numpy(), pt["logits"], temperature, thresholds, tax,
-                                       parts["test"])
+                                       parts["test"], rule)
     for name, rep in reports.items():
         atomic_write_json(path.parent / f"report_{name}.json", rep)
     card.update(
         temperature=temperature,
         thresholds={"name": thresholds.name, "classes": thresholds.classes, "tiers": thresholds.tiers,
                     "tier_sensitivity_targets": tier_sensitivity},
+        decision_rules={"balanced": rule.to_dict()},
         metrics={name: _headline(rep) for name, rep in reports.items()})
     card.pop("out_of_scope", None)
     card_path = save_model(model, card, path)
@@ -409,7 +463,7 @@ def _headline(rep: dict) -> dict:
     """The report without its bulky parts, for the model card."""
     keep = ("n_images", "accuracy", "balanced_accuracy", "top2_accuracy", "top3_accuracy", "macro_auc", "ece",
             "ece_uncalibrated")
-    return {**{k: rep[k] for k in keep},
+    return {**{k: rep[k] for k in keep}, **{k: rep[k] for k in ("balanced_rule", "intervals") if k in rep},
             "per_class": {c: {k: v[k] for k in ("n", "auc", "sensitivity", "specificity", "threshold")}
                           for c, v in rep["per_class"].items()},
             "tiers": rep["tiers"]}

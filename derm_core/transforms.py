@@ -1,8 +1,7 @@
-"""Image preprocessing and the papers' augmentation (torchvision transforms v2).
+"""Image preprocessing (torchvision transforms v2) for evaluation and inference.
 
-Augmentation follows the seed papers: rotation, zoom (random resized crop), horizontal and
-vertical flips, elastic distortion and lighting/colour variation. Evaluation and inference
-share one deterministic path: resize to cover the model's (H, W), then centre-crop.
+One deterministic path: resize to cover the model's (H, W), then centre-crop. Training
+augmentation works on whole batches of tensors (:mod:`derm_core.batches`).
 """
 from __future__ import annotations
 
@@ -36,22 +35,6 @@ def _finish(mean, std) -> list:
 def eval_transform(size: tuple[int, int], mean, std) -> v2.Compose:
     """Deterministic preprocessing shared by evaluation and the triage page."""
     return v2.Compose([v2.ToImage(), ResizeCover(size), *_finish(mean, std)])
-
-
-def train_transform(size: tuple[int, int], mean, std) -> v2.Compose:
-    """The papers' augmentation: rotation, zoom, flips, elastic distortion, lighting."""
-    H, W = size
-    return v2.Compose([
-        v2.ToImage(),
-        ResizeCover((round(H * 1.15), round(W * 1.15))),
-        v2.RandomRotation(180),
-        v2.RandomResizedCrop((H, W), scale=(0.45, 1.0), ratio=(W / H * 0.8, W / H * 1.25), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomVerticalFlip(),
-        v2.RandomApply([v2.ElasticTransform(alpha=25.0, sigma=6.0)], p=0.2),
-        v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.2, hue=0.03),
-        *_finish(mean, std),
-    ])
 
 
 def to_pil_preview(img: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -48,9 +48,12 @@ class TriageResult:
     notes: list[str] = field(default_factory=list)
     out_of_scope: bool | None = None   # None: the model has no out-of-scope detector
     ood_score: float | None = None
+    most_likely: str = ""              # argmax of the calibrated probabilities (decision.RULES)
+    balanced: str | None = None        # the prior-corrected rule's class; None when the model has no such rule
 
     def to_dict(self) -> dict:
         return {"probabilities": self.probs, "differential": [{"class": c, "probability": p} for c, p in self.differential],
+                "most_likely": self.most_likely, "balanced": self.balanced,
                 "low_confidence": self.low_confidence, "risk_tier": self.tier, "action": self.action,
                 "tier_probabilities": self.tier_probs, "thresholds": self.thresholds, "notes": self.notes,
                 "out_of_scope": self.out_of_scope, "out_of_scope_score": self.ood_score}
@@ -93,6 +96,7 @@ def triage(probs: np.ndarray, taxonomy: Taxonomy, thresholds: Thresholds) -> Tri
         probs={c: float(p) for c, p in zip(classes, probs)},
         differential=passing, low_confidence=low, tier=tier, action=taxonomy.tiers[tier].action,
         tier_probs={t: float(s) for t, s in zip(taxonomy.tier_names, ts)}, thresholds=thresholds.name,
+        most_likely=classes[int(np.argmax(probs))],
     )
 
 

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
 import streamlit as st
+import streamlit.components.v1 as components
 
 import pandas as pd
 
 from derm_core.checkpoint import DEFAULT_MODEL, ENV_MODEL, ModelError, read_card
 from derm_core.data import ENV_DATA, DataError
+from derm_core.errors import DermTriageError
 from derm_core.predictor import Predictor
 from derm_core.report import DISCLAIMER
 from derm_core.splits import held_out_cases
@@ -15,7 +19,58 @@ from derm_core.triage import Thresholds
 
 
 def disclaimer() -> None:
-    st.warning(DISCLAIMER, icon="⚠️")
+    st.warning(DISCLAIMER, icon=":material/warning:")
+
+
+# ------------------------------------------------------------------ crop widget scaled to its column
+_column_width = components.declare_component("column_width", path=str(Path(__file__).parent / "_column_width"))
+DEFAULT_COLUMN_PX = 320     # until the browser has reported the column's width: fits a 1024-px-wide window
+CROP_STROKE = 2             # the crop box's line width (screen pixels)
+
+
+def column_width(key: str, default: int = DEFAULT_COLUMN_PX) -> int:
+    """The width in CSS pixels of the column this is called in, as the browser lays it out
+    (a zero-height component reports it, and again on a resize); ``default`` before that."""
+    value = _column_width(key=key, default=None)
+    return int(value) if isinstance(value, (int, float)) and value >= 50 else default
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _shown_jpeg(digest: str, shown: tuple[int, int], _photo) -> str:
+    """The photo scaled for the screen, as a JPEG data URL (pixels only: no EXIF)."""
+    import base64
+    import io
+
+    from derm_core.lesion import DisplayScale
+    buf = io.BytesIO()
+    DisplayScale(_photo.size, shown).resize(_photo).convert("RGB").save(buf, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def crop_widget(photo, digest: str, box: tuple[int, int, int, int], key: str, colour: str = "#1565c0"):
+    """The whole photo scaled to the column with a movable crop box starting at ``box``
+    (original pixels); returns the box in original pixels and the :class:`DisplayScale` used.
+
+    Calls streamlit-cropper's component directly: its Python wrapper scales photos to a fixed
+    700x700 px (wider than most columns, so the photo was cut off) and truncates the mapping;
+    here the photo is scaled to the column's real width and the box is mapped back by
+    :class:`derm_core.lesion.DisplayScale`. The frame's outer edge is the box.
+    """
+    from streamlit_cropper import _component_func as cropper
+
+    from derm_core.lesion import DisplayScale
+    width = column_width(f"{key}-column")
+    scale = DisplayScale.fit(photo.size, width, max_height=max(DEFAULT_COLUMN_PX, width))
+    rect = scale.box_to_shown(box)
+    w, h = scale.shown
+    value = cropper(canvasWidth=w, canvasHeight=h, realtimeUpdate=True, strokeWidth=CROP_STROKE,
+                    rectLeft=rect["left"], rectTop=rect["top"], rectWidth=max(1, rect["width"] - CROP_STROKE),
+                    rectHeight=max(1, rect["height"] - CROP_STROKE), boxColor=colour,
+                    imageData=_shown_jpeg(digest, scale.shown, photo), lockAspect=False, key=f"{key}-{w}x{h}",
+                    default=None)
+    if isinstance(value, dict) and isinstance(value.get("coords"), dict):
+        return scale.rect_to_original(value["coords"]), scale
+    return tuple(box), scale
 
 
 @st.cache_resource(show_spinner="Loading model ...")
@@ -30,7 +85,7 @@ def get_predictor() -> Predictor:
     path = str(st.session_state.get("model_path") or os.environ.get(ENV_MODEL) or DEFAULT_MODEL)
     try:
         return _load_predictor(path)
-    except (ModelError, OSError) as e:
+    except (DermTriageError, OSError) as e:
         if path == str(DEFAULT_MODEL):
             st.error(f"The shipped model cannot be loaded: {e}")
             st.stop()
@@ -85,7 +140,10 @@ def profile_picker(pred: Predictor) -> str | None:
         mine = weights_sha256(pred.card) if pred.card.path else None
     except OSError:
         mine = None
-    found = [p for p in list_profiles() if isinstance(p, Profile)]
+    listed = list_profiles()
+    found = [p for p in listed if isinstance(p, Profile)]
+    for err in (x for x in listed if not isinstance(x, Profile)):   # listed as unreadable, never fatal (issue 13)
+        st.sidebar.caption(f"Unreadable threshold profile: {err}")
     found.sort(key=lambda p: p.model.get("weights_sha256") != mine)
     labels = {MODEL_DEFAULT: f"{MODEL_DEFAULT} ({pred.card.thresholds.name})"}
     for p in found:

@@ -33,7 +33,7 @@ SECTIONS = ["Train", "Runs", "Evaluate & tune"]
 ALL = "all images"
 STEP = 0.001
 
-st.title("🧪 Model lab")
+st.title(":material/science: Model lab")
 disclaimer()
 st.caption(f"Runs are kept in `{jobs.runs_root()}` (set `${jobs.ENV_RUNS}`), threshold profiles in "
            f"`{P.profiles_dir()}` (`${P.ENV_PROFILES}`).")
@@ -448,7 +448,13 @@ def save_profile_form(card, ev: O.EvalSet, thr: Thresholds, folder: str, split: 
         go = st.form_submit_button("Save profile", type="primary")
     if go:
         try:
+            from derm_core import conformal as C   # issue 12: the prediction sets' calibration travels with the profile
+            try:
+                cal = C.load_calibration(card)
+            except C.ConformalError:
+                cal = None
             prof = P.save_profile(name, thr, card, author=author, note=note,
+                                  extra={"conformal": cal.to_dict()} if cal is not None else None,
                                   validation={"data": folder, "split": split, "n_images": len(ev), "data_key": data_key},
                                   metrics=O.summary(ev, thr))
             st.session_state["lab_saved_profile"] = str(prof.path)
@@ -465,7 +471,7 @@ def save_profile_form(card, ev: O.EvalSet, thr: Thresholds, folder: str, split: 
             st.session_state["model_path"] = str(card.path)
             st.session_state[ACTIVE_PROFILE] = str(prof.path)
             st.toast(f"The Triage page now uses {card.name} with profile {prof.id}.")
-        st.page_link("pages/triage.py", label="Go to the Triage page", icon="🔎")
+        st.page_link("pages/triage.py", label="Go to the Triage page", icon=":material/search:")
 
 
 def evaluate_section() -> None:
@@ -478,9 +484,11 @@ def evaluate_section() -> None:
     path = st.selectbox("Model", list(models), key="lab_model", format_func=models.get)
     card = read_card(path)
     trained_on = card.data.get("training", {}).get("data", {}).get("folder")
-    if st.session_state.get("lab_eval_for") != path:
-        st.session_state["lab_eval_for"] = path
-        st.session_state["lab_eval_data"] = trained_on if trained_on and Path(trained_on).is_dir() else default_data
+    own = trained_on if trained_on and Path(trained_on).is_dir() else ""
+    # the sidebar's dataset folder first, else the model's own training folder; re-chosen when either changes
+    if st.session_state.get("lab_eval_for") != (path, default_data):
+        st.session_state["lab_eval_for"] = (path, default_data)
+        st.session_state["lab_eval_data"] = default_data or own
     a, b = st.columns([3, 2])
     folder = a.text_input("Evaluation data folder", key="lab_eval_data",
                           help="The model's own dataset folder offers its validation and test splits.")
@@ -494,6 +502,9 @@ def evaluate_section() -> None:
         return
     split = b.radio("Images", splits, horizontal=True, key="lab_eval_split",
                     help="Tune thresholds on the validation split; confirm on the test split.")
+    origin = ("the sidebar's dataset folder" if folder == default_data else "the model's training folder"
+              if folder == own else "a folder typed here")
+    st.info(f"Showing **{split}** of `{folder}` ({origin}).", icon=":material/folder_open:")
     try:
         res = eval_set(str(card.path), card.path.stat().st_mtime_ns, folder, split)
     except (DataError, FileNotFoundError, ValueError) as e:
@@ -523,8 +534,59 @@ def evaluate_section() -> None:
     m[3].metric("Top-3 accuracy", pct(h["top3_accuracy"]))
     m[4].metric("Macro AUC", f"{h['macro_auc']:.3f}")
     m[5].metric("ECE", f"{h['ece']:.3f}")
+    iv = ev.intervals(card.balanced_rule)
+    ci = lambda k, fmt: "–".join(fmt(v) for v in iv[k]) if iv.get(k) else "n/a"  # noqa: E731
+    st.caption(f"Most likely diagnosis rule (argmax). {iv['level']:.0%} intervals, {iv['method']}: accuracy "
+               f"{ci('accuracy', pct)}, balanced accuracy {ci('balanced_accuracy', pct)}, macro AUC "
+               f"{ci('macro_auc', lambda v: f'{v:.3f}')}.")
+    if card.balanced_rule is not None and "balanced_rule" in iv:
+        br = card.balanced_rule.report(ev.y, ev.probs, ev.classes)
+        st.caption(f"Balanced rule (prior-corrected, tau {br['tau']:.2f} chosen on validation): accuracy "
+                   f"{pct(br['accuracy'])}, balanced accuracy {pct(br['balanced_accuracy'])} "
+                   f"({'–'.join(pct(v) for v in iv['balanced_rule']['balanced_accuracy'])}).")
     threshold_free(ev)
+    conformal_view(card, ev, folder, split)
     st.fragment(tune)(card, res, folder, split)
+
+
+def conformal_view(card, ev: O.EvalSet, folder: str, split: str) -> None:
+    """Issue 12: coverage of the conformal prediction sets against the level, and their sizes."""
+    from derm_core import conformal as C
+    from derm_core.figures import coverage_figure, set_size_figure
+    with st.expander("Prediction sets (conformal, calibrated on the validation split)", expanded=False):
+        try:
+            cal = C.load_calibration(card)
+        except C.ConformalError as e:
+            cal = None
+            st.warning(f"The stored calibration cannot be used: {e}")
+        if cal is None:
+            st.info("This model has no conformal calibration yet.")
+            if st.button("Calibrate the prediction sets on the validation split", key="lab_conformal_fit"):
+                with st.spinner("Predicting the validation split (cached) ..."):
+                    try:
+                        table = dataset(folder, card.taxonomy.to_dict(), str(card.path), ALL)
+                        C.fit_for_model(card, table, load_splits(table, card.split_file).to_numpy())
+                    except (ValueError, DataError, OSError) as e:
+                        st.error(f"Not calibrated: {e}")
+                        return
+                st.rerun()
+            return
+        if split in ("val", ALL):
+            st.warning("These images include the calibration (validation) photos: coverage here is optimistic. "
+                       "Check it on the test split.")
+        level = st.select_slider("Level", C.PAGE_LEVELS, value=C.DEFAULT_LEVEL, key="lab_conformal_level",
+                                 format_func=lambda v: f"{v:.0%}")
+        r = C.evaluate(cal, ev.y, ev.probs, level)
+        m = st.columns(3)
+        m[0].metric("Coverage", f"{r['coverage']:.1%}", help=f"target {level:.0%}")
+        m[1].metric("Mean set size", f"{r['mean_set_size']:.2f}")
+        m[2].metric("Empty sets", f"{r['empty_sets']:.1%}")
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(coverage_figure(C.coverage_curve(cal, ev.y, ev.probs), target_colours(ev)),
+                        key="lab_conformal_coverage")
+        c2.plotly_chart(set_size_figure(r["set_size_counts"], level), key="lab_conformal_sizes")
+        st.caption("Per class: " + " · ".join(f"{c} {v['coverage']:.0%} (n={v['n']})" for c, v in r["per_class"].items()
+                                               if v["n"]) + f". Calibration photos per class: {cal.n}.")
 
 
 def threshold_free(ev: O.EvalSet) -> None:

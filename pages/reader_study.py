@@ -27,7 +27,7 @@ from pages._common import active_thresholds, cached_cases, data_dir_setting, dis
 SECTIONS = ["Set up", "Read", "Results"]
 PHASE_TITLE = {"unassisted": "Part 1: unassisted", "assisted": "AI-assisted"}
 
-st.title("🎓 Reader study")
+st.title(":material/school: Reader study")
 disclaimer()
 try:
     store = StudyStore()
@@ -312,7 +312,11 @@ def results_section() -> None:
     mpt = R.model_point(ev, thr, target) if ev is not None and thr is not None else None
     fig = reader_roc_figure(ev, target, f"{R.target_label(study, target)} · {phase} part · {len(points)} readers",
                             points, R.level_points(points), mpt, f"model at {thr.name}" if thr else "model")
-    st.plotly_chart(fig, key="rs_roc")
+    roc_col, note_col = st.columns([3, 2])
+    roc_col.plotly_chart(fig, key="rs_roc")
+    note_col.caption("Each small dot is one reader's (1 - specificity, sensitivity) for this positive class, coloured "
+                     "by experience level; diamonds are the level averages and the star is the model at the active "
+                     "thresholds. Points above and left of the curve beat the model.")
 
     st.subheader("Per answer option: sensitivity and specificity")
     classes = R.class_table(answers, study)

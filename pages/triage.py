@@ -2,25 +2,25 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 from PIL import Image
-from streamlit_cropper import st_cropper
 
-from derm_core import explain, lesion
+from derm_core import conformal, explain, lesion, mapquality, similar
 from derm_core.clinical import SEXES, SITES, Clinical
-from derm_core.data import DataError
+from derm_core.data import ENV_DATA, DataError
 from derm_core.figures import differential_chart, mark_biopsy, tier_chart
-from derm_core.images import ImageError, load_image
-from derm_core.report import case_report_html
-from pages._common import active_thresholds, disclaimer, example_cases, get_predictor, model_caption
+from derm_core.images import ImageError, load_image, load_mask
+from derm_core.report import case_report_html, case_report_pdf
+from pages._common import ACTIVE_PROFILE, active_thresholds, column_width, crop_widget, disclaimer, example_cases, get_predictor, model_caption
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"]
 TIER_BOX = {0: st.success, 1: st.warning, 2: st.error}
 
-st.title("🔎 Triage")
+st.title(":material/search: Triage")
 disclaimer()
 pred = get_predictor()
 thresholds = active_thresholds(pred)
@@ -77,13 +77,14 @@ with left:
     # ------------------------------------------------------------ 2. crop
     st.subheader("Crop the lesion")
     resets = st.session_state.setdefault("crop_resets", 0)
-    l, t, r, b = suggested_box(digest, photo)
-    rect = st_cropper(photo, default_coords=(l, r, t, b), return_type="box", realtime_update=True,
-                      box_color="#1565c0", key=f"crop-{digest}-{resets}")
-    if st.button("Reset crop to the suggested box", key="reset_crop"):
+    suggested = suggested_box(digest, photo)
+    # the whole photo scaled to this column (phone photos included); the box comes back in original pixels
+    box, shown = crop_widget(photo, digest, suggested, key=f"crop-{digest}-{resets}")
+    st.caption(f"Photo {photo.size[0]}x{photo.size[1]} px shown at {shown.shown[0]}x{shown.shown[1]}: drag the box "
+               "or its corners.")
+    if st.button("Reset crop to the suggested box", key="reset_crop", icon=":material/crop_free:"):
         st.session_state["crop_resets"] = resets + 1
         st.rerun()
-    box = (rect["left"], rect["top"], rect["left"] + max(rect["width"], 1), rect["top"] + max(rect["height"], 1))
     crop = photo.crop(box)
     if min(crop.size) < 16:
         st.error("The crop is too small: draw a larger box around the lesion.")
@@ -101,8 +102,8 @@ with right:
 result = pred.predict(crop, clinical, thresholds)
 st.divider()
 if result.out_of_scope:
-    st.warning("⚠️ **Out of scope?** This photo does not look like the dermatoscopic lesion images the model was "
-               f"trained on (score {result.ood_score:.2f}). The output below is unreliable.")
+    st.warning("**Out of scope?** This photo does not look like the dermatoscopic lesion images the model was "
+               f"trained on (score {result.ood_score:.2f}). The output below is unreliable.", icon=":material/report:")
 tier_rank = pred.taxonomy.tiers[result.tier].rank
 TIER_BOX[min(tier_rank, 2)](f"**Risk tier: {result.tier}** — {result.action}")
 for note in result.notes:
@@ -115,7 +116,30 @@ with c1:
         st.info("Low confidence: no class reached its operating threshold. The most probable class is shown.")
     for code, p in result.differential:
         st.markdown(f"- **{pred.taxonomy.display_names[code]}** ({code}): {p:.1%}")
+    names = pred.taxonomy.display_names
+    rules = f"Most likely diagnosis: **{names[result.most_likely]}**"
+    if result.balanced is not None:
+        rules += f" · balanced rule (every class counted as equally common): **{names[result.balanced]}**"
+    st.caption(rules)
     st.plotly_chart(differential_chart(result, pred.taxonomy, thresholds), key="diff_chart")
+    # -- issue 12: conformal prediction set beside the threshold differential
+    st.markdown("**Prediction set** (a coverage guarantee)")
+    level = st.select_slider("Coverage level", conformal.PAGE_LEVELS, value=conformal.DEFAULT_LEVEL, key="conformal_level",
+                             format_func=lambda v: f"{v:.0%}",
+                             help="Higher levels give larger sets that miss the true diagnosis less often.")
+    try:
+        cal = conformal.active_calibration(pred.card, st.session_state.get(ACTIVE_PROFILE))
+    except conformal.ConformalError as e:
+        cal, cal_error = None, str(e)
+    else:
+        cal_error = "this model has no conformal calibration yet (bench/eval_conformal.py --save)"
+    if cal is None:
+        pset = None
+        st.caption(f"No prediction set: {cal_error}.")
+    else:
+        pset = cal.prediction_set(result.probs, level)
+        st.markdown(" · ".join(f"**{pred.taxonomy.display_names[c]}** ({c})" for c in pset) or "**(empty set)**")
+        st.caption(conformal.describe(pset, level, pred.taxonomy.display_names))
 with c2:
     st.subheader("Risk-tier probability")
     st.plotly_chart(tier_chart(result, pred.taxonomy), key="tier_chart")
@@ -143,6 +167,11 @@ def cached_mask(key, _crop: Image.Image) -> np.ndarray:
     return lesion.suggest_mask(_crop)
 
 
+@st.cache_data(max_entries=64, show_spinner="Checking the map ...")
+def cached_quality(key, which, _explanation, _crop: Image.Image, _mask, _clinical: Clinical, model_id: str):
+    return mapquality.explanation_quality(pred, _crop, _explanation, _mask, _clinical)
+
+
 model_id = f"{pred.card.path}:{pred.card.version}"
 cam_tab, lime_tab = st.tabs(["Grad-CAM heat map", "LIME superpixels and biopsy site"])
 with cam_tab:
@@ -151,11 +180,16 @@ with cam_tab:
                          help="Grad-CAM and Grad-CAM++ use gradients; EigenCAM and ScoreCAM do not.")
     target = b.selectbox("Explain class", range(len(classes)), index=top, key="cam_class",
                          format_func=lambda i: pred.taxonomy.display_names[classes[i]])
+    if method == "scorecam":   # issue 13: say so before it runs
+        st.warning("ScoreCAM runs the network once per feature channel: it can take tens of seconds on a CPU.")
     with st.spinner(f"Computing {method} ..."):
         cam = cached_cam(crop_key, method, target, crop, clinical, model_id)
     st.image(cam.overlay(crop), width=420,
              caption=f"{method} for {pred.taxonomy.display_names[classes[cam.target]]} ({cam.seconds:.2f} s): "
                      "red = regions that raised this class's score")
+    cam_quality = cached_quality(crop_key, ("cam", method, target), cam, crop, cached_mask(crop_key, crop), clinical,
+                                 model_id)
+    st.caption(f"Map check ({method}, automatic lesion outline): {cam_quality.summary()}")
 
 with lime_tab:
     a, b = st.columns(2)
@@ -164,30 +198,85 @@ with lime_tab:
     segments = b.slider("Superpixels", 10, 80, explain.LIME_SEGMENTS, step=5, key="lime_segments")
     with st.status("Running LIME ...", expanded=False) as status:
         lime_res = cached_lime(crop_key, samples, segments, top, crop, clinical, model_id)
+        full, mask_note = None, ""      # a bad mask file falls back to the automatic outline (issue 13)
         if truth is not None and isinstance(truth.get("mask_path"), str):
-            full = np.asarray(Image.open(truth["mask_path"]).convert("L")) > 127
-            mask, mask_src = full[box[1]:box[3], box[0]:box[2]], "the dataset's lesion mask"
+            full, mask_note = load_mask(truth["mask_path"], photo.size)
+        if full is not None:
+            mask, mask_src = lesion.crop_mask(full, box), "the dataset's lesion mask"
         else:
-            mask, mask_src = cached_mask(crop_key, crop), "an automatic lesion outline"
-        site_ = explain.biopsy_site(lime_res, mask)
+            mask, mask_src = cached_mask(crop_key, crop), "the automatic lesion outline"
+        site_ = lesion.biopsy_site(lime_res, mask, mask_src)
         status.update(label=f"LIME done in {lime_res.seconds:.1f} s", state="complete")
     geo = lime_res.geometry
     region = geo.heatmap_to_original(site_.region.astype(np.float32)) > 0.5
     point = geo.point_to_original(site_.x, site_.y)
     x1, x2 = st.columns(2)
-    x1.image(lime_res.overlay(crop), width=360,
+    x1.image(lime_res.overlay(crop), width="stretch",
              caption=f"Green supports, red opposes {pred.taxonomy.display_names[classes[lime_res.target]]}")
-    biopsy_img = mark_biopsy(crop, region, point)
-    x2.image(biopsy_img, width=360, caption=f"Suggested biopsy site (cyan) inside {mask_src}")
-    ox, oy = point[0] + box[0], point[1] + box[1]
-    st.caption(f"Biopsy site at x={ox}, y={oy} in the original photo's pixels. {site_.note}")
+    with x2:
+        shown_w = column_width("biopsy-column", 360)
+        biopsy_img = mark_biopsy(crop, region, point, shown_w, mask) if site_.suggested else crop
+        st.image(biopsy_img, width="stretch",
+                 caption=f"Suggested biopsy site (cyan: point and region) inside {mask_src} (yellow)"
+                 if site_.suggested else "No biopsy site suggested")
+    ox, oy = lesion.crop_point_to_photo(point, box)
+    if mask_note:
+        st.warning(mask_note)
+    if site_.suggested:
+        st.caption(f"Biopsy site at x={ox}, y={oy} in the original photo's pixels. {site_.note}")
+    else:
+        st.info(site_.note.capitalize())
+    lime_quality = cached_quality(crop_key, ("lime", samples, segments, top, mask_src), lime_res, crop, mask, clinical,
+                                  model_id)
+    st.caption(f"Map check (LIME, {mask_src}): {lime_quality.summary()}")
+
+# ---------------------------------------------------------------- issue 12: similar cases
+st.divider()
+st.subheader("Similar cases from the training data")
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def similar_index(card_path: str, card_mtime: int, data_dir: str, build: bool):
+    return similar.folder_index(pred.card, data_dir, build=build)
+
+
+sim_dir = st.session_state.get("data_dir_value") or os.environ.get(ENV_DATA, "")
+if not sim_dir:
+    st.caption("Set the dataset folder in the sidebar (the model's own training data) to see similar cases.")
+else:
+    mtime = pred.card.path.stat().st_mtime_ns if pred.card.path else 0
+    try:
+        index, n_index = similar_index(str(pred.card.path), mtime, sim_dir, False)
+    except (ValueError, DataError, OSError) as e:
+        index, n_index = None, 0
+        st.caption(f"No similar cases: {e}.")
+    if index is None and n_index:
+        st.caption(f"The {n_index} training and validation images of this model are not indexed yet (once per model "
+                   "and data; a few minutes on a CPU).")
+        if st.button(f"Index {n_index} images", key="similar_build"):
+            with st.spinner("Embedding the training and validation images ..."):
+                similar_index.clear()
+                index, _ = similar_index(str(pred.card.path), mtime, sim_dir, True)
+    if index is not None:
+        k_sim = st.slider("Cases", 3, 12, 6, key="similar_k")
+        hits = similar.similar_cases(pred, crop, index, k_sim, clinical)
+        st.image([h.path for h in hits], width=120,
+                 caption=[f"{pred.taxonomy.display_names[h.label]} · similarity {h.similarity:.2f}" for h in hits])
+        st.caption("Nearest by cosine similarity of the network's image features, among the model's training and "
+                   "validation images, with their recorded diagnoses. Similar-looking is not the same diagnosis.")
 
 # ---------------------------------------------------------------- 5. report
-html = case_report_html(
-    crop, result, pred.taxonomy, thresholds, pred.card.name, pred.card.version,
+report_args = dict(
+    crop=crop, result=result, taxonomy=pred.taxonomy, thresholds=thresholds, model_name=pred.card.name,
+    model_version=pred.card.version,
     figures={f"{cam.method} heat map": cam.overlay(crop), "LIME (green supports, red opposes)": lime_res.overlay(crop),
              "Suggested biopsy site": biopsy_img},
     clinical={"age": clinical.age, "sex": clinical.sex, "site": clinical.site},
-    extra={"biopsy site (original pixels)": f"x={ox}, y={oy}", "crop box": box})
-st.download_button("Download case report (HTML)", html, file_name="dermtriage-report.html", mime="text/html",
-                   key="report")
+    extra={**({f"prediction set ({level:.0%})": ", ".join(pset) or "empty"} if pset is not None else {}),
+           f"map check, {cam.method}": cam_quality.summary(), "map check, LIME": lime_quality.summary(),
+           "biopsy site (original pixels)": f"x={ox}, y={oy}" if site_.suggested else site_.note, "crop box": box})
+d1, d2, _ = st.columns([1, 1, 2])
+d1.download_button("Download case report (HTML)", case_report_html(**report_args), file_name="dermtriage-report.html",
+                   mime="text/html", key="report", icon=":material/download:")
+d2.download_button("Download case report (PDF)", case_report_pdf(**report_args), file_name="dermtriage-report.pdf",
+                   mime="application/pdf", key="report_pdf", icon=":material/picture_as_pdf:")

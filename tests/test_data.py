@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from derm_core.data import DataError, LesionDataset, load_table
-from derm_core.transforms import eval_transform, train_transform
+from derm_core.transforms import eval_transform
 
 
 def test_generic_layout(synthetic_data, ham7):
@@ -90,13 +90,9 @@ def test_unreadable_image_named_when_decoded(synthetic_data, ham7):
         LesionDataset(t, eval_transform((48, 64), [0.5] * 3, [0.5] * 3))
 
 
-def test_dataset_items_and_metadata_dropout(synthetic_data, ham7):
+def test_dataset_items_and_metadata(synthetic_data, ham7):
     t = load_table(synthetic_data, ham7)
-    ds = LesionDataset(t, train_transform((48, 64), [0.5] * 3, [0.5] * 3), meta_dropout=1.0)
-    x, meta, y = ds[0]
+    x, meta, y = LesionDataset(t, eval_transform((48, 64), [0.5] * 3, [0.5] * 3))[0]
     assert x.shape == (3, 48, 64) and x.dtype == torch.float32
     assert y == t["y"][0]
-    # every field hidden: the three "missing" flags are set
-    assert meta[1] == 1 and meta[4] == 1 and meta[-1] == 1
-    x2, meta2, _ = LesionDataset(t, eval_transform((48, 64), [0.5] * 3, [0.5] * 3))[0]
-    assert meta2[1] == 0 and np.isclose(meta2[0], t["age"][0] / 100)
+    assert meta[1] == 0 and np.isclose(meta[0], t["age"][0] / 100)

@@ -129,6 +129,21 @@ def _truncated(data: bytes, frac: float) -> bytes:
     return data[: int(len(data) * frac)]
 
 
+def _float_tiff(arr) -> bytes:
+    return _enc(Image.fromarray(np.asarray(arr, dtype=np.float32)), "TIFF")
+
+
+FLOAT_RAMP = np.linspace(0, 1, 90 * 120, dtype=np.float32).reshape(90, 120)   # a float photo in 0..1
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 120 90\n"
+       b"newpath 10 10 moveto 100 80 lineto stroke showpage\n%%EOF\n")
+
+
+def _with_nan(arr, value):
+    a = np.array(arr, dtype=np.float32)
+    a[40, 60] = value
+    return a
+
+
 PHOTO = lesion_image(CLASS_COLOURS["df"], (120, 90), seed=1)
 JPEG = _enc(PHOTO, "JPEG", quality=90)
 PNG = _enc(PHOTO, "PNG")
@@ -174,6 +189,25 @@ CORPUS: dict[str, tuple] = {
     "icc_srgb.jpg": (_enc(PHOTO, "JPEG", icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()),
                      ("ok", (120, 90))),
     "icc_garbage.png": (_enc(PHOTO, "PNG", icc_profile=b"not a colour profile" * 8), ("ok", (120, 90))),
+    # issue 13: only the listed formats are decoded, chosen by content (never Ghostscript or other plugins)
+    "postscript.jpg": (EPS, ("error", "PostScript/EPS file: not an image format")),
+    "binary_eps.png": (b"\xc5\xd0\xd3\xc6" + b"\0" * 60, ("error", "EPS file: not an image format")),
+    "photoshop.png": (b"8BPS\0\1" + b"\0" * 60, ("error", "Photoshop")),
+    "icon.png": (_enc(PHOTO, "ICO"), ("error", r"icon \(ICO\) file: not an image format")),
+    "pcx.jpg": (_enc(PHOTO, "PCX"), ("error", "not an image format")),
+    "tga.jpg": (_enc(PHOTO, "TGA"), ("error", "not an image format")),
+    "photo.heic": (_enc(PHOTO, "HEIF", quality=90), ("ok", (120, 90))),
+    "truncated.heic": (_truncated(_enc(PHOTO, "HEIF", quality=90), 0.5), ("error", "damaged or truncated")),
+    "photo.avif": (_enc(PHOTO, "AVIF", quality=90), ("ok", (120, 90))),
+    # float photos: scaled by their range; NaN / infinity refused
+    "float_0_255.tif": (_float_tiff(FLOAT_RAMP * 255), ("ok", (120, 90))),
+    "float_nan.tif": (_float_tiff(_with_nan(FLOAT_RAMP, np.nan)), ("error", r"not numbers \(NaN or infinity\)")),
+    "float_inf.tif": (_float_tiff(_with_nan(FLOAT_RAMP, np.inf)), ("error", r"not numbers \(NaN or infinity\)")),
+    # extreme aspect ratios, refused before any resize
+    "strip_header_2000000x20.png": (_png_claiming(2_000_000, 20), ("error", "100000:1 strip")),
+    "strip_2000x20.png": (_enc(Image.new("RGB", (2000, 20), (120, 60, 40)), "PNG"), ("error", "100:1 strip")),
+    "tall_strip_20x700.png": (_enc(Image.new("RGB", (20, 700), (120, 60, 40)), "PNG"), ("error", "35:1 strip")),
+    "ratio_10_to_1.png": (_enc(Image.new("RGB", (160, 16), (120, 60, 40)), "PNG"), ("ok", (160, 16))),
 }
 
 
@@ -238,6 +272,17 @@ def test_corpus_pixels_are_right():
     # CMYK converted back close to the RGB original
     diff = np.abs(np.asarray(load_image(CORPUS["cmyk.jpg"][0]), dtype=int) - np.asarray(PHOTO, dtype=int))
     assert diff.mean() < 20
+    # float photos in 0..1 and in 0..255 both span the 8-bit range (not "almost black")
+    expected = np.clip(FLOAT_RAMP * 255 + 0.5, 0, 255).astype(np.uint8)
+    for name in ("float.tif", "float_0_255.tif"):
+        got = np.asarray(load_image(CORPUS[name][0]))
+        assert got[..., 0].max() == 255 and got[..., 0].min() == 0, name
+        assert np.abs(got[..., 0].astype(int) - expected).max() <= 1, name
+        assert (got[..., 0] == got[..., 1]).all() and (got[..., 1] == got[..., 2]).all(), name
+    # HEIC / AVIF decode to the photo's colours (lossy, so close rather than equal)
+    for name in ("photo.heic", "photo.avif"):
+        diff = np.abs(np.asarray(load_image(CORPUS[name][0]), dtype=int) - np.asarray(PHOTO, dtype=int))
+        assert diff.mean() < 12, name
 
 
 def test_byte_and_pixel_limits():

@@ -46,6 +46,90 @@ def wait_idle(page) -> None:
     page.wait_for_timeout(200)
 
 
+# ============================================================================ visual checks
+WIDTHS = (1024, 1600)
+MIN_PLOT_SHARE, MIN_PLOT_PX, ROC_MARGIN = 0.45, 100, 0.05
+
+LAYOUT_JS = """() => {
+  const out = {figures: [], overflow: [], frames: []};
+  const visible = el => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+    if (!visible(gd) || !gd._fullLayout) continue;
+    const L = gd._fullLayout, box = gd.getBoundingClientRect();
+    const xt = (L.xaxis && L.xaxis.title && L.xaxis.title.text) || '';
+    out.figures.push({box: box.width, w: L._size.w, h: L._size.h, xtitle: xt,
+                      roc: /specificity/.test(xt) && /sensitivity/.test((L.yaxis.title || {}).text || ''),
+                      xrange: L.xaxis ? L.xaxis.range : null, yrange: L.yaxis ? L.yaxis.range : null,
+                      xlen: L.xaxis ? L.xaxis._length : null, ylen: L.yaxis ? L.yaxis._length : null});
+  }
+  const main = document.querySelector('[data-testid="stMainBlockContainer"]') || document.body;
+  const mr = main.getBoundingClientRect();
+  const sel = 'img, canvas, iframe, .js-plotly-plot, [data-testid="stImage"], [data-testid="stPlotlyChart"], button';
+  const check = (container, name) => {
+    const c = container.getBoundingClientRect();
+    for (const el of container.querySelectorAll(sel)) {
+      if (!visible(el) || el.closest('[data-testid="stSidebar"]') || el.closest('[data-testid="stDataFrame"]')) continue;
+      const r = el.getBoundingClientRect();
+      if (r.right > c.right + 1.5 || r.left < c.left - 1.5)
+        out.overflow.push(`${el.tagName}.${el.className || ''} in ${name}: [${Math.round(r.left)}, ${Math.round(r.right)}] outside [${Math.round(c.left)}, ${Math.round(c.right)}]`);
+    }
+  };
+  check(main, 'the page');
+  document.querySelectorAll('[data-testid="stColumn"]').forEach((col, i) => check(col, 'column ' + i));
+  for (const f of document.querySelectorAll('iframe')) {
+    if (!visible(f)) continue;
+    const r = f.getBoundingClientRect();
+    let inner = null;
+    try {
+      const d = f.contentDocument, cv = d && d.querySelector('canvas');
+      if (cv) { const cr = cv.getBoundingClientRect(); inner = {w: cr.width, h: cr.height, right: cr.right}; }
+    } catch (e) { inner = {error: String(e)}; }
+    out.frames.push({title: f.title, w: r.width, h: r.height, canvas: inner});
+  }
+  return out;
+}"""
+
+
+def visual_check(page, name: str, widths=WIDTHS, expect_figures: int = 0, expect_roc: int = 0,
+                 expect_cropper: bool = False) -> None:
+    """At each window width: every plotly figure has a real plot area, ROC axes stay the unit square,
+    nothing sticks out of its column (the cropper's canvas included); a screenshot per width."""
+    try:
+        for width in widths:
+            page.set_viewport_size({"width": width, "height": 1400})
+            page.wait_for_timeout(1200)                 # resize observers, the column-width component's rerun
+            wait_idle(page)
+            page.wait_for_timeout(800)
+            wait_idle(page)
+            got = page.evaluate(LAYOUT_JS)
+            shot(page, f"{name}-{width}")
+            figs = got["figures"]
+            assert len(figs) >= expect_figures, (width, figs)
+            for f in figs:
+                assert f["w"] >= MIN_PLOT_SHARE * f["box"], (width, "plot area too narrow", f)
+                assert f["h"] >= MIN_PLOT_PX, (width, "plot area too low", f)
+            rocs = [f for f in figs if f["roc"]]
+            assert len(rocs) >= expect_roc, (width, figs)
+            for f in rocs:
+                for lo, hi in (f["xrange"], f["yrange"]):
+                    assert -ROC_MARGIN <= lo < hi <= 1 + ROC_MARGIN, (width, "ROC axes left the unit square", f)
+                assert abs(f["xlen"] - f["ylen"]) <= 2, (width, "ROC aspect not equal", f)
+                assert f["xlen"] >= MIN_PLOT_SHARE * f["box"], (width, "ROC square too small for its box", f)
+            assert got["overflow"] == [], (width, got["overflow"])
+            croppers = [f for f in got["frames"] if "cropper" in f["title"]]
+            if expect_cropper:
+                assert croppers, (width, got["frames"])
+            for f in croppers:
+                c = f["canvas"]
+                assert c and "error" not in c, f
+                assert c["w"] <= f["w"] + 0.5 and c["h"] <= f["h"] + 0.5, (width, "cropper canvas cut off", f)
+                assert c["w"] >= 0.6 * f["w"] or c["h"] >= 300, (width, "photo not scaled to its column", f)
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1800})
+        page.wait_for_timeout(800)
+        wait_idle(page)
+
+
 def disclaimer_shown(page) -> None:
     page.get_by_text(DISCLAIMER).first.wait_for()
 

@@ -1,0 +1,150 @@
+"""How the network runs at inference: flip TTA and one switch for the fast path.
+
+* ``cuda-amp``: CUDA with automatic mixed precision.
+* ``cpu-bf16``: a TorchScript-frozen copy with bfloat16 weights (batch norm folded), on CPUs
+  with native bf16 (AMX or AVX512-BF16): about 2x the frozen fp32 copy and 3x eager fp32
+  on this project's 2-core CPU, agreeing with fp32 on the most-likely class of >= 99.5% of
+  test images (``tests/test_inference.py``, ``bench/bench_fastpath.py``).
+* ``fp32``: everywhere else, and whenever ``DERMTRIAGE_FAST_PATH=fp32`` (on a CPU still
+  through a frozen fp32 copy, which LIME's many same-size batches gain most from).
+
+Single photos (:class:`~derm_core.predictor.Predictor`), evaluation batches
+(:func:`~derm_core.evaluation.predict_table`) and LIME batches all run through
+:class:`Runner`.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+
+ENV_FAST_PATH = "DERMTRIAGE_FAST_PATH"
+PATHS = ("cuda-amp", "cpu-bf16", "fp32")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16), per /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def fast_path(device: torch.device) -> str:
+    """The fast path for ``device``: ``$DERMTRIAGE_FAST_PATH`` may force ``fp32``."""
+    forced = os.environ.get(ENV_FAST_PATH, "").strip().lower()
+    if forced == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        return "cuda-amp"
+    if device.type == "cpu" and cpu_has_bf16() and forced in ("", "cpu-bf16", "auto"):
+        return "cpu-bf16"
+    return "fp32"
+
+
+FP32_BLOCKS = 4   # EfficientNet blocks kept fp32 on the bf16 path (see _trace)
+
+
+class _Cast(nn.Sequential):
+    """Layers run in ``dtype``: the input is cast on the way in, the output back to float32."""
+
+    def __init__(self, dtype: torch.dtype, *layers: nn.Module):
+        super().__init__(*layers)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.dtype)).float()
+
+
+class TTAForward(nn.Module):
+    """(logits, penultimate embeddings) of a DermNet, averaged over the four flips when
+    ``tta`` (lesions have no up or left). The views go through the backbone as one batch;
+    the head is linear, so averaging embeddings equals averaging logits. ``backbone`` may
+    be a faster copy of the model's own (frozen, bf16); the metadata branch and the head
+    always run in fp32, where bf16 rounding of the logits would move probabilities most."""
+
+    def __init__(self, model: nn.Module, tta: bool, backbone=None):
+        super().__init__()
+        self.model, self.tta = model, tta
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.tta:
+            x = torch.cat([x, x.flip(3), x.flip(2), x.flip(2, 3)])
+            meta = None if meta is None else meta.repeat(4, 1)
+        if self.backbone is None:
+            f = self.model.backbone(x)
+        else:
+            f = self.backbone(x).float()
+        e = self.model.fuse(f, meta)
+        if self.tta:
+            e = e.unflatten(0, (4, -1)).mean(0)
+        return self.model.head(e), e
+
+
+class Runner:
+    """Runs one model on its fast path: ``runner(x, meta) -> (logits, embeddings)``, float32.
+
+    On a CPU the backbone runs as a frozen TorchScript copy (batch norm folded; bf16 on the
+    ``cpu-bf16`` path), built on first use in a few seconds for the model's input size (the
+    "same" padding of TF-ported networks is traced as constants) and shared by every thread;
+    a backbone that cannot be traced stays eager.
+    """
+
+    def __init__(self, model: nn.Module, tta: bool, device: torch.device, input_size: tuple[int, int],
+                 path: str | None = None):
+        self.model, self.tta, self.device, self.input_size = model, tta, device, tuple(input_size)
+        self.path = path or fast_path(device)
+        self._forward: TTAForward | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.path == "cpu-bf16" else torch.float32
+
+    def _build(self) -> TTAForward:
+        with self._lock:
+            if self._forward is None:
+                self._forward = TTAForward(self.model, self.tta, self._trace() if self.device.type == "cpu" else None)
+            return self._forward
+
+    def _trace(self):
+        """A frozen TorchScript copy of the backbone, or None where tracing fails.
+
+        On the bf16 path an EfficientNet-style backbone is split after its first
+        ``FP32_BLOCKS`` blocks: the high-resolution start, where bf16 rounding moved the
+        shipped model's probabilities by up to 0.05, stays fp32, the rest runs in bf16.
+        Other backbones stay fp32 (frozen)."""
+        bb = copy.deepcopy(self.model.backbone).eval()
+        x = torch.zeros(2, 3, *self.input_size).contiguous(memory_format=torch.channels_last)
+        parts = [bb]
+        if self.dtype == torch.bfloat16 and all(hasattr(bb, n) for n in ("conv_stem", "bn1", "blocks", "conv_head")):
+            k = FP32_BLOCKS
+            parts = [nn.Sequential(bb.conv_stem, bb.bn1, *bb.blocks[:k]),
+                     _Cast(torch.bfloat16, *bb.blocks[k:], bb.conv_head, bb.bn2).to(torch.bfloat16), bb.global_pool]
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # tracer warnings about Python-side shape arithmetic
+                traced = []
+                for part in parts:
+                    traced.append(torch.jit.freeze(torch.jit.trace(part.eval(), (x,))))
+                    x = part(x)
+            return traced[0] if len(traced) == 1 else nn.Sequential(*traced)
+        except Exception:  # noqa: BLE001 - an untraceable backbone stays eager
+            return None
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, enabled=self.path == "cuda-amp"):
+            z, e = self._build()(x, meta)
+        return z.float(), e.float()

@@ -1,0 +1,635 @@
+"""Issue 13: hostile inputs the first corpus missed.
+
+Decoder surface (only the listed formats, chosen by content; no subprocess, no file written),
+float photos, extreme shapes, flat photos, bad dataset masks, model cards and threshold
+profiles validated on load, CLI output paths and one-line errors, training arguments, the run
+folder lock and settings check, degenerate data. The image corpus itself (with the new
+entries) is in tests/test_robustness.py; this file adds the properties and the other classes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import CLASS_COLOURS, ROOT, lesion_image, tiny_card, write_dataset
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from test_robustness import CORPUS, EPS
+
+from derm_core import explain as E
+from derm_core import profiles as P
+from derm_core.checkpoint import ModelError, load_model, read_card, save_model
+from derm_core.cli import main
+from derm_core.data import DataError, load_table
+from derm_core.errors import ConfigError, DermTriageError, RunFolderError
+from derm_core.images import MAX_ASPECT, MIN_SIDE, ImageError, is_flat, load_image, load_mask
+from derm_core.models import create_model
+from derm_core.predictor import Predictor
+
+
+def _enc(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+# =========================================================================== decoder surface
+
+_EVENTS: list = []
+_GUARD = {"on": False, "thread": None}
+_SPAWN = ("subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork", "os.forkpty",
+          "os.startfile", "pty.spawn")
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
+def _audit(event, args):
+    if not _GUARD["on"] or threading.get_ident() != _GUARD["thread"]:
+        return
+    if event in _SPAWN or event.startswith("tempfile."):
+        _EVENTS.append((event, args[:2]))
+    elif event == "open" and not isinstance(args[0], int):
+        path, mode, flags = args
+        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & _WRITE_FLAGS):
+            _EVENTS.append((event, (path, mode)))
+
+
+sys.addaudithook(_audit)   # audit hooks cannot be removed: it records only while _GUARD is on
+
+
+def _decode_all(tmp_path: Path) -> None:
+    for name, (data, _) in CORPUS.items():
+        for source in (data, io.BytesIO(data), tmp_path / name):
+            try:
+                load_image(source)
+            except ImageError:
+                pass
+
+
+def test_no_subprocess_and_no_file_written_while_decoding_the_corpus(tmp_path):
+    for name, (data, _) in CORPUS.items():
+        (tmp_path / name).write_bytes(data)
+    _decode_all(tmp_path)                    # warm up: lazy plugin imports may write bytecode caches
+    # the guard sees what it must: a write and a subprocess in this thread are recorded
+    _GUARD.update(on=True, thread=threading.get_ident())
+    try:
+        (tmp_path / "probe.txt").write_text("x")
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+    finally:
+        _GUARD["on"] = False
+    assert {e for e, _ in _EVENTS} >= {"open", "subprocess.Popen"}
+    _EVENTS.clear()
+    _GUARD.update(on=True, thread=threading.get_ident())
+    try:
+        _decode_all(tmp_path)
+    finally:
+        _GUARD["on"] = False
+    assert _EVENTS == [], f"decoding the corpus wrote a file or started a process: {_EVENTS[:5]}"
+
+
+def test_postscript_never_reaches_ghostscript(monkeypatch):
+    """Pillow on its own would hand this file to its EPS plugin (Ghostscript when installed)."""
+    assert Image.open(io.BytesIO(EPS)).format == "EPS"
+    from PIL import EpsImagePlugin
+
+    def no_gs(*a, **k):
+        raise AssertionError("the EPS plugin was reached")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_gs)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    monkeypatch.setattr(subprocess, "Popen", no_gs)
+    for source in (EPS, io.BytesIO(EPS)):
+        with pytest.raises(ImageError, match="PostScript/EPS file: not an image format") as e:
+            load_image(source)
+        assert "damaged or truncated" not in str(e.value)
+
+
+def test_format_is_chosen_by_content_not_extension(tmp_path):
+    png = _enc(lesion_image(CLASS_COLOURS["nv"], (64, 48)), "PNG")
+    p = tmp_path / "photo.jpg"
+    p.write_bytes(png)
+    assert load_image(p).size == (64, 48)                    # a PNG named .jpg still loads
+    ico = tmp_path / "photo.ico"
+    ico.write_bytes(_enc(lesion_image(CLASS_COLOURS["nv"], (64, 48)), "ICO"))
+    with pytest.raises(ImageError, match="ICO"):            # an allowed-looking extension does not help either
+        load_image(ico)
+
+
+# --------------------------------------------------------------------------- shapes and values (properties)
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(w=st.integers(MIN_SIDE, 400), h=st.integers(MIN_SIDE, 400))
+def test_aspect_ratio_over_the_limit_is_refused_before_decoding(w, h):
+    data = _enc(Image.new("L", (w, h), 90), "PNG")
+    ratio = max(w, h) / min(w, h)
+    if ratio > MAX_ASPECT:
+        with pytest.raises(ImageError, match=r"strip; photos up to 10:1"):
+            load_image(data)
+    else:
+        assert load_image(data).size == (w, h)
+
+
+def test_a_huge_strip_is_refused_without_decoding(monkeypatch):
+    """The 2,000,000 x 20 PNG of the issue: refused from its header, before any pixel is decoded."""
+    from PIL import ImageFile
+    calls = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: calls.append(1))
+    with pytest.raises(ImageError, match="2000000x20 pixels, a 100000:1 strip"):
+        load_image(CORPUS["strip_header_2000000x20.png"][0])
+    assert calls == []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scale=st.sampled_from([1.0, 255.0]), seed=st.integers(0, 2**16), w=st.integers(16, 40), h=st.integers(16, 40))
+def test_float_photos_are_scaled_by_their_range(scale, seed, w, h):
+    rng = np.random.default_rng(seed)
+    arr = rng.uniform(0, 1, (h, w)).astype(np.float32)
+    arr[0, 0], arr[-1, -1] = 0.0, 1.0                   # the full range occurs
+    got = np.asarray(load_image(_enc(Image.fromarray(arr * np.float32(scale)), "TIFF")))[..., 0].astype(int)
+    want = np.clip(arr.astype(np.float64) * 255 + 0.5, 0, 255).astype(int)
+    assert np.abs(got - want).max() <= 1
+    assert got.max() == 255
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.sampled_from([np.nan, np.inf, -np.inf]), x=st.integers(0, 31), y=st.integers(0, 23))
+def test_nan_or_infinite_pixels_are_refused(value, x, y):
+    arr = np.full((24, 32), 0.5, dtype=np.float32)
+    arr[y, x] = value
+    with pytest.raises(ImageError, match=r"1 pixel value\(s\) that are not numbers"):
+        load_image(_enc(Image.fromarray(arr), "TIFF"))
+
+
+def test_float_outside_the_nominal_ranges_uses_the_real_range():
+    arr = np.linspace(-3.0, 5.0, 32 * 24, dtype=np.float32).reshape(24, 32)
+    got = np.asarray(load_image(_enc(Image.fromarray(arr), "TIFF")))[..., 0]
+    assert got.min() == 0 and got.max() == 255
+
+
+# =========================================================================== flat photos, masks
+
+def _lime(weights: dict, size=(48, 64)) -> E.LimeResult:
+    seg = np.zeros(size, dtype=int)
+    seg[:, size[1] // 2:] = 1
+    return E.LimeResult(segments=seg, weights=weights, target=0, seconds=0.0, num_samples=10,
+                        image_size=(size[1], size[0]))
+
+
+def test_no_biopsy_site_without_signal_and_one_with_it():
+    flat = E.biopsy_site(_lime({0: 1e-10, 1: -3e-11}))
+    assert not flat.suggested and not flat.region.any() and flat.segments == ()
+    assert "no biopsy site suggested" in flat.note and "no signal" in flat.note
+    real = E.biopsy_site(_lime({0: 0.02, 1: -0.01}))
+    assert real.suggested and real.region.any() and real.segments == (0,)
+
+
+def test_a_flat_photo_gets_no_biopsy_site_and_an_out_of_scope_note(tiny_predictor):
+    flat = Image.new("RGB", (64, 48), (180, 140, 120))
+    assert is_flat(flat) and not is_flat(lesion_image(CLASS_COLOURS["mel"]))
+    lime = E.lime_explanation(tiny_predictor, flat, num_samples=40)
+    site = E.biopsy_site(lime)
+    assert not site.suggested and "no signal" in site.note
+    res = tiny_predictor.predict(flat)
+    assert res.out_of_scope is True and any("one colour" in n for n in res.notes)
+    assert not any("one colour" in n for n in tiny_predictor.predict(lesion_image(CLASS_COLOURS["mel"])).notes)
+
+
+def test_a_bad_dataset_mask_falls_back_with_the_reason(tmp_path):
+    size = (64, 48)
+    good = np.zeros((48, 64), dtype=np.uint8)
+    good[10:30, 20:40] = 255
+    Image.fromarray(good).save(tmp_path / "good.png")
+    mask, note = load_mask(tmp_path / "good.png", size)
+    assert note == "" and mask.shape == (48, 64) and mask[20, 30] and not mask[0, 0]
+    Image.fromarray(good).resize((32, 24)).save(tmp_path / "small.png")
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "good.png").read_bytes()[:60])
+    (tmp_path / "text.png").write_text("not a mask")
+    Image.new("L", size, 0).save(tmp_path / "empty.png")
+    for name, why in (("small.png", "is 32x24 pixels but the photo is 64x48"), ("truncated.png", "cannot be read"),
+                      ("text.png", "cannot be read"), ("missing.png", "cannot be read"), ("empty.png", "is empty")):
+        mask, note = load_mask(tmp_path / name, size)
+        assert mask is None and why in note and name in note and "automatic lesion outline" in note, (name, note)
+
+
+# =========================================================================== model cards
+
+def _saved(tmp_path, ham7, name="m") -> Path:
+    torch.manual_seed(0)
+    return save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7).data,
+                      tmp_path / name / "model")
+
+
+CARD_BREAKS = {
+    "no input_size": (lambda d: d["preprocessing"].pop("input_size"), "preprocessing.input_size"),
+    "no mean": (lambda d: d["preprocessing"].pop("mean"), "preprocessing.mean"),
+    "two-value mean": (lambda d: d["preprocessing"].update(mean=[0.5, 0.5]), "preprocessing.mean"),
+    "input_size 0": (lambda d: d["preprocessing"].update(input_size=[0, 0]), "preprocessing.input_size"),
+    "input_size strings": (lambda d: d["preprocessing"].update(input_size=["48", "64"]), "preprocessing.input_size"),
+    "std zeros": (lambda d: d["preprocessing"].update(std=[0, 0, 0]), "preprocessing.std"),
+    "threshold string": (lambda d: d["thresholds"]["classes"].update(mel="0.1"), "thresholds.classes.mel"),
+    "tier threshold 2": (lambda d: d["thresholds"]["tiers"].update(dangerous=2), "thresholds.tiers.dangerous"),
+    "temperature inf": (lambda d: d.update(temperature=math.inf), "temperature"),
+    "temperature nan": (lambda d: d.update(temperature=math.nan), "temperature"),
+    "temperature warm": (lambda d: d.update(temperature="warm"), "temperature"),
+    "temperature 0": (lambda d: d.update(temperature=0), "temperature"),
+    "use_metadata string": (lambda d: d.update(use_metadata="yes"), "use_metadata"),
+    "ood threshold string": (lambda d: d.update(out_of_scope={"score": "feature", "threshold": "high"}),
+                             "out_of_scope.threshold"),
+    "ood unknown score": (lambda d: d.update(out_of_scope={"score": "vibes", "threshold": 0.1}), "out_of_scope.score"),
+    "taxonomy not object": (lambda d: d.update(taxonomy="ham7"), "taxonomy"),
+    "preprocessing list": (lambda d: d.update(preprocessing=[1, 2]), "preprocessing"),
+}
+
+
+@pytest.mark.parametrize("case", list(CARD_BREAKS))
+def test_broken_cards_are_refused_naming_file_and_field(tmp_path, ham7, case):
+    path = _saved(tmp_path, ham7)
+    d = json.loads(path.read_text())
+    breaker, field = CARD_BREAKS[case]
+    breaker(d)
+    path.write_text(json.dumps(d))          # Python's json writes Infinity/NaN as the issue's cards did
+    with pytest.raises(ModelError) as e:
+        load_model(path)
+    assert str(path) in str(e.value) and f"'{field}'" in str(e.value), str(e.value)
+    assert isinstance(e.value, DermTriageError) and isinstance(e.value, ValueError)
+
+
+def test_a_valid_card_and_the_shipped_card_still_load(tmp_path, ham7):
+    load_model(_saved(tmp_path, ham7))
+    read_card()                                          # the shipped model's card
+
+
+def test_truncated_ood_file_says_the_warning_is_unavailable(tmp_path, ham7):
+    from derm_core.checkpoint import atomic_save_tensors
+    from derm_core.ood import detector_path
+    path = _saved(tmp_path, ham7)
+    photo = lesion_image(CLASS_COLOURS["nv"], (64, 48))
+    plain = Predictor.from_path(path, device=torch.device("cpu"))
+    assert plain.ood is None and plain.ood_note is None            # no detector named: nothing to say
+    dim = plain.forward(plain.preprocess([photo]))[1].shape[1]
+    d = json.loads(path.read_text())
+    d["out_of_scope"] = {"score": "feature", "threshold": 0.2, "file": detector_path(path).name}
+    path.write_text(json.dumps(d))
+    atomic_save_tensors(detector_path(path), {"centroids": torch.randn(7, dim)})
+    ok = Predictor.from_path(path, device=torch.device("cpu"))
+    assert ok.ood is not None and ok.predict(photo).out_of_scope is not None
+    good = detector_path(path).read_bytes()
+    for broken, why in ((good[: len(good) // 2], "cannot be read"), (None, "is missing")):
+        if broken is None:
+            detector_path(path).unlink()
+        else:
+            detector_path(path).write_bytes(broken)
+        pred = Predictor.from_path(path, device=torch.device("cpu"))
+        res = pred.predict(photo)
+        assert res.out_of_scope is None
+        note = [n for n in res.notes if "out-of-scope warning is unavailable" in n]
+        assert note and why in note[0] and "fit-ood" in note[0], res.notes
+
+
+# =========================================================================== threshold profiles
+
+def _profile_folder(tmp_path, ham7):
+    path = _saved(tmp_path, ham7)
+    card = read_card(path)
+    folder = tmp_path / "profiles"
+    good = P.save_profile("clinic", card.thresholds, card, folder=folder)
+    return card, folder, good
+
+
+PROFILE_BREAKS = {
+    "format_version one": (lambda d: d.update(format_version="one"), "format_version"),
+    "version latest": (lambda d: d.update(version="latest"), "version"),
+    "numeric created": (lambda d: d.update(created=1700000000), "created"),
+    "classes 7": (lambda d: d.update(classes=7), "classes"),
+    "name number": (lambda d: d.update(name=5), "name"),
+    "temperature string": (lambda d: d["model"].update(temperature="warm"), "model.temperature"),
+}
+
+
+@pytest.mark.parametrize("case", list(PROFILE_BREAKS))
+def test_malformed_profiles_are_listed_as_unreadable_with_the_field(tmp_path, ham7, case):
+    card, folder, good = _profile_folder(tmp_path, ham7)
+    d = json.loads(good.path.read_text())
+    breaker, field = PROFILE_BREAKS[case]
+    breaker(d)
+    (folder / "broken@v1.json").write_text(json.dumps(d))
+    listed = P.list_profiles(folder)
+    errors = [x for x in listed if isinstance(x, P.ProfileError)]
+    assert [p.id for p in listed if isinstance(p, P.Profile)] == ["clinic v1"]
+    assert len(errors) == 1 and "broken@v1.json" in str(errors[0]) and f"'{field}'" in str(errors[0])
+    with pytest.raises(P.ProfileError, match=field.replace(".", r"\.")):
+        P.load_profile(folder / "broken@v1.json", card)
+
+
+def test_profile_listing_survives_anything(tmp_path, ham7):
+    card, folder, good = _profile_folder(tmp_path, ham7)
+    d = json.loads(good.path.read_text())
+    (folder / "created-number@v1.json").write_text(json.dumps({**d, "name": "other", "created": 5}))
+    (folder / "deep@v1.json").write_text("[" * 100000 + "]" * 100000)     # RecursionError inside json
+    (folder / "dir@v1.json").mkdir()
+    listed = P.list_profiles(folder)
+    assert [p.id for p in listed if isinstance(p, P.Profile)] == ["clinic v1"]
+    assert len([x for x in listed if isinstance(x, P.ProfileError)]) == 3
+
+
+def test_triage_page_keeps_working_with_broken_profiles_and_cards(tmp_path, ham7, monkeypatch):
+    """A malformed profile is listed as unreadable; a card without input_size falls back to the shipped model."""
+    from streamlit.testing.v1 import AppTest
+    card, folder, good = _profile_folder(tmp_path, ham7)
+    d = json.loads(good.path.read_text())
+    (folder / "broken@v1.json").write_text(json.dumps({**d, "version": "latest"}))
+    (folder / "mixed@v2.json").write_text(json.dumps({**d, "created": 12345}))
+    monkeypatch.setenv("DERMTRIAGE_PROFILES", str(folder))
+    monkeypatch.setenv("DERMTRIAGE_MODEL", str(card.path))
+    monkeypatch.delenv("DERMTRIAGE_DATA", raising=False)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "Unreadable threshold profile" in captions and "broken@v1.json" in captions and "'version'" in captions
+    assert "mixed@v2.json" in captions and "'created'" in captions
+
+    broken = json.loads(card.path.read_text())
+    broken["preprocessing"].pop("input_size")
+    card.path.write_text(json.dumps(broken))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "was refused" in errors and "preprocessing.input_size" in errors and "shipped default" in errors
+
+
+# =========================================================================== command line
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    return errors[0]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Output paths are checked before any work: loading a model would be too late."""
+    import derm_core.checkpoint as C
+
+    def boom(*a, **k):
+        raise AssertionError("work started before the output paths were checked")
+
+    monkeypatch.setattr(C, "load_model", boom)
+    monkeypatch.setattr(Predictor, "from_path", classmethod(lambda cls, *a, **k: boom()))
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, capsys, no_model_load):
+    img = tmp_path / "photo.png"
+    lesion_image(CLASS_COLOURS["mel"]).save(img)
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    adir = tmp_path / "a_dir"
+    adir.mkdir()
+    cases = [
+        (["explain", str(img), "--out", str(afile)], "is a file, not a folder"),
+        (["explain", str(img), "--out", str(afile / "sub")], "is a file, not a folder"),
+        (["evaluate", "--data", str(tmp_path), "--out", str(adir)], "is a folder"),
+        (["evaluate", "--data", str(tmp_path), "--out", str(afile / "r.json")], "is a file, not a folder"),
+        (["evaluate", "--data", str(tmp_path), "--out", str(tmp_path / "r.json"), "--predictions", str(adir)],
+         "--predictions .* is a folder"),
+    ]
+    for argv, why in cases:
+        assert main(argv) == 2, argv
+        err = _one_line_error(capsys)
+        assert pd.Series([err]).str.contains(why).all(), (argv, err)
+    assert afile.read_text() == "x" and list(adir.iterdir()) == []
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    img = tmp_path / "photo.jpg"
+    img.write_bytes(EPS)
+    assert main(["predict", str(img)]) == 2
+    assert "PostScript" in _one_line_error(capsys)
+    import derm_core.cli as cli
+
+    def bug(a):
+        raise KeyError("a real bug")
+
+    monkeypatch.setattr(cli, "cmd_predict", bug)
+    with pytest.raises(KeyError):
+        main(["predict", str(img)])
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--image-size", "8", "8"], "--image-size must be two whole numbers"),
+    (["--epochs", "0"], "--epochs must be a whole number from 1"),
+    (["--limit", "-5"], "--limit must be a whole number from 1"),
+    (["--limit", "0"], "--limit must be a whole number from 1"),
+    (["--batch-size", "0"], "--batch-size must be"),
+    (["--lr", "0"], "--lr must be a number"),
+    (["--lr", "nan"], "--lr must be a number"),
+    (["--patience", "0"], "--patience must be"),
+    (["--taxonomy", "no-such-taxonomy"], "--taxonomy 'no-such-taxonomy' cannot be used"),
+])
+def test_training_arguments_are_validated_up_front(tmp_path, capsys, argv, why):
+    rc = main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--arch", "tiny_test",
+               *argv])
+    assert rc == 2
+    assert why in _one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def _cfg(tmp_path, data, **kw):
+    from derm_core.train import TrainConfig
+    return TrainConfig(data=str(data), out=str(tmp_path / "run"), arch="tiny_test", epochs=1, batch_size=16,
+                       pretrained="none", workers=0, device="cpu", tta=False, **kw)
+
+
+def test_a_second_training_process_on_the_same_folder_is_refused(tmp_path, capsys):
+    from derm_core import run_folder as R
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+         "from derm_core.train import TrainConfig; from derm_core.run_folder import claim;"
+         "cfg = TrainConfig(out=sys.argv[2], arch='tiny_test', pretrained='none');"
+         "c = claim(cfg, 'holder'); c.__enter__(); print('held', flush=True); time.sleep(60)", str(ROOT), str(run)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(run), "--arch", "tiny_test",
+                   "--pretrained", "none"])
+        assert rc == 2
+        err = _one_line_error(capsys)
+        assert "is in use by another training process" in err and f"pid {holder.pid}" in err
+        with pytest.raises(RunFolderError):
+            with R.claim(_cfg(tmp_path, tmp_path)):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with R.claim(_cfg(tmp_path, tmp_path)) as out:      # free again once the holder is gone
+        assert out == run
+
+
+def test_resuming_with_other_settings_is_refused_unless_new_or_force(tmp_path, capsys, monkeypatch):
+    from derm_core import run_folder as R
+    data = tmp_path / "data"
+    data.mkdir()
+    run = tmp_path / "run"
+    with R.claim(_cfg(tmp_path, data, lr=3e-3)):
+        pass
+    (run / "last.safetensors").write_bytes(b"")        # the run has a checkpoint to resume
+    (run / "log.jsonl").write_text('{"epoch": 1}\n')
+    import derm_core.train as T
+    started = []
+    monkeypatch.setattr(T, "_train", lambda cfg, *a: started.append(cfg) or None)
+    base = ["train", "--data", str(data), "--out", str(run), "--arch", "tiny_test", "--epochs", "1",
+            "--batch-size", "16", "--pretrained", "none", "--workers", "0", "--device", "cpu", "--no-tta"]
+    assert main([*base, "--lr", "0.01"]) == 2
+    err = _one_line_error(capsys)
+    assert "holds a run with other settings" in err and "--lr: 0.003 -> 0.01" in err and "--force" in err
+    assert started == []
+    assert main([*base, "--lr", "0.003", "--epochs", "5"]) == 0     # the same settings, a longer run: resumes
+    assert main([*base, "--lr", "0.01", "--force"]) == 0 and started[-1].resume and started[-1].lr == 0.01
+    assert main([*base, "--lr", "0.02", "--new"]) == 0 and not started[-1].resume
+    assert not (run / "log.jsonl").exists() and list(run.glob("log.*.previous.jsonl"))
+    assert json.loads((run / R.CONFIG_FILE).read_text())["settings"]["lr"] == 0.02
+    assert len(started) == 3
+
+
+def test_a_failed_training_leaves_the_job_marked_failed_even_on_a_full_disk(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from derm_core import run_folder as R
+    import derm_core.train as T
+    run = tmp_path / "run"
+
+    def fills_the_disk(cfg, *a):
+        (run / "progress.json").write_text(json.dumps({"state": "training", "epoch": 1}))
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "last.safetensors"))
+
+    monkeypatch.setattr(T, "_train", fills_the_disk)
+    import derm_core.checkpoint as C
+    real = C.atomic_write_json
+
+    def full(path, obj):
+        if Path(path).name == "progress.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, obj)
+
+    monkeypatch.setattr(C, "atomic_write_json", full)
+    rc = main(["train", "--data", str(tmp_path), "--out", str(run), "--arch", "tiny_test", "--pretrained", "none"])
+    assert rc == 2
+    err = _one_line_error(capsys)
+    assert "the disk is full" in err and "last.safetensors" in err
+    prog = json.loads((run / "progress.json").read_text())
+    assert prog["state"] == "failed" and "No space left" in prog["error"]
+    assert not (run / R.OWNER_FILE).exists()
+    from derm_core import jobs
+    assert jobs.status(run).state == "failed"
+
+
+def test_evaluate_on_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, ham7, capsys, monkeypatch):
+    import errno
+    data = write_dataset(tmp_path / "data", per_class=1)
+    path = _saved(tmp_path, ham7)
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["evaluate", "--data", str(data), "--model", str(path), "--out", str(out / "report.json")]) == 2
+    assert "the disk is full" in _one_line_error(capsys)
+    assert list(out.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- degenerate data
+
+def test_evaluate_on_one_class_writes_null_with_a_reason_not_nan(tmp_path, ham7, capsys):
+    path = _saved(tmp_path, ham7)
+    data = write_dataset(tmp_path / "data", per_class=1)
+    labels = pd.read_csv(data / "labels.csv")
+    for n, name in ((1, "one_row"), (3, "one_class")):
+        sub = tmp_path / name
+        (sub / "images").mkdir(parents=True)
+        rows = labels[labels["label"] == "nv"] if n == 1 else labels[labels["label"] == "mel"]
+        rows = pd.concat([rows] * n, ignore_index=True)
+        rows["image_id"] = [f"{r}_{i}" for i, r in enumerate(rows["image_id"])]
+        for r in rows.itertuples():
+            lesion_image(CLASS_COLOURS[r.label]).save(sub / "images" / f"{r.image_id}.jpg")
+        rows.to_csv(sub / "labels.csv", index=False)
+        rep_path = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--data", str(sub), "--model", str(path), "--out", str(rep_path)]) == 0, name
+        text = rep_path.read_text()
+        rep = json.loads(text, parse_constant=lambda c: pytest.fail(f"{name}: bare {c} in report.json"))
+        assert rep["macro_auc"] is None and rep["n_images"] == n
+        assert rep["undefined"]["macro_auc"].startswith("not defined on these data")
+        assert "warning:" in capsys.readouterr().err
+
+
+def test_a_lesion_with_two_diagnoses_is_refused(tmp_path, ham7):
+    data = write_dataset(tmp_path / "data", per_class=2)
+    labels = pd.read_csv(data / "labels.csv")
+    labels.loc[labels["image_id"] == "nv_000", "lesion_id"] = "L_mel_0"
+    labels.to_csv(data / "labels.csv", index=False)
+    with pytest.raises(DataError, match=r"lesion_id 'L_mel_0' is labelled mel and nv"):
+        load_table(data, ham7)
+
+
+def test_single_class_and_too_few_lesions_give_clear_errors(tmp_path, ham7):
+    from derm_core.splits import make_splits
+    table = load_table(write_dataset(tmp_path / "data", per_class=4), ham7)
+    with pytest.raises(DataError, match="one class only"):
+        make_splits(table[table["label"] == "nv"].reset_index(drop=True))
+    five = table.assign(group=[f"P{i % 5}" for i in range(len(table))])     # 5 patients over 7 classes
+    try:
+        split = make_splits(five)
+    except DataError as e:                       # a clear refusal, not sklearn's n_splits message
+        assert "n_splits" not in str(e) and "lesion" in str(e)
+    else:
+        assert (five.assign(split=split).groupby("group")["split"].nunique() == 1).all()
+    with pytest.raises(DataError, match="only 2 lesion"):
+        make_splits(table[table["group"].isin(["L_nv_0", "L_mel_0"])].reset_index(drop=True))
+
+
+def test_a_symlink_loop_as_data_is_named_as_such(tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    for path, why in ((loop, "symbolic link loop"), (dangling, "which does not exist")):
+        assert main(["evaluate", "--data", str(path), "--out", str(tmp_path / "r.json")]) == 2
+        err = _one_line_error(capsys)
+        assert why in err and "not found" not in err, err
+
+
+# --------------------------------------------------------------------------- predict --crop
+
+def test_predict_crop_modes_and_the_crop_is_reported(tmp_path, ham7, capsys):
+    path = _saved(tmp_path, ham7)
+    photo = Image.new("RGB", (400, 300), (224, 180, 160))
+    photo.paste(lesion_image(CLASS_COLOURS["mel"], (100, 80), seed=3), (250, 40))
+    img = tmp_path / "phone.jpg"
+    photo.save(img, quality=95)
+    got = {}
+    for crop in ("auto", "none", "10,20,110,100"):
+        assert main(["predict", str(img), "--model", str(path), "--json", "--crop", crop]) == 0
+        got[crop] = json.loads(capsys.readouterr().out)
+    assert got["none"]["crop"]["box"] == [0, 0, 400, 300] and got["none"]["photo_size"] == [400, 300]
+    assert got["10,20,110,100"]["crop"] == {"box": [10, 20, 110, 100], "mode": "given"}
+    x0, y0, x1, y1 = got["auto"]["crop"]["box"]
+    assert got["auto"]["crop"]["mode"].startswith("auto") and (x1 - x0) * (y1 - y0) < 400 * 300 / 2
+    assert x0 <= 300 <= x1 and y0 <= 80 <= y1                       # around the lesion
+    for bad, why in (("0,0,500,100", "not inside the 400x300 photo"), ("0,0,300,10", "at least 16x16")):
+        assert main(["predict", str(img), "--model", str(path), "--crop", bad]) == 2
+        assert why in _one_line_error(capsys)
+    with pytest.raises(SystemExit):
+        main(["predict", str(img), "--crop", "left"])
