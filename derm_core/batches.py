@@ -142,7 +142,7 @@ class TrainBatches:
 
     def __init__(self, images: torch.Tensor, meta: torch.Tensor, y: np.ndarray, batch_size: int,
                  augment: BatchAugment, meta_dropout: float = 0.0, seed: int = 0, rank: int = 0, world: int = 1):
-        self.images, self.meta, self.y = images, meta, torch.as_tensor(y, dtype=torch.long)
+        self.images, self.meta, self.y = images, meta, torch.tensor(np.asarray(y), dtype=torch.long)
         self.batch_size, self.augment, self.meta_dropout = batch_size, augment, meta_dropout
         self.seed, self.rank, self.world = seed, rank, world
         self.epoch = 0

@@ -463,7 +463,7 @@ class BiopsySite:
     suggested: bool = True         # False: the explanation carries no signal; no site to show (see note)
 
 
-MIN_LIME_SIGNAL = 1e-4             # largest |LIME weight| (probability units) below which there is nothing to explain
+MIN_LIME_SIGNAL = 1e-6             # largest |LIME weight| (probability units) below which there is nothing to explain
 
 
 def _deepest_point(region: np.ndarray) -> tuple[int, int]:

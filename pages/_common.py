@@ -60,6 +60,7 @@ def crop_widget(photo, digest: str, box: tuple[int, int, int, int], key: str, co
 
     from derm_core.lesion import DisplayScale
     width = column_width(f"{key}-column")
+    box = st.session_state.get(f"{key}-box", box)     # kept when the column's width (and so the widget) changes
     scale = DisplayScale.fit(photo.size, width, max_height=max(DEFAULT_COLUMN_PX, width))
     rect = scale.box_to_shown(box)
     w, h = scale.shown
@@ -69,7 +70,8 @@ def crop_widget(photo, digest: str, box: tuple[int, int, int, int], key: str, co
                     imageData=_shown_jpeg(digest, scale.shown, photo), lockAspect=False, key=f"{key}-{w}x{h}",
                     default=None)
     if isinstance(value, dict) and isinstance(value.get("coords"), dict):
-        return scale.rect_to_original(value["coords"]), scale
+        box = scale.rect_to_original(value["coords"])
+        st.session_state[f"{key}-box"] = box
     return tuple(box), scale
 
 

@@ -155,3 +155,20 @@ def test_train_from_the_page_watch_reattach_and_list(lab):
     at.button(key="lab_evaluate").click().run()
     assert not at.exception, at.exception
     assert at.get("plotly_chart") and at.slider(key="lab_thr_t_dangerous")
+
+
+def test_evaluation_folder_follows_the_sidebar_and_the_page_names_folder_and_split(lab, tmp_path):
+    other = write_dataset(tmp_path / "other", per_class=2)
+    at = _lab()
+    at.radio(key="lab_section").set_value("Evaluate & tune").run()
+    at.selectbox(key="lab_model").set_value(str(lab["card"])).run()
+    assert at.text_input(key="lab_eval_data").value == str(lab["data"])       # the sidebar's folder, from $DERMTRIAGE_DATA
+    shown = [i.value for i in at.info if i.value.startswith("Showing")]
+    assert shown and f"of `{lab['data']}` (the sidebar's dataset folder)" in shown[0]
+    split = at.radio(key="lab_eval_split").value
+    assert shown[0].startswith(f"Showing **{split}**")
+    at.sidebar.text_input(key="data_dir").set_value(str(other)).run()           # a new sidebar folder is followed
+    assert at.text_input(key="lab_eval_data").value == str(other)
+    assert any(f"of `{other}` (the sidebar's dataset folder)" in i.value for i in at.info)
+    at.text_input(key="lab_eval_data").set_value(str(lab["data"])).run()         # a folder typed here is named so
+    assert any(f"of `{lab['data']}` (a folder typed here)" in i.value for i in at.info)

@@ -91,7 +91,7 @@ LAYOUT_JS = """() => {
 
 
 def visual_check(page, name: str, widths=WIDTHS, expect_figures: int = 0, expect_roc: int = 0,
-                 expect_cropper: bool = False) -> None:
+                 expect_cropper: bool = False, photo_width: int | None = None) -> None:
     """At each window width: every plotly figure has a real plot area, ROC axes stay the unit square,
     nothing sticks out of its column (the cropper's canvas included); a screenshot per width."""
     try:
@@ -123,7 +123,9 @@ def visual_check(page, name: str, widths=WIDTHS, expect_figures: int = 0, expect
                 c = f["canvas"]
                 assert c and "error" not in c, f
                 assert c["w"] <= f["w"] + 0.5 and c["h"] <= f["h"] + 0.5, (width, "cropper canvas cut off", f)
-                assert c["w"] >= 0.6 * f["w"] or c["h"] >= 300, (width, "photo not scaled to its column", f)
+                if photo_width:     # scaled to the column (or shown at its own size when smaller)
+                    filled = c["w"] >= min(0.9 * f["w"], photo_width) - 12 or c["h"] >= 300   # portrait: height-bound
+                    assert filled, (width, "photo not scaled to its column", f)
     finally:
         page.set_viewport_size({"width": 1400, "height": 1800})
         page.wait_for_timeout(800)
@@ -182,6 +184,7 @@ def test_triage_upload_crop_differential_lime_and_report(page, app_server, tmp_p
     page.get_by_text(re.compile(r"Biopsy site at x=\d+, y=\d+")).first.wait_for()
     wait_idle(page)
     shot(page, "triage")
+    visual_check(page, "triage", expect_figures=2, expect_cropper=True, photo_width=150)
 
     tier, differential = read_triage(page)
     assert tier in TIERS
@@ -212,6 +215,54 @@ def test_triage_upload_crop_differential_lime_and_report(page, app_server, tmp_p
     assert [p for _, p in differential] == pytest.approx([p for _, p in expected.differential], abs=6e-4)
 
 
+def phone_photo(path, size=(4032, 3024)) -> None:
+    """A phone-sized JPEG: skin tone with noise and a dark lesion off centre."""
+    import numpy as np
+    w, h = size
+    rng = np.random.default_rng(5)
+    small = (np.array([205, 160, 140]) + rng.normal(0, 6, (h // 8, w // 8, 3))).clip(0, 255)
+    yy, xx = np.mgrid[:h // 8, :w // 8]
+    blob = ((xx - 0.58 * w / 8) / (0.12 * w / 8)) ** 2 + ((yy - 0.45 * h / 8) / (0.1 * h / 8)) ** 2 < 1
+    small[blob] = small[blob] * 0.35
+    Image.fromarray(small.astype("uint8")).resize(size, Image.BILINEAR).save(path, quality=85)
+
+
+def upload(page, path) -> None:
+    delete = page.get_by_test_id("stFileUploaderDeleteBtn")
+    if delete.count():
+        delete.first.click()
+        wait_idle(page)
+    with page.expect_file_chooser() as chooser:
+        page.get_by_test_id("stFileUploaderDropzone").get_by_role("button", name="Upload", exact=True).click()
+    chooser.value.set_files(str(path))
+    wait_idle(page)
+
+
+@pytest.mark.parametrize("size", [(4032, 3024), (3024, 4032)], ids=["landscape", "portrait"])
+def test_a_phone_photo_is_shown_whole_in_the_cropper_and_the_box_maps_back(page, app_server, tmp_path, size):
+    from derm_core.lesion import suggest_box
+    photo = tmp_path / f"IMG_{size[0]}x{size[1]}.jpg"
+    phone_photo(photo, size)
+    page.goto(app_server.url)
+    page.get_by_text("Upload a photo of a skin lesion").wait_for()
+    upload(page, photo)
+    caption = page.get_by_text(re.compile(rf"Model input: crop \d+x\d+ px of a {size[0]}x{size[1]} photo")).first
+    caption.wait_for()
+    page.get_by_text(re.compile(r"Risk tier: ")).first.wait_for()
+    wait_idle(page)
+    shown = page.get_by_text(re.compile(rf"Photo {size[0]}x{size[1]} px shown at \d+x\d+")).first.inner_text()
+    sw, sh = (int(v) for v in re.search(r"shown at (\d+)x(\d+)", shown).groups())
+    assert sw < size[0] and abs(sw / sh - size[0] / size[1]) < 0.02
+    # the default box is the library's suggestion, mapped to the screen and back within one screen pixel
+    cw, ch = (int(v) for v in re.search(r"crop (\d+)x(\d+) px", caption.inner_text()).groups())
+    left, top, right, bottom = suggest_box(load_image(photo), margin=0.15)
+    per_px = size[0] / sw
+    assert abs(cw - (right - left)) <= per_px + 1 and abs(ch - (bottom - top)) <= per_px + 1, (cw, ch, per_px)
+    visual_check(page, f"phone-{'landscape' if size[0] > size[1] else 'portrait'}",
+                 widths=WIDTHS if size[0] > size[1] else (1024,), expect_figures=2, expect_cropper=True,
+                 photo_width=size[0])
+
+
 # ============================================================================ model lab
 
 def test_model_lab_evaluate_and_save_a_threshold_profile(page, app_server):
@@ -233,6 +284,9 @@ def test_model_lab_evaluate_and_save_a_threshold_profile(page, app_server):
     page.get_by_text(re.compile(r"Saved profile e2e clinic v1")).first.wait_for()
     wait_idle(page)
     shot(page, "model-lab")
+    visual_check(page, "model-lab", expect_figures=6, expect_roc=2)
+    roc = page.get_by_test_id("stPlotlyChart").filter(has=page.locator(".js-plotly-plot")).nth(2)
+    roc.scroll_into_view_if_needed()
     saved = app_server.root / "profiles" / "e2e-clinic@v1.json"
     prof = load_profile(saved, read_card(app_server.card))
     assert prof.version == 1 and prof.data["validation"]["n_images"] > 0
@@ -266,6 +320,11 @@ def test_reader_study_create_sign_in_and_answer(page, app_server):
     page.get_by_text("1 of 3 cases answered").first.wait_for()
     wait_idle(page)
     shot(page, "reader-study")
+    page.get_by_test_id("stRadio").first.get_by_text("Results", exact=True).click()
+    wait_idle(page)
+    page.get_by_text("Readers on the model's ROC curve").first.wait_for()
+    wait_idle(page)
+    visual_check(page, "reader-study-results", expect_figures=1, expect_roc=1)
     store = StudyStore(app_server.root / "home" / "studies.sqlite3")
     studies = store.studies()
     assert list(studies["name"]) == ["e2e study"]
