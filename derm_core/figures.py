@@ -19,10 +19,11 @@ def differential_chart(result: TriageResult, taxonomy: Taxonomy, thresholds: Thr
     order = sorted(taxonomy.classes, key=lambda c: result.probs[c])
     in_diff = {c for c, _ in result.differential}
     colours = [taxonomy.tiers[taxonomy.class_tier[c]].colour if c in in_diff else "#b0b0b0" for c in order]
-    names = [f"{taxonomy.display_names[c]} ({c})" for c in order]
+    names = list(order)   # short class codes on the axis, so the bars keep the width in narrow columns
     fig = go.Figure(go.Bar(x=[result.probs[c] for c in order], y=names, orientation="h", marker_color=colours,
                            text=[f"{result.probs[c]:.1%}" for c in order], textposition="outside",
-                           hovertemplate="%{y}: %{x:.1%}<extra></extra>", name="probability"))
+                           customdata=[taxonomy.display_names[c] for c in order],
+                           hovertemplate="%{customdata} (%{y}): %{x:.1%}<extra></extra>", name="probability"))
     fig.add_trace(go.Scatter(x=[thresholds.classes[c] for c in order], y=names, mode="markers", name="threshold",
                              marker=dict(symbol="line-ns", size=18, line=dict(width=3, color="black")),
                              hovertemplate="threshold %{x:.2f}<extra></extra>"))
