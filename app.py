@@ -1,7 +1,11 @@
 """DermTriage: streamlit entry point. Lays out navigation and the sidebar; pages do the rest."""
+from pathlib import Path
+
 import streamlit as st
 
-st.set_page_config(page_title="DermTriage", page_icon=":material/dermatology:", layout="wide")
+# A local icon file: a ":material/...:" favicon is fetched from a font CDN, and the app stays offline.
+st.set_page_config(page_title="DermTriage", page_icon=str(Path(__file__).parent / "assets" / "favicon.png"),
+                   layout="wide")
 
 nav = st.navigation([
     st.Page("pages/triage.py", title="Triage", icon=":material/search:", default=True),

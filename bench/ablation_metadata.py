@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from derm_core.checkpoint import DEFAULT_MODEL, load_model  # noqa: E402
 from derm_core.clinical import encode  # noqa: E402
 from derm_core.data import clinical_of, load_table  # noqa: E402
-from derm_core.evaluation import build_report, predict_table, summary_metrics  # noqa: E402
+from derm_core.evaluation import build_report, summary_metrics  # noqa: E402
+from derm_core.predictor import Predictor  # noqa: E402
 from derm_core.splits import load_splits  # noqa: E402
 from derm_core.triage import fit_thresholds  # noqa: E402
 
@@ -44,19 +45,19 @@ def main() -> None:
     table = load_table(a.data, tax)
     split = load_splits(table, card.split_file)
     parts = {s: table[(split == s).to_numpy()].reset_index(drop=True) for s in ("train", "val", "test")}
-    kw = dict(input_size=card.input_size, mean=card.mean, std=card.std, tta=bool(card.data["preprocessing"].get("tta")))
+    predict_table = Predictor(model, card).predict_table
     y = {s: p["y"].to_numpy() for s, p in parts.items()}
     res = {}
 
-    with_meta = predict_table(model, parts["test"], use_metadata=True, **kw)
-    without = predict_table(model, parts["test"], use_metadata=False, embeddings=True, **kw)
+    with_meta = predict_table(parts["test"], use_metadata=True)
+    without = predict_table(parts["test"], use_metadata=False, embeddings=True)
     for name, pr in (("given", with_meta), ("withheld", without)):
         res[f"fused model, metadata {name}"] = headline(
             build_report(y["test"], pr["logits"], card.temperature, card.thresholds, tax))
 
     emb = {"test": without["embeddings"]}
     for s in ("train", "val"):
-        emb[s] = predict_table(model, parts[s], use_metadata=False, embeddings=True, **kw)["embeddings"]
+        emb[s] = predict_table(parts[s], use_metadata=False, embeddings=True)["embeddings"]
     meta = {s: np.stack([encode(clinical_of(r)) for r in p.itertuples()]) for s, p in parts.items()}
     for name, feats in (("image only", lambda s: emb[s]), ("image + metadata", lambda s: np.c_[emb[s], meta[s]])):
         scaler = StandardScaler().fit(feats("train"))

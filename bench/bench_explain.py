@@ -50,7 +50,7 @@ def load_predictor(card_path: Path) -> tuple[Predictor, ModelCard | None, str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = create_model(DEFAULT_ARCH, len(tax.classes), use_metadata=True, pretrained="offline")
-        card = ModelCard({"arch": DEFAULT_ARCH, "taxonomy": tax.to_dict(), "use_metadata": True,
+        card = ModelCard.from_json({"arch": DEFAULT_ARCH, "taxonomy": tax.to_dict(), "use_metadata": True,
                           "preprocessing": data_config(DEFAULT_ARCH), "temperature": 1.0,
                           "thresholds": {"classes": {c: 0.5 for c in tax.classes},
                                          "tiers": {"high-risk": 0.5, "dangerous": 0.5}}})

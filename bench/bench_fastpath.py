@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from derm_core.calibration import softmax  # noqa: E402
 from derm_core.checkpoint import load_model  # noqa: E402
 from derm_core.data import load_table  # noqa: E402
-from derm_core.evaluation import predict_table  # noqa: E402
 from derm_core.images import load_image  # noqa: E402
 from derm_core.inference import fast_path  # noqa: E402
 from derm_core.predictor import Predictor  # noqa: E402
@@ -46,12 +45,10 @@ def main() -> None:
         table = table.iloc[: a.limit].reset_index(drop=True)
     cpu = torch.device("cpu")
     fast = fast_path(cpu)
-    kw = dict(input_size=card.input_size, mean=card.mean, std=card.std, device=cpu, progress=False,
-              tta=bool(card.data["preprocessing"].get("tta")), embeddings=True)
     out = {}
     for path in ("fp32", fast):
         t0 = time.perf_counter()
-        out[path] = predict_table(model, table, **kw, path=path)
+        out[path] = Predictor(model, card, cpu, fast_path=path).predict_table(table, progress=False, embeddings=True)
         dt = time.perf_counter() - t0
         print(f"{path:9s} evaluation pass: {len(table)} images in {dt:6.1f} s = {len(table) / dt:6.1f} img/s "
               f"(9,000 images: {9000 / (len(table) / dt) / 60:.1f} min)")

@@ -128,7 +128,14 @@ def _command(a) -> str:
 
 
 def _add_model(p):
-    p.add_argument("--model", default=None, help="model card (.json) or run folder; default: the shipped model")
+    p.add_argument("--model", default=None,
+                   help="model card (.json) or run folder; default: $DERMTRIAGE_MODEL, else the shipped model")
+
+
+def _model(a):
+    """The model a command uses: ``--model``, else ``$DERMTRIAGE_MODEL``, else the shipped model."""
+    from .settings import settings
+    return a.model or settings().model
 
 
 def _add_clinical(p):
@@ -138,15 +145,9 @@ def _add_clinical(p):
 
 
 def cmd_train(a) -> int:
-    from .train import Stopped, TrainConfig, train
-    cfg = TrainConfig(data=a.data, out=a.out, arch=a.arch, taxonomy=a.taxonomy, csv=a.csv, split_file=a.split_file,
-                      seed=a.seed, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                      image_size=tuple(a.image_size) if a.image_size else None, metadata=a.metadata,
-                      pretrained=a.pretrained, freeze_early=a.freeze_early, class_weighting=a.class_weighting,
-                      patience=a.patience, workers=a.workers, limit=a.limit, resume=not (a.no_resume or a.new), device=a.device,
-                      tta=a.tta, monitor=a.monitor, init_from=a.init_from, loss=a.loss, logit_tau=a.logit_tau,
-                      label_smoothing=a.label_smoothing, ema_decay=a.ema_decay or None,
-                      freeze_epochs=a.freeze_epochs or None)
+    from .train import Stopped, train
+    from .train_config import config_from_args
+    cfg = config_from_args(a)        # --no-resume and --new both set resume=False
     command = _command(a)
     from .run_folder import claim, validate_config
     validate_config(cfg)             # before any data is read (also checked again inside train)
@@ -157,31 +158,35 @@ def cmd_train(a) -> int:
         print(e, file=sys.stderr)
         return 3
     if path:
-        card = json.loads(path.read_text())
-        print(json.dumps({"model": str(path), "metrics": {k: {m: v[m] for m in ("accuracy", "balanced_accuracy", "macro_auc")}
-                                                          for k, v in card["metrics"].items()}}, indent=2))
+        print(json.dumps({"model": str(path), "metrics": _headline(path)}, indent=2))
     return 0
+
+
+def _headline(card_path) -> dict:
+    """Accuracy, balanced accuracy and macro AUC per split, from the card just written."""
+    from .checkpoint import read_card
+    return {k: {m: v[m] for m in ("accuracy", "balanced_accuracy", "macro_auc")}
+            for k, v in read_card(card_path).metrics.items()}
 
 
 def cmd_evaluate(a) -> int:
     from .checkpoint import atomic_write_json, load_model
     from .data import load_table
-    from .evaluation import build_report, isic_predictions, predict_table
+    from .evaluation import build_report, isic_predictions
+    from .predictor import Predictor
     from .calibration import softmax
     from .splits import load_splits
     out = _check_out_file(a.out, "--out")
     if a.predictions:
         _check_out_file(a.predictions, "--predictions")
-    model, card = load_model(a.model)
+    model, card = load_model(_model(a))
     tax = card.taxonomy
     table = load_table(a.data, tax, a.csv)
     if a.split:
         sf = Path(a.split_file) if a.split_file else card.split_file
         table = table[(load_splits(table, sf) == a.split).to_numpy()].reset_index(drop=True)
     t0 = time.time()
-    pred = predict_table(model, table, card.input_size, card.mean, card.std, batch_size=a.batch_size,
-                         use_metadata=card.use_metadata and not a.no_metadata,
-                         tta=bool(card.data["preprocessing"].get("tta")))
+    pred = Predictor(model, card).predict_table(table, batch_size=a.batch_size, use_metadata=not a.no_metadata)
     rep = build_report(table["y"].to_numpy(), pred["logits"], card.temperature, card.thresholds, tax, table,
                        card.balanced_rule)
     from .conformal import report_block_for   # issue 12: coverage of the prediction sets on these data
@@ -211,7 +216,7 @@ def cmd_predict(a) -> int:
     from .predictor import Predictor
     clinical = _clinical(a)
     photo = load_image(a.image)
-    pred = Predictor.from_path(a.model)
+    pred = Predictor.from_path(_model(a))
     crop, box, how = _crop_photo(photo, a.crop)
     res = pred.predict(crop, clinical)
     out = {"image": a.image, "model": pred.card.name, "photo_size": list(photo.size),
@@ -236,20 +241,22 @@ def cmd_explain(a) -> int:
     from . import explain as E
     from .clinical import Clinical
     from .images import load_image
-    from .lesion import suggest_mask
+    from .lesion import biopsy_site, suggest_mask
     from .predictor import Predictor
     out = _check_out_dir(a.out, "--out")
     clinical = _clinical(a)
     photo = load_image(a.image)
-    pred = Predictor.from_path(a.model)
+    pred = Predictor.from_path(_model(a))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = {"image": a.image, "model": pred.card.name, "method": a.method}
+    # the whole photo is explained: its crop box is the photo, and points are mapped as the triage page maps them
+    box, outline = (0, 0, *photo.size), suggest_mask(photo)
     if a.method == "lime":
         lime = E.lime_explanation(pred, photo, clinical=clinical, num_samples=E.LIME_SAMPLES if a.samples is None else a.samples,
                                   seed=a.seed)
-        site = E.biopsy_site(lime, suggest_mask(photo))
-        x, y = lime.geometry.point_to_original(site.x, site.y)
+        site = biopsy_site(lime, outline, "the automatic lesion outline")   # the triage page's rule
+        x, y = lime.geometry.point_to_photo(site.x, site.y, box)
         lime.overlay(photo).save(out / "lime.png")
         result.update(target=pred.taxonomy.classes[lime.target],
                       biopsy_site={"x": x, "y": y, "note": site.note} if site.suggested else None,
@@ -261,12 +268,12 @@ def cmd_explain(a) -> int:
                   file=sys.stderr)
         cam = E.cam_heatmap(pred, photo, method=a.method, clinical=clinical)
         cam.overlay(photo).save(out / f"{a.method}.png")
-        x, y = cam.geometry.point_to_original(*E.cam_peak(cam.heatmap))
+        x, y = cam.geometry.point_to_photo(*E.cam_peak(cam.heatmap), box)
         result.update(target=pred.taxonomy.classes[cam.target], cam_peak={"x": x, "y": y},
                       files=[str(out / f"{a.method}.png")])
     result["seconds"] = round(time.perf_counter() - t0, 3)
     from .mapquality import quality_fields   # issue 12: how far to trust the map
-    result["map_quality"] = quality_fields(pred, photo, lime if a.method == "lime" else cam, suggest_mask(photo), clinical)
+    result["map_quality"] = quality_fields(pred, photo, lime if a.method == "lime" else cam, outline, clinical)
     print(json.dumps(result, indent=2) if a.json else
           f"{a.method}: {result['target']} in {result['seconds']} s; wrote {', '.join(result['files'])}")
     return 0
@@ -277,21 +284,21 @@ def cmd_recalibrate(a) -> int:
     from .data import load_table
     from .splits import load_splits
     from .train import finish
-    model, card = load_model(a.model)
+    model, card = load_model(_model(a))
     table = load_table(a.data, card.taxonomy, a.csv)
     split = load_splits(table, card.split_file)
-    data = card.data
+    from dataclasses import replace
+
+    from .card import DEFAULT_TIER_SENSITIVITY
     if a.tta is not None:
-        data["preprocessing"]["tta"] = a.tta
-    targets = dict(data["thresholds"].get("tier_sensitivity_targets") or {"high-risk": 0.9, "dangerous": 0.9})
+        card = card.with_(preprocessing=replace(card.preprocessing, tta=a.tta))
+    targets = dict(card.tier_sensitivity_targets or DEFAULT_TIER_SENSITIVITY)
     for t, v in a.target or []:
         targets[t] = float(v)
-    data.setdefault("recalibrations", []).append(
-        {"command": _command(a),
-         "time": time.strftime("%Y-%m-%d %H:%M:%S")})
-    path = finish(model, data, table, split, card.path.with_suffix(""), targets, progress=print)
-    m = json.loads(path.read_text())["metrics"]
-    print(json.dumps({k: {n: v[n] for n in ("accuracy", "balanced_accuracy", "macro_auc")} for k, v in m.items()}, indent=2))
+    card = card.with_(recalibrations=(*card.recalibrations,
+                                      {"command": _command(a), "time": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    path = finish(model, card, table, split, card.path.with_suffix(""), targets, progress=print)
+    print(json.dumps(_headline(path), indent=2))
     return 0
 
 
@@ -300,54 +307,64 @@ def cmd_fit_ood(a) -> int:
     from .data import load_table
     from .ood import fit_for_model
     from .splits import load_splits
-    model, card = load_model(a.model)
+    model, card = load_model(_model(a))
     table = load_table(a.data, card.taxonomy, a.csv)
     split = load_splits(table, card.split_file)
     print(json.dumps(fit_for_model(model, card, table, split), indent=2))
     return 0
 
 
+def cmd_info(a) -> int:
+    """Print what a command would use (settings and where each came from, model, device, fast path),
+    so a wrong folder or model is visible before a long run. An unreadable model is reported, not raised."""
+    from .checkpoint import read_card
+    from .device import pick_device
+    from .errors import DermTriageError
+    from .inference import fast_path
+    from .settings import describe
+    rows = describe()
+    path = next(r["value"] for r in rows if r["field"] == "model")
+    model = {"path": path}
+    try:
+        card = read_card(path)
+        model.update(name=card.name, version=card.version, arch=card.arch)
+    except (DermTriageError, OSError) as e:
+        model["error"] = _one_line(e)
+    info = {"settings": rows, "model": model}
+    try:
+        device = pick_device()
+        info.update(device=str(device), fast_path=fast_path(device))
+    except (DermTriageError, RuntimeError) as e:     # e.g. DERMTRIAGE_DEVICE=gpu: torch refuses the name
+        info.update(device=None, fast_path=None, device_error=_one_line(e))
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print("settings (variable  value  [source]):")
+    width = max(len(r["env"]) for r in rows)
+    for r in rows:
+        value = "(not set)" if r["value"] is None else r["value"]
+        print(f"  {r['env']:<{width}}  {value}  [{r['source']}]")
+        print(f"  {'':<{width}}    {r['help']}; default: {r['default']}")
+    if "error" in model:
+        print(f"model:     {path}: cannot be used: {model['error']}")
+    else:
+        print(f"model:     {path}: {model['name']} {model['version']} ({model['arch']})")
+    print(f"device:    {info['device'] or 'cannot be used: ' + info['device_error']}")
+    print(f"fast path: {info['fast_path'] or '-'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .models import DEFAULT_ARCH, list_archs
+    from .train_config import add_config_arguments, cli_fields
     ap = argparse.ArgumentParser(prog="python -m derm_core", description="DermTriage: skin-lesion triage engine")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a model on a dataset folder")
-    t.add_argument("--data", help="dataset folder (HAM10000 or generic layout); default $DERMTRIAGE_DATA")
-    t.add_argument("--csv", help="label CSV inside the folder (default metadata.csv or labels.csv)")
-    t.add_argument("--out", required=True, help="run folder (resumed if it holds a checkpoint)")
-    t.add_argument("--arch", default=DEFAULT_ARCH, choices=list_archs())
-    t.add_argument("--taxonomy", default="ham7", help="taxonomy name or JSON file")
-    t.add_argument("--split-file", help="reuse/create this split file (default <out>/split.csv)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--epochs", type=int, default=12)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
-    t.add_argument("--metadata", action=argparse.BooleanOptionalAction, default=True, help="fuse age/sex/site")
-    t.add_argument("--pretrained", default="offline", choices=["offline", "hub", "none"])
-    t.add_argument("--freeze-early", action=argparse.BooleanOptionalAction, default=True,
-                   help="freeze the arch's early layers for the first --freeze-epochs epochs")
-    t.add_argument("--freeze-epochs", type=int, default=1, help="epochs with the early layers frozen (0: the whole run)")
-    t.add_argument("--class-weighting", default="none", choices=["none", "sqrt", "inverse"])
-    t.add_argument("--loss", default="logit_adjusted", choices=["cross_entropy", "logit_adjusted"],
-                   help="logit_adjusted: cross-entropy on logits + tau*log(prior) (balanced softmax at tau 1)")
-    t.add_argument("--logit-tau", type=float, default=1.0)
-    t.add_argument("--label-smoothing", type=float, default=0.1)
-    t.add_argument("--ema-decay", type=float, default=0.998, help="weight EMA decay (0: off)")
-    t.add_argument("--patience", type=int, default=4)
-    t.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_macro_auc", "val_balanced_accuracy",
-                                                             "val_accuracy"], help="early stopping / best epoch")
-    t.add_argument("--workers", type=int, default=1)
-    t.add_argument("--limit", type=int, help="use only the first N images (smoke runs)")
-    t.add_argument("--init-from", help="fine-tune from this model card (default: ImageNet weights)")
-    t.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
-                   help="average over flips at evaluation and inference")
-    t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
-    t.add_argument("--new", action="store_true", help="start over in --out even though it holds a run (same as "
-                                                      "--no-resume; the old epoch log is kept aside)")
+    add_config_arguments(t, names=[f.name for f in cli_fields() if f.name != "device"])   # TrainConfig's fields
+    t.add_argument("--new", dest="resume", action="store_false", help="start over in --out even though it holds a "
+                   "run (same as --no-resume; the old epoch log is kept aside)")
     t.add_argument("--force", action="store_true", help="resume the run in --out even though its settings differ")
-    t.add_argument("--device", help="force cpu or cuda")
+    add_config_arguments(t, names=["device"])       # after the CLI-only flags, where --help has always listed it
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a model on every image of a dataset folder")
@@ -400,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--csv")
     _add_model(o)
     o.set_defaults(fn=cmd_fit_ood)
+
+    i = sub.add_parser("info", help="show the settings ($DERMTRIAGE_* variables), model, device and fast path in use")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_info)
     return ap
 
 

@@ -28,20 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConformalError
+
 DEFAULT_LEVEL = 0.90
 PAGE_LEVELS = (0.8, 0.85, 0.9, 0.95, 0.99)        # the triage page's level choices
 LEVELS = tuple(round(x, 2) for x in np.arange(0.50, 0.991, 0.01))   # the Model lab's coverage curve
 FORMAT = "dermtriage-conformal"
-
-
-try:
-    from .errors import DermTriageError as _Base
-except ImportError:                      # older tree without derm_core.errors
-    _Base = Exception
-
-
-class ConformalError(_Base, ValueError):
-    """A conformal calibration (or level) that cannot be used with this model, with the reason."""
 
 
 def _check_level(level: float) -> float:
@@ -121,12 +113,11 @@ class Calibration:
 
     def check(self, card) -> None:
         """Refuse a calibration made for other classes, other weights or another temperature."""
-        from .embedding import weights_sha256
         if list(self.classes) != list(card.classes):
             raise ConformalError(f"the conformal calibration is for classes {list(self.classes)}, the model has "
                                  f"{list(card.classes)}")
         sha = self.source.get("weights_sha256")
-        if sha is not None and sha != weights_sha256(card):
+        if sha is not None and sha != card.weights_sha256():
             raise ConformalError("the conformal calibration was made for other model weights: re-fit it")
         t = self.source.get("temperature")
         if t is not None and not math.isclose(float(t), card.temperature, rel_tol=1e-6):
@@ -200,13 +191,13 @@ def fit_for_model(card, table, split, *, model=None, save: bool = True, callback
     """Calibrate on the model's validation split of ``table`` (predictions cached per model and data)."""
     from .calibration import softmax
     from .checkpoint import atomic_write_json
-    from .embedding import predictions, weights_sha256
+    from .embedding import predictions
     val = table[(np.asarray(split) == "val")].reset_index(drop=True)
     if val.empty:
         raise ValueError("the model's split has no validation images to calibrate the prediction sets on")
     pred = predictions(card, val, model=model, callback=callback)
     cal = Calibration.fit(val["y"].to_numpy(), softmax(pred["logits"], card.temperature), card.classes,
-                          {"split": "validation", "n_images": int(len(val)), "weights_sha256": weights_sha256(card),
+                          {"split": "validation", "n_images": int(len(val)), "weights_sha256": card.weights_sha256(),
                            "temperature": float(card.temperature)})
     if save:
         atomic_write_json(calibration_path(card), cal.to_dict())

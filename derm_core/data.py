@@ -21,25 +21,21 @@ import torch
 from PIL import Image
 
 from .clinical import Clinical, encode
-from .errors import DermTriageError
+from .errors import DataError
 from .images import ImageError, load_image
+from .settings import ENV_DATA, settings
 from .taxonomy import Taxonomy
 
-ENV_DATA = "DERMTRIAGE_DATA"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 TABLE_COLUMNS = ["image_id", "path", "label", "y", "age", "sex", "site", "group", "mask_path"]
 HAM_CSV = "metadata.csv"
 GENERIC_CSV = "labels.csv"
 
 
-class DataError(DermTriageError, ValueError):
-    """A dataset problem, naming the file and row to fix."""
-
-
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     """The dataset folder: the argument, else ``$DERMTRIAGE_DATA``."""
     if data_dir is None:
-        data_dir = os.environ.get(ENV_DATA)
+        data_dir = settings().data
     if not data_dir:
         raise DataError(f"no dataset folder given: pass --data DIR or set {ENV_DATA}")
     path = Path(data_dir).expanduser()

@@ -1,6 +1,6 @@
 """A model's outputs on a dataset, computed once and cached; t-SNE maps of its embeddings.
 
-:func:`predictions` runs :func:`derm_core.evaluation.predict_table` once per (model, data)
+:func:`predictions` runs :meth:`derm_core.predictor.Predictor.predict_table` once per (model, data)
 and keeps the logits and penultimate-layer embeddings on disk (``.npz`` under
 :func:`cache_root`), keyed by a hash of the weights file plus the preprocessing that
 changes the logits, and a hash of the dataset table (ids, labels, clinical data, image
@@ -26,47 +26,23 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import ModelCard, atomic_write_bytes
+from .settings import ENV_CACHE, settings  # noqa: F401 (re-exported)
 
-ENV_CACHE = "DERMTRIAGE_CACHE"
-DEFAULT_CACHE = Path(__file__).resolve().parent.parent / ".dermtriage" / "cache"
 CACHE_FORMAT = 1
-_HASHES: dict[tuple, str] = {}
 
 
 def cache_root() -> Path:
-    """Where predictions and layouts are cached: ``$DERMTRIAGE_CACHE`` or ``.dermtriage/cache``."""
-    return Path(os.environ.get(ENV_CACHE) or DEFAULT_CACHE)
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, memoised per (path, size, mtime) so a big weights file is read once."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
-
-
-def weights_path(card: ModelCard) -> Path:
-    return card.path.with_name(card.data.get("weights_file", card.path.with_suffix(".safetensors").name))
-
-
-def weights_sha256(card: ModelCard) -> str:
-    """Hash of the model's weights file: the model's identity for caches and threshold profiles."""
-    return file_sha256(weights_path(card))
+    """Where predictions and layouts are cached: ``settings().cache`` ($DERMTRIAGE_CACHE or ``<home>/cache``)."""
+    return settings().cache
 
 
 def model_key(card: ModelCard) -> str:
-    """Hash of everything that changes the logits: weights, input size, normalisation, TTA, metadata use."""
-    pre = card.data["preprocessing"]
-    ident = {"weights": weights_sha256(card), "input_size": list(card.input_size), "mean": pre["mean"],
-             "std": pre["std"], "tta": bool(pre.get("tta")), "metadata": card.use_metadata, "format": CACHE_FORMAT}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+    """Key of a model's cached outputs: its network identity (the temperature is applied later)."""
+    return _short_key(card.identity().network_key, CACHE_FORMAT)
+
+
+def _short_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
 def data_key(table: pd.DataFrame) -> str:
@@ -127,12 +103,11 @@ def predictions(card: ModelCard, table: pd.DataFrame, *, model=None, device=None
         if cached is not None:
             return cached
     from .checkpoint import load_model
-    from .evaluation import predict_table
+    from .predictor import Predictor
     if model is None:
         model, _ = load_model(card.path)
-    out = predict_table(model, table, card.input_size, card.mean, card.std, use_metadata=card.use_metadata,
-                        batch_size=batch_size, device=device, embeddings=True, progress=False, callback=callback,
-                        tta=bool(card.data["preprocessing"].get("tta")))
+    out = Predictor(model, card.with_(out_of_scope=None), device).predict_table(
+        table, batch_size=batch_size, embeddings=True, progress=False, callback=callback)
     res = {"logits": out["logits"].astype(np.float32), "embeddings": out["embeddings"].astype(np.float16),
            "image_id": np.asarray([str(i) for i in table["image_id"]])}
     _save_npz(cache_path(card, table), **res)

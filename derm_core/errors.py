@@ -5,7 +5,8 @@ a threshold profile, a command-line argument, a run folder); its message says wh
 The command line prints it as one line and exits with code 2; the pages show it and keep
 working. Anything else is a bug and keeps its traceback.
 
-Each concrete error also keeps its historical base class (``DataError`` is still a
+Every user-error class is defined here (and re-exported by the module that raises it), so
+the CLI and the pages can rely on one base. Each concrete error also keeps its historical base class (``DataError`` is still a
 ``ValueError``, ``JobError`` a ``RuntimeError``), so existing ``except`` clauses still work.
 """
 from __future__ import annotations
@@ -21,3 +22,47 @@ class ConfigError(DermTriageError, ValueError):
 
 class RunFolderError(DermTriageError, RuntimeError):
     """A run folder that cannot be used now: in use by another process, or holding another run."""
+
+
+class DataError(DermTriageError, ValueError):
+    """A dataset problem, naming the file and row to fix."""
+
+
+class ImageError(DermTriageError, ValueError):
+    """A photo that cannot be used, with a human-readable reason."""
+
+
+class ModelError(DermTriageError, ValueError):
+    """A model file that cannot be used, with the reason."""
+
+
+class ProfileError(DermTriageError, ValueError):
+    """A threshold profile that cannot be used, with the reason."""
+
+
+class StudyError(DermTriageError, ValueError):
+    """A study that cannot be set up as asked (e.g. too few distinct lesions), with the reason."""
+
+
+class StudyStoreError(DermTriageError, RuntimeError):
+    """The study database cannot be used (damaged, foreign, newer, locked, unwritable), with its path."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = path
+
+
+class StudyIntegrityError(StudyStoreError):
+    """A write the schema refused (an impossible row); nothing was written."""
+
+
+class AlreadyAnswered(StudyIntegrityError):
+    """This reader already answered this case (e.g. a second tab, a double click)."""
+
+
+class JobError(DermTriageError, RuntimeError):
+    """A job that cannot be started or controlled, with the reason."""
+
+
+class ConformalError(DermTriageError, ValueError):
+    """A conformal calibration (or level) that cannot be used with this model, with the reason."""

@@ -1,7 +1,7 @@
 """Run a model over a dataset table and report the seed papers' metrics.
 
-Predictions are computed once (:func:`predict_table`); :func:`build_report` only re-bins
-them, so threshold changes are cheap. The report's keys are the contract of
+Predictions are computed once (:meth:`derm_core.predictor.Predictor.predict_table`);
+:func:`build_report` only re-bins them, so threshold changes are cheap. The report's keys are the contract of
 ``python -m derm_core evaluate`` and of the Model lab page.
 """
 from __future__ import annotations
@@ -10,56 +10,14 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
 from . import metrics as M
 from .calibration import softmax
-from .data import LesionDataset
 from .decision import BalancedRule
-from .device import pick_device
-from .inference import Runner
 from .taxonomy import Taxonomy
-from .transforms import eval_transform
 from .triage import Thresholds, assign_tiers, tier_scores, true_tiers
 
 AGE_BANDS = [(0, 30, "<30"), (30, 50, "30-49"), (50, 70, "50-69"), (70, 200, "70+")]
-
-
-@torch.inference_mode()
-def predict_table(model, table: pd.DataFrame, input_size, mean, std, *, use_metadata: bool | None = None,
-                  batch_size: int = 64, device: torch.device | None = None, embeddings: bool = False,
-                  progress: bool = True, callback=None, tta: bool = False, path: str | None = None
-                  ) -> dict[str, np.ndarray]:
-    """Logits (and optionally penultimate embeddings) for every row of ``table``.
-
-    Args:
-        use_metadata: feed the table's age/sex/site (default: when the model fuses metadata).
-        tta: average over horizontal/vertical flips (see :class:`derm_core.inference.TTAForward`).
-        callback: called as ``callback(done, total)`` after each batch (progress bars in the app).
-        path: force an inference path (see :mod:`derm_core.inference`); default: the fast one.
-    """
-    device = device or pick_device()
-    model.eval().to(device)
-    use_metadata = model.use_metadata if use_metadata is None else use_metadata
-    ds = LesionDataset(table, eval_transform(input_size, mean, std), preload=False)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0)
-    run = Runner(model, tta, device, input_size, path)
-    logits, embs, done = [], [], 0
-    for x, meta, _ in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        x = x.to(device, memory_format=torch.channels_last)
-        meta = meta.to(device) if use_metadata and model.use_metadata else None
-        z, e = run(x, meta)
-        logits.append(z.cpu().numpy())
-        if embeddings:
-            embs.append(e.cpu().numpy())
-        done += len(x)
-        if callback:
-            callback(done, len(ds))
-    out = {"logits": np.concatenate(logits)}
-    if embeddings:
-        out["embeddings"] = np.concatenate(embs)
-    return out
 
 
 def _class_block(y_true, probs, thresholds: Thresholds, taxonomy: Taxonomy) -> dict:
@@ -98,21 +56,29 @@ def _nanmean(values) -> float:
     return float(v.mean()) if len(v) else float("nan")
 
 
-def summary_metrics(y_true, probs, thresholds: Thresholds, taxonomy: Taxonomy) -> dict:
-    """The headline metrics of one set of predictions (also used per subgroup)."""
+def headline_metrics(y_true, probs, aucs=None) -> dict:
+    """Threshold-free headline of one set of predictions: the numbers of the model card, the
+    report, the Model lab and each epoch's validation. ``aucs``: per-class one-vs-rest AUCs
+    when already computed (the macro AUC is their mean over classes present)."""
+    y_true, probs = np.asarray(y_true), np.asarray(probs)
     pred = probs.argmax(1)
-    per = _class_block(y_true, probs, thresholds, taxonomy)
     n_classes = probs.shape[1]
-    return {
-        "n_images": int(len(y_true)),
-        "accuracy": M.accuracy_score(y_true, pred),
-        "balanced_accuracy": M.balanced_accuracy_score(y_true, pred),
-        "top2_accuracy": M.top_k_accuracy_score(y_true, probs, 2) if n_classes > 2 else 1.0,
-        "top3_accuracy": M.top_k_accuracy_score(y_true, probs, 3) if n_classes > 3 else 1.0,
-        "macro_auc": _nanmean(p["auc"] for p in per.values()),
-        "per_class": per,
-        "tiers": _tier_block(y_true, probs, thresholds, taxonomy),
-    }
+    if aucs is None:
+        aucs = [M.auc_score((y_true == i).astype(int), probs[:, i]) for i in range(n_classes)]
+    with warnings.catch_warnings():   # small sets: a predicted class may be absent from the labels
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = M.balanced_accuracy_score(y_true, pred)
+    return {"n_images": int(len(y_true)), "accuracy": M.accuracy_score(y_true, pred), "balanced_accuracy": balanced,
+            "top2_accuracy": M.top_k_accuracy_score(y_true, probs, 2) if n_classes > 2 else 1.0,
+            "top3_accuracy": M.top_k_accuracy_score(y_true, probs, 3) if n_classes > 3 else 1.0,
+            "macro_auc": _nanmean(aucs)}
+
+
+def summary_metrics(y_true, probs, thresholds: Thresholds, taxonomy: Taxonomy) -> dict:
+    """The headline metrics of one set of predictions, per class and per tier (also used per subgroup)."""
+    per = _class_block(y_true, probs, thresholds, taxonomy)
+    return {**headline_metrics(y_true, probs, [p["auc"] for p in per.values()]), "per_class": per,
+            "tiers": _tier_block(y_true, probs, thresholds, taxonomy)}
 
 
 def subgroups(table: pd.DataFrame) -> dict[str, pd.Series]:

@@ -35,7 +35,7 @@ from torch import nn
 
 from .calibration import softmax
 from .clinical import Clinical
-from .lesion import mask_iou
+from .lesion import Box, crop_point_to_photo, mask_iou
 from .models import get_arch
 from .transforms import to_pil_preview
 
@@ -119,6 +119,26 @@ class CoverGeometry:
         u, v = self.to_original(x, y)
         w, h = self.image_size
         return int(np.clip(np.rint(u), 0, w - 1)), int(np.clip(np.rint(v), 0, h - 1))
+
+    def point_to_photo(self, x: float, y: float, box: Box | None = None) -> tuple[int, int]:
+        """A model-input pixel as the nearest pixel of the whole photo.
+
+        This geometry is that of the crop ``box`` (left, top, right, bottom) of the photo, as
+        the triage page explains a crop; None: of the whole photo, as ``explain`` on the
+        command line does. Both report the same original-photo pixels this way.
+
+        Raises:
+            ValueError: the box is not the size of the image this geometry is for.
+        """
+        if box is not None and (int(box[2]) - int(box[0]), int(box[3]) - int(box[1])) != tuple(self.image_size):
+            raise ValueError(f"crop box {tuple(box)} is not the size of the explained image {self.image_size}")
+        point = self.point_to_original(x, y)
+        return point if box is None else crop_point_to_photo(point, box)
+
+    def mask_to_original(self, mask: np.ndarray) -> np.ndarray:
+        """A model-input-size boolean mask (e.g. a biopsy region) on the original image's pixels:
+        bool (H, W) of the image, False where the centre-crop cut the image away."""
+        return self.heatmap_to_original(np.asarray(mask, dtype=np.float32)) > 0.5
 
 
 def _interp_matrix(pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -339,14 +359,7 @@ def _classifier_fn(predictor, clinical: Clinical | None, tta: bool = False):
             batch = np.array(batch, dtype=np.uint8)  # a writable copy, as torch wants
             x = predictor.transform(torch.from_numpy(batch).permute(0, 3, 1, 2))
             x = x.to(predictor.device, memory_format=torch.channels_last)
-            if tta:
-                logits = predictor.logits(x, clinical)
-            else:
-                meta = predictor.meta_tensor(clinical, len(x))
-                net = predictor.frozen() or predictor.model
-                with torch.autocast(predictor.device.type, enabled=predictor.device.type == "cuda"):
-                    logits = (net(x) if meta is None else net(x, meta)).float().cpu().numpy()
-            return softmax(logits, predictor.card.temperature)
+            return softmax(predictor.logits(x, clinical, tta=tta), predictor.card.temperature)
     return predict
 
 

@@ -263,7 +263,7 @@ def reliability_figure(calibration: dict) -> go.Figure:
                  name="perfect calibration", hoverinfo="skip")]
     for key, colour in (("before", "#ef6c00"), ("after", "#1565c0")):
         c = calibration[key]
-        name = ("uncalibrated (T = 1)" if key == "before" else f"temperature-scaled (T = {c['temperature']:.2f})")
+        name = "uncalibrated, T = 1" if key == "before" else f"calibrated, T = {c['temperature']:.2f}"   # short: narrow columns
         biggest = max(max(c["count"], default=1), 1)
         data.append(dict(type="scatter", x=c["confidence"], y=c["accuracy"], mode="lines+markers",
                          name=f"{name}: ECE {c['ece']:.3f}", line=dict(color=colour),

@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from .errors import DermTriageError
+from .errors import ImageError
 
 MIN_SIDE = 16             # smaller than this cannot show a lesion
 MAX_PIXELS = 40_000_000   # about a 50-megapixel phone photo; guards against decompression bombs
@@ -46,10 +46,9 @@ def _decodable_formats() -> tuple[str, ...]:
 FORMATS = _decodable_formats()
 _FORMAT_NAMES = {"WEBP": "WebP", "HEIF": "HEIC/HEIF"}
 FORMATS_TEXT = ", ".join(_FORMAT_NAMES.get(f, f) for f in FORMATS)
-
-
-class ImageError(DermTriageError, ValueError):
-    """A photo that cannot be used, with a human-readable reason."""
+_EXTENSIONS = {"JPEG": ("jpg", "jpeg"), "PNG": ("png",), "WEBP": ("webp",), "TIFF": ("tif", "tiff"), "BMP": ("bmp",),
+               "GIF": ("gif",), "HEIF": ("heic", "heif"), "AVIF": ("avif",)}
+UPLOAD_EXTENSIONS = [e for f in FORMATS for e in _EXTENSIONS[f]]   # what an upload widget accepts
 
 
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),

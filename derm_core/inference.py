@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import threading
 import warnings
 from pathlib import Path
@@ -24,9 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .settings import ENV_FAST_PATH, settings  # noqa: F401 (re-exported)
 
-
-ENV_FAST_PATH = "DERMTRIAGE_FAST_PATH"
 PATHS = ("cuda-amp", "cpu-bf16", "fp32")
 
 
@@ -42,7 +40,7 @@ def cpu_has_bf16() -> bool:
 
 def fast_path(device: torch.device) -> str:
     """The fast path for ``device``: ``$DERMTRIAGE_FAST_PATH`` may force ``fp32``."""
-    forced = os.environ.get(ENV_FAST_PATH, "").strip().lower()
+    forced = settings().fast_path
     if forced == "fp32":
         return "fp32"
     if device.type == "cuda":
@@ -50,6 +48,11 @@ def fast_path(device: torch.device) -> str:
     if device.type == "cpu" and cpu_has_bf16() and forced in ("", "cpu-bf16", "auto"):
         return "cpu-bf16"
     return "fp32"
+
+
+def is_dermnet(model: nn.Module) -> bool:
+    """A :class:`~derm_core.models.DermNet`-shaped model: backbone, metadata fusion and head."""
+    return all(hasattr(model, n) for n in ("backbone", "fuse", "head"))
 
 
 FP32_BLOCKS = 4   # EfficientNet blocks kept fp32 on the bf16 path (see _trace)
@@ -68,43 +71,45 @@ class _Cast(nn.Sequential):
 
 class TTAForward(nn.Module):
     """(logits, penultimate embeddings) of a DermNet, averaged over the four flips when
-    ``tta`` (lesions have no up or left). The views go through the backbone as one batch;
-    the head is linear, so averaging embeddings equals averaging logits. ``backbone`` may
-    be a faster copy of the model's own (frozen, bf16); the metadata branch and the head
-    always run in fp32, where bf16 rounding of the logits would move probabilities most."""
+    ``tta`` (lesions have no up or left). Each view is one pass of the batch through the
+    backbone; the head is linear, so averaging embeddings equals averaging logits.
+    ``backbone`` may be a faster copy of the model's own (frozen, bf16); the metadata branch
+    and the head always run in fp32, where bf16 rounding of the logits would move
+    probabilities most. A model that is not DermNet-shaped (a test model: ``model(x, meta)
+    -> logits``) has its logits averaged and used as embeddings."""
 
     def __init__(self, model: nn.Module, tta: bool, backbone=None):
         super().__init__()
         self.model, self.tta = model, tta
         self.backbone = backbone
 
-    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.tta:
-            x = torch.cat([x, x.flip(3), x.flip(2), x.flip(2, 3)])
-            meta = None if meta is None else meta.repeat(4, 1)
-        if self.backbone is None:
-            f = self.model.backbone(x)
-        else:
-            f = self.backbone(x).float()
-        e = self.model.fuse(f, meta)
-        if self.tta:
-            e = e.unflatten(0, (4, -1)).mean(0)
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None,
+                tta: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        tta = self.tta if tta is None else tta
+        views = (x, x.flip(3), x.flip(2), x.flip(2, 3)) if tta else (x,)
+        if not is_dermnet(self.model):
+            z = torch.stack([self.model(v, meta) for v in views]).mean(0)
+            return z, z
+        backbone = self.model.backbone if self.backbone is None else self.backbone
+        e = torch.stack([self.model.fuse(backbone(v).float(), meta) for v in views]).mean(0)
         return self.model.head(e), e
 
 
 class Runner:
-    """Runs one model on its fast path: ``runner(x, meta) -> (logits, embeddings)``, float32.
+    """Runs one model on its fast path: ``runner(x, meta, tta=None) -> (logits, embeddings)``, float32.
 
     On a CPU the backbone runs as a frozen TorchScript copy (batch norm folded; bf16 on the
     ``cpu-bf16`` path), built on first use in a few seconds for the model's input size (the
     "same" padding of TF-ported networks is traced as constants) and shared by every thread;
-    a backbone that cannot be traced stays eager.
+    a backbone that cannot be traced stays eager, and so does every backbone while ``eager``.
     """
 
     def __init__(self, model: nn.Module, tta: bool, device: torch.device, input_size: tuple[int, int],
                  path: str | None = None):
         self.model, self.tta, self.device, self.input_size = model, tta, device, tuple(input_size)
         self.path = path or fast_path(device)
+        self.eager = False
+        self._eager = TTAForward(model, tta)
         self._forward: TTAForward | None = None
         self._lock = threading.Lock()
 
@@ -113,9 +118,11 @@ class Runner:
         return torch.bfloat16 if self.path == "cpu-bf16" else torch.float32
 
     def _build(self) -> TTAForward:
+        if self.eager or self.device.type != "cpu":
+            return self._eager
         with self._lock:
             if self._forward is None:
-                self._forward = TTAForward(self.model, self.tta, self._trace() if self.device.type == "cpu" else None)
+                self._forward = TTAForward(self.model, self.tta, self._trace())
             return self._forward
 
     def _trace(self):
@@ -125,6 +132,8 @@ class Runner:
         ``FP32_BLOCKS`` blocks: the high-resolution start, where bf16 rounding moved the
         shipped model's probabilities by up to 0.05, stays fp32, the rest runs in bf16.
         Other backbones stay fp32 (frozen)."""
+        if not is_dermnet(self.model):
+            return None
         bb = copy.deepcopy(self.model.backbone).eval()
         x = torch.zeros(2, 3, *self.input_size).contiguous(memory_format=torch.channels_last)
         parts = [bb]
@@ -144,7 +153,8 @@ class Runner:
             return None
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, meta: torch.Tensor | None = None,
+                 tta: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, enabled=self.path == "cuda-amp"):
-            z, e = self._build()(x, meta)
+            z, e = self._build()(x, meta, tta)
         return z.float(), e.float()

@@ -3,8 +3,9 @@
 A job is ``python -m derm_core train ... --out RUN`` in its own process session (so it
 outlives a page reload and is never part of a Streamlit script run), with its output in
 ``RUN/train.log``. ``RUN/job.json`` records the process (pid plus its kernel start time,
-so a recycled pid is not mistaken for it), the command and the request; any page, tab or
-server process reads the run folder to re-attach. Starting a job in a folder whose job is
+so a recycled pid is not mistaken for it), the command and the training settings (``request``:
+the :class:`~derm_core.train_config.TrainConfig` as a dict); any page, tab or server process
+reads the run folder to re-attach. Starting a job in a folder whose job is
 alive returns that job instead of starting another (under a file lock, so two tabs
 clicking at once start one process).
 
@@ -26,17 +27,15 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .checkpoint import atomic_write_json
-from .errors import DermTriageError
-from .models import DEFAULT_ARCH
+from .checkpoint import ModelCard, atomic_write_json, read_card
+from .errors import DermTriageError, JobError
+from .train_config import TrainConfig, config_argv
+from .settings import ENV_NICE, ENV_RUNS, ROOT, settings  # noqa: F401 (ENV_*: re-exported for the pages)
+from .slugs import slugify
 
-ENV_RUNS = "DERMTRIAGE_RUNS"
-ENV_NICE = "DERMTRIAGE_JOB_NICE"    # CPU priority of background jobs (default 5; 0 = same as the app)
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RUNS = ROOT / "runs"
 JOB_FILE, LOG_FILE, EXIT_FILE, STOP_FILE, LOCK_FILE = "job.json", "train.log", "exit.json", "STOP", ".job.lock"
 STOPPED_EXIT = 3          # the CLI's exit code after a STOP
 ACTIVE = ("starting", "running", "stopping")
@@ -44,64 +43,9 @@ _LOCAL_LOCK = threading.Lock()
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
-class JobError(DermTriageError, RuntimeError):
-    """A job that cannot be started or controlled, with the reason."""
-
-
 def runs_root() -> Path:
-    """Where runs live: ``$DERMTRIAGE_RUNS`` or ``runs/`` beside the code."""
-    return Path(os.environ.get(ENV_RUNS) or DEFAULT_RUNS)
-
-
-@dataclass
-class TrainRequest:
-    """The Model lab's training form, turned into ``python -m derm_core train`` arguments."""
-
-    data: str
-    arch: str = DEFAULT_ARCH
-    epochs: int = 12
-    image_size: tuple[int, int] | None = None     # (H, W); default: the architecture's
-    lr: float = 1e-3
-    metadata: bool = True
-    batch_size: int = 32
-    taxonomy: str = "ham7"
-    csv: str | None = None
-    pretrained: str = "offline"
-    workers: int = 1
-    limit: int | None = None
-    patience: int = 4
-    seed: int = 0
-    tta: bool = True
-    device: str | None = None                      # None: CUDA when present, else CPU
-    monitor: str = "val_loss"                      # early stopping / best epoch
-    init_from: str | None = None                   # fine-tune this model card (else ImageNet weights)
-
-    def argv(self, out: str | Path) -> list[str]:
-        a = ["train", "--data", str(self.data), "--out", str(out), "--arch", self.arch, "--epochs", str(int(self.epochs)),
-             "--lr", repr(float(self.lr)), "--batch-size", str(int(self.batch_size)), "--taxonomy", self.taxonomy,
-             "--pretrained", self.pretrained, "--workers", str(int(self.workers)), "--patience", str(int(self.patience)),
-             "--seed", str(int(self.seed)), "--metadata" if self.metadata else "--no-metadata",
-             "--tta" if self.tta else "--no-tta"]
-        if self.image_size:
-            a += ["--image-size", str(int(self.image_size[0])), str(int(self.image_size[1]))]
-        if self.csv:
-            a += ["--csv", self.csv]
-        if self.limit:
-            a += ["--limit", str(int(self.limit))]
-        if self.device:
-            a += ["--device", self.device]
-        if self.monitor and self.monitor != "val_loss":
-            a += ["--monitor", self.monitor]
-        if self.init_from:
-            a += ["--init-from", str(self.init_from)]
-        return a
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainRequest:
-        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if d.get("image_size"):
-            d["image_size"] = tuple(d["image_size"])
-        return cls(**d)
+    """Where runs live: ``settings().runs`` ($DERMTRIAGE_RUNS, $DERMTRIAGE_HOME/runs or runs/ beside the code)."""
+    return settings().runs
 
 
 @dataclass
@@ -333,20 +277,28 @@ def _reap(proc: subprocess.Popen, run: Path) -> None:
     _CHILDREN.pop(proc.pid, None)
 
 
-def start(run: str | Path, request: TrainRequest, *, python: str | None = None, env: dict | None = None,
+def start(run: str | Path, config: TrainConfig, *, python: str | None = None, env: dict | None = None,
           allow_finished: bool = False, nice: int | None = None) -> JobStatus:
     """Start training into ``run`` in the background, or re-attach to the job already running there.
 
-    A folder holding a checkpoint resumes from it. Returns the job's status.
+    The job runs ``python -m derm_core train`` with ``config``'s settings (its ``out`` set to
+    ``run``); ``job.json`` keeps them as ``request`` (``asdict``) for :func:`resume`. A folder
+    holding a checkpoint resumes from it. Returns the job's status.
 
     Args:
         nice: CPU priority of the job (0 = normal, 19 = lowest); default ``$DERMTRIAGE_JOB_NICE``
             or 5, a little below the app's, so the pages stay responsive while a CPU trains.
 
     Raises:
-        JobError: the run already finished (unless ``allow_finished``) or the process could not start.
+        JobError: the run already finished (unless ``allow_finished``), a setting cannot be given on
+            the command line, or the process could not start.
     """
     run = Path(run)
+    config = replace(config, out=str(run))
+    try:
+        args = ["train", *config_argv(config)]
+    except ValueError as e:
+        raise JobError(f"cannot start this training job: {e}") from None
     run.mkdir(parents=True, exist_ok=True)
     with _run_lock(run):
         st = status(run)
@@ -356,8 +308,8 @@ def start(run: str | Path, request: TrainRequest, *, python: str | None = None, 
             raise JobError(f"run {run.name} has already finished; start a new run (or evaluate this one)")
         (run / STOP_FILE).unlink(missing_ok=True)
         (run / EXIT_FILE).unlink(missing_ok=True)
-        nice = int(os.environ.get(ENV_NICE) or 5) if nice is None else int(nice)
-        argv = [python or sys.executable, "-m", "derm_core.jobs", "--nice", str(nice), *request.argv(run)]
+        nice = settings().job_nice if nice is None else int(nice)
+        argv = [python or sys.executable, "-m", "derm_core.jobs", "--nice", str(nice), *args]
         child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
                      "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
         try:
@@ -370,7 +322,7 @@ def start(run: str | Path, request: TrainRequest, *, python: str | None = None, 
             raise JobError(f"could not start the training process: {e}") from None
         _CHILDREN[proc.pid] = proc
         atomic_write_json(run / JOB_FILE, {"pid": proc.pid, "proc_start": _proc_start(proc.pid),
-                                           "started_at": time.time(), "argv": argv, "request": asdict(request),
+                                           "started_at": time.time(), "argv": argv, "request": asdict(config),
                                            "host": os.uname().nodename if hasattr(os, "uname") else ""})
         threading.Thread(target=_reap, args=(proc, run), daemon=True, name=f"reap-{proc.pid}").start()
     return status(run)
@@ -418,7 +370,7 @@ def resume(run: str | Path, **kw) -> JobStatus:
     job = _read_json(run / JOB_FILE)
     if not job or not job.get("request"):
         raise JobError(f"run {run.name} was not started from the Model lab; resume it with its command")
-    return start(run, TrainRequest.from_dict(job["request"]), **kw)
+    return start(run, TrainConfig.from_dict(job["request"]), **kw)
 
 
 def wait(run: str | Path, timeout: float = 600.0, poll: float = 0.5) -> JobStatus:
@@ -434,7 +386,7 @@ def wait(run: str | Path, timeout: float = 600.0, poll: float = 0.5) -> JobStatu
 def new_run_dir(name: str, root: str | Path | None = None) -> Path:
     """A fresh folder under the runs root for ``name`` (``name``, ``name-2``, ...)."""
     root = Path(root) if root else runs_root()
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-.") or "run"
+    slug = slugify(name, lower=False, fallback="run")
     path, i = root / slug, 2
     while path.exists():
         path, i = root / f"{slug}-{i}", i + 1
@@ -446,7 +398,7 @@ class RunInfo:
     name: str
     path: Path
     status: JobStatus
-    card: dict | None = None
+    card: ModelCard | None = None       # the finished model's card (None: none yet, or unreadable)
     modified: float = 0.0
 
 
@@ -459,7 +411,10 @@ def list_runs(root: str | Path | None = None) -> list[RunInfo]:
     for d in root.iterdir():
         if not d.is_dir() or not any((d / f).exists() for f in (JOB_FILE, "progress.json", "model.json")):
             continue
-        card = _read_json(d / "model.json")
+        try:
+            card = read_card(d / "model.json") if (d / "model.json").is_file() else None
+        except (DermTriageError, OSError):
+            card = None
         try:
             mtime = max((d / f).stat().st_mtime for f in (JOB_FILE, "progress.json", "model.json") if (d / f).exists())
         except OSError:

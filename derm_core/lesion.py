@@ -178,6 +178,16 @@ class DisplayScale:
             raise ValueError(f"the photo is {image.size}, this scale is for {self.size}")
         return image if self.shown == self.size else image.resize(self.shown, Image.LANCZOS)
 
+    def jpeg_data_url(self, image: Image.Image, quality: int = 88) -> str:
+        """The photo as it is shown, as a ``data:image/jpeg;base64,...`` URL for the browser
+        (pixels only: no EXIF or other metadata travels with it)."""
+        import base64
+        import io
+
+        buf = io.BytesIO()
+        self.resize(image).convert("RGB").save(buf, format="JPEG", quality=quality)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
     def box_to_shown(self, box: Box) -> dict:
         """An original-pixel box as the crop widget's rectangle (left, top, width, height in screen pixels)."""
         sx, sy = self.scale

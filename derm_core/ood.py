@@ -130,8 +130,8 @@ def load_detector_checked(card) -> tuple[OodDetector | None, str | None]:
     names a detector whose file is missing, truncated or for other classes; (None, None) for a
     card without one."""
     from safetensors.torch import load_file
-    cfg = card.data.get("out_of_scope")
-    if not cfg or card.path is None:
+    cfg = card.out_of_scope
+    if cfg is None or card.path is None:
         return None, None
     path = detector_path(card.path)
     fix = f"refit it with `python -m derm_core fit-ood --model {card.path}`"
@@ -143,25 +143,24 @@ def load_detector_checked(card) -> tuple[OodDetector | None, str | None]:
     if c.ndim != 2 or c.shape[0] != len(card.classes) or not np.isfinite(c).all():
         return None, (f"the out-of-scope warning is unavailable: {path.name} holds centroids of shape "
                       f"{tuple(c.shape)}, not one per class of the model ({len(card.classes)}); {fix}")
-    return OodDetector(c, cfg["score"], float(cfg["threshold"]), float(card.temperature)), None
+    return OodDetector(c, cfg.score, float(cfg.threshold), float(card.temperature)), None
 
 
 def fit_for_model(model, card, table, split, seed: int = 0, n_out: int = 300, progress: bool = True) -> dict:
     """Fit on the model's train/val split, measure AUROC on its test split vs generated
-    out-of-scope images, save ``<card>.ood.safetensors`` and the card's ``out_of_scope`` entry."""
+    out-of-scope images, save ``<card>.ood.safetensors`` and the card's ``out_of_scope`` entry
+    (returned, as JSON)."""
     import torch
 
-    from .checkpoint import atomic_save_tensors, atomic_write_json
-    from .evaluation import predict_table
+    from .card import OutOfScope
+    from .checkpoint import atomic_save_tensors, write_card
     from .predictor import Predictor
 
-    kw = dict(input_size=card.input_size, mean=card.mean, std=card.std, embeddings=True, progress=progress,
-              tta=bool(card.data["preprocessing"].get("tta")), use_metadata=card.use_metadata)
+    p = Predictor(model, card.with_(out_of_scope=None))
     parts = {s: table[(split == s).to_numpy()].reset_index(drop=True) for s in ("train", "val", "test")}
-    pred = {s: predict_table(model, p, **kw) for s, p in parts.items() if len(p)}
+    pred = {s: p.predict_table(part, embeddings=True, progress=progress) for s, part in parts.items() if len(part)}
     det = fit_detector(pred["train"]["embeddings"], parts["train"]["y"].to_numpy(), pred["val"]["logits"],
                        pred["val"]["embeddings"], card.temperature, len(card.classes))
-    p = Predictor(model, card)
     logits, embs = [], []
     images = out_of_scope_images(n_out, seed=seed)
     for i in range(0, len(images), 64):
@@ -172,7 +171,6 @@ def fit_for_model(model, card, table, split, seed: int = 0, n_out: int = 300, pr
     rep = auroc_report(det, ref["logits"], ref["embeddings"], np.concatenate(logits), np.concatenate(embs))
     rep["evaluated_on"] = "test split" if "test" in pred else "validation split"
     atomic_save_tensors(detector_path(card.path), {"centroids": torch.from_numpy(det.centroids).float()})
-    card.data["out_of_scope"] = {"score": det.score, "threshold": det.threshold, "in_distribution_pass": IN_DIST_PASS,
-                                 "file": detector_path(card.path).name, "report": rep}
-    atomic_write_json(card.path, card.data)
-    return card.data["out_of_scope"]
+    card = card.with_(out_of_scope=OutOfScope(det.score, det.threshold, IN_DIST_PASS, detector_path(card.path).name, rep))
+    write_card(card)
+    return card.to_json()["out_of_scope"]

@@ -33,7 +33,7 @@ from .metrics import bootstrap_auc, bootstrap_counts  # noqa: F401 - re-exported
 from .calibration import softmax
 from .evaluation import subgroups
 from .taxonomy import Taxonomy
-from .triage import Thresholds, assign_tiers, fit_thresholds, tier_scores, true_tiers
+from .triage import Thresholds, assign_tiers, fit_thresholds, tier_at_or_above, true_tiers
 
 PRESETS = ("youden", "screening", "specific")
 PRESET_LABELS = {"youden": "Youden-optimal", "screening": "High-sensitivity screening",
@@ -118,8 +118,7 @@ class EvalSet:
         self.probs_uncalibrated = softmax(self.logits, 1.0)
         self.pos = self.y[:, None] == np.arange(self.probs.shape[1])[None, :]          # (N, C)
         self.true_tier = true_tiers(self.y, self.taxonomy)                             # (N,)
-        ts = tier_scores(self.probs, self.taxonomy)
-        self.tier_at_or_above = np.cumsum(ts[:, ::-1], axis=1)[:, ::-1]               # P(tier >= k)
+        self.tier_at_or_above = tier_at_or_above(self.probs, self.taxonomy)             # P(tier >= k)
         self.pred = self.probs.argmax(1)
         self.image_ids = (np.asarray(self.image_ids).astype(str) if self.image_ids is not None
                           else np.array([str(i) for i in range(len(self.y))]))
@@ -231,18 +230,10 @@ class EvalSet:
 
     @cached_property
     def headline(self) -> dict[str, float]:
-        """Threshold-free summary: accuracy, balanced accuracy, top-k, macro AUC, ECE."""
-        import warnings
-        c = len(self.classes)
-        aucs = [self.auc[k][0] for k in self.classes]
-        with warnings.catch_warnings():   # small sets: a predicted class may be absent from the labels
-            warnings.simplefilter("ignore", UserWarning)
-            balanced = M.balanced_accuracy_score(self.y, self.pred)
-        return {"n_images": len(self), "accuracy": M.accuracy_score(self.y, self.pred),
-                "balanced_accuracy": balanced,
-                "top2_accuracy": M.top_k_accuracy_score(self.y, self.probs, 2) if c > 2 else 1.0,
-                "top3_accuracy": M.top_k_accuracy_score(self.y, self.probs, 3) if c > 3 else 1.0,
-                "macro_auc": float(np.nanmean(aucs)) if not all(math.isnan(a) for a in aucs) else float("nan"),
+        """Threshold-free summary: accuracy, balanced accuracy, top-k, macro AUC (as in the
+        report: :func:`derm_core.evaluation.headline_metrics`), ECE."""
+        from .evaluation import headline_metrics
+        return {**headline_metrics(self.y, self.probs, [self.auc[k][0] for k in self.classes]),
                 "ece": self.calibration["after"]["ece"], "ece_uncalibrated": self.calibration["before"]["ece"]}
 
     def intervals(self, rule=None) -> dict:
@@ -259,19 +250,18 @@ class EvalSet:
     def _group_static(self) -> dict[str, pd.DataFrame]:
         """Per subgroup: size, accuracy, balanced accuracy, macro AUC (threshold-free, computed once)."""
         import warnings
+
+        from .evaluation import headline_metrics
         out = {}
         for gname, labels in self.groups.items():
             rows = []
             for g in sorted(np.unique(labels)):
                 m = labels == g
-                yg, pg = self.y[m], self.probs[m]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    aucs = [M.auc_score((yg == i).astype(int), pg[:, i]) for i in range(pg.shape[1])]
-                    bal = M.balanced_accuracy_score(yg, pg.argmax(1))
-                rows.append({"group": g, "n": int(m.sum()), "accuracy": float((pg.argmax(1) == yg).mean()),
-                             "balanced_accuracy": bal,
-                             "macro_auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan")})
+                    h = headline_metrics(self.y[m], self.probs[m])
+                rows.append({"group": g, "n": int(m.sum()),
+                             **{k: h[k] for k in ("accuracy", "balanced_accuracy", "macro_auc")}})
             out[gname] = pd.DataFrame(rows)
         return out
 

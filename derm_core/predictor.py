@@ -1,4 +1,5 @@
-"""A loaded model ready for single photos: preprocessing, calibration, triage.
+"""A loaded model: the one place that runs the network (single photos, evaluation batches,
+LIME batches), plus calibration and triage of its outputs.
 
 The Streamlit app shares one :class:`Predictor` between sessions (``st.cache_resource``),
 so prediction holds no per-request state and never takes a lock. ``self.lock`` serialises
@@ -27,16 +28,16 @@ from .triage import Thresholds, TriageResult, triage
 
 
 class Predictor:
-    def __init__(self, model, card: ModelCard, device: torch.device | None = None):
+    def __init__(self, model, card: ModelCard, device: torch.device | None = None, fast_path: str | None = None):
         self.device = device or pick_device()
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.card = card
         self.taxonomy = card.taxonomy
         self.transform = eval_transform(card.input_size, card.mean, card.std)
         self.lock = threading.Lock()
-        self.tta = bool(card.data["preprocessing"].get("tta", False))
-        self.runner = Runner(self.model, self.tta, self.device, card.input_size)
-        self._single_view = Runner(self.model, False, self.device, card.input_size, self.runner.path)
+        self.tta = card.tta
+        self.runner = Runner(self.model, self.tta, self.device, card.input_size, fast_path)
+        self._single_view = lambda x, meta=None: self.runner(x, meta, tta=False)[0]
         self.ood, self.ood_note = load_detector_checked(card)   # note: why the warning is unavailable
 
     @classmethod
@@ -48,15 +49,48 @@ class Predictor:
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(im) for im in images]).to(self.device, memory_format=torch.channels_last)
 
+    @torch.inference_mode()
+    def predict_table(self, table, *, use_metadata: bool | None = None, batch_size: int = 64, embeddings: bool = False,
+                      progress: bool = True, callback=None, tta: bool | None = None) -> dict[str, np.ndarray]:
+        """Logits (and optionally penultimate embeddings) for every row of a dataset table.
+
+        Args:
+            use_metadata: feed the table's age/sex/site (default: when the model fuses metadata;
+                False hides them from a metadata model, for ablations).
+            callback: called as ``callback(done, total)`` after each batch (progress bars in the app).
+            tta: override the card's flip averaging (per-epoch validation runs without it).
+        """
+        from tqdm.auto import tqdm
+
+        from .data import LesionDataset
+        use_metadata = self.card.use_metadata and (use_metadata is None or use_metadata)
+        ds = LesionDataset(table, self.transform, preload=False)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0)
+        logits, embs, done = [], [], 0
+        for x, meta, _ in tqdm(loader, desc="predict", disable=not progress, leave=False):
+            x = x.to(self.device, memory_format=torch.channels_last)
+            z, e = self.runner(x, meta.to(self.device) if use_metadata else None, tta)
+            logits.append(z.cpu().numpy())
+            if embeddings:
+                embs.append(e.cpu().numpy())
+            done += len(x)
+            if callback:
+                callback(done, len(ds))
+        out = {"logits": np.concatenate(logits) if logits else np.zeros((0, len(self.taxonomy.classes)), np.float32)}
+        if embeddings:
+            out["embeddings"] = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
+        return out
+
     def meta_tensor(self, clinical: Clinical | None, n: int) -> torch.Tensor | None:
         if not self.card.use_metadata:
             return None
         return torch.from_numpy(encode(clinical or Clinical())).to(self.device).expand(n, -1)
 
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor, clinical: Clinical | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, penultimate embeddings) for a preprocessed batch."""
-        z, e = self.runner(x, self.meta_tensor(clinical, len(x)))
+    def forward(self, x: torch.Tensor, clinical: Clinical | None = None,
+                tta: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, penultimate embeddings) for a preprocessed batch; ``tta`` overrides the card's."""
+        z, e = self.runner(x, self.meta_tensor(clinical, len(x)), tta)
         return z.cpu().numpy(), e.cpu().numpy()
 
     @property
@@ -67,11 +101,11 @@ class Predictor:
     def frozen(self):
         """The single-view network on the fast path, for LIME's many same-size batches
         (a frozen bf16 or fp32 TorchScript copy on a CPU): ``frozen(x)`` or, for a metadata
-        model, ``frozen(x, meta)`` -> float32 logits."""
-        return lambda x, meta=None: self._single_view(x, meta)[0]
+        model, ``frozen(x, meta)`` -> float32 logits; None while the runner is held eager."""
+        return None if self.runner.eager else self._single_view
 
-    def logits(self, x: torch.Tensor, clinical: Clinical | None = None) -> np.ndarray:
-        return self.forward(x, clinical)[0]
+    def logits(self, x: torch.Tensor, clinical: Clinical | None = None, tta: bool | None = None) -> np.ndarray:
+        return self.forward(x, clinical, tta)[0]
 
     def probabilities(self, images: list[Image.Image], clinical: Clinical | None = None) -> np.ndarray:
         """Calibrated (temperature-scaled) class probabilities, one row per image."""

@@ -28,39 +28,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import ModelCard, atomic_write_json
-from .embedding import weights_sha256
-from .errors import DermTriageError
+from .errors import ProfileError
+from .settings import ENV_PROFILES, settings  # noqa: F401 (re-exported)
+from .slugs import slugify as shared_slugify
 from .triage import Thresholds
 
-ENV_PROFILES = "DERMTRIAGE_PROFILES"
-DEFAULT_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 FORMAT = "dermtriage-threshold-profile"
 FORMAT_VERSION = 1
 MODEL_DEFAULT = "model default"
 _NAME = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9._-]*)@v(?P<v>[0-9]+)\.json$")
 
 
-class ProfileError(DermTriageError, ValueError):
-    """A threshold profile that cannot be used, with the reason."""
-
-
 def profiles_dir() -> Path:
-    """``$DERMTRIAGE_PROFILES`` or ``profiles/`` beside the code."""
-    return Path(os.environ.get(ENV_PROFILES) or DEFAULT_PROFILES)
+    """``settings().profiles``: $DERMTRIAGE_PROFILES, $DERMTRIAGE_HOME/profiles or ``profiles/`` beside the code."""
+    return settings().profiles
 
 
 def slugify(name: str) -> str:
-    s = re.sub(r"[^a-z0-9._-]+", "-", name.strip().lower()).strip("-._")
+    """The profile's file-name slug (:func:`derm_core.slugs.slugify`, at most 60 characters).
+
+    Raises:
+        ProfileError: nothing of the name is left (no ASCII letters or digits).
+    """
+    s = shared_slugify(name, max_length=60)
     if not s:
         raise ProfileError(f"profile name {name!r} has no letters or digits")
-    return s[:60]
-
-
-def model_identity(card: ModelCard) -> dict:
-    """What ties a profile to one model: weights hash and calibration (temperature) plus readable names."""
-    return {"card": str(card.path), "name": card.name, "version": card.version, "arch": card.arch,
-            "weights_sha256": weights_sha256(card), "temperature": float(card.temperature),
-            "taxonomy": card.taxonomy.name}
+    return s
 
 
 @dataclass(frozen=True)
@@ -109,10 +102,10 @@ class Profile:
         except ValueError as e:
             raise ProfileError(f"profile {self.id}: {e}") from None
         m = self.model
-        if m.get("weights_sha256") != weights_sha256(card):
+        if m.get("weights_sha256") != card.weights_sha256():
             raise ProfileError(f"profile {self.id} was made for model {m.get('name')} version {m.get('version')} "
                                f"(weights {str(m.get('weights_sha256'))[:12]}), not for the active model {card.name} "
-                               f"version {card.version} (weights {weights_sha256(card)[:12]})")
+                               f"version {card.version} (weights {card.weights_sha256()[:12]})")
         if not math.isclose(float(m.get("temperature", -1)), card.temperature, rel_tol=1e-6):
             raise ProfileError(f"profile {self.id} was tuned at calibration temperature {m.get('temperature')}, the "
                                f"model {card.name} now has {card.temperature:.4g} (recalibrated since): re-tune it")
@@ -210,6 +203,34 @@ def list_profiles(folder: str | Path | None = None) -> list[Profile | ProfileErr
     return sorted(out, key=created, reverse=True)
 
 
+def profile_choices(card: ModelCard, current: str | None = None,
+                    folder: str | Path | None = None) -> tuple[dict[str, str], list[ProfileError]]:
+    """The threshold-profile picker's options for the active model ``card``.
+
+    Returns:
+        ``(labels, unreadable)``: profile path -> label, starting with :data:`MODEL_DEFAULT`
+        (the card's own thresholds), then the profiles made for this model's weights, then the
+        others marked "for another model" (listed so that choosing one explains why it is
+        refused), newest first within each; ``current`` (the chosen path) is added, marked
+        unavailable, when it is no longer listed. ``unreadable``: the errors of the files that
+        are not readable profiles.
+    """
+    try:
+        mine = card.weights_sha256() if card.path else None
+    except OSError:
+        mine = None
+    listed = list_profiles(folder)
+    found = sorted((p for p in listed if isinstance(p, Profile)), key=lambda p: p.model.get("weights_sha256") != mine)
+    labels = {MODEL_DEFAULT: f"{MODEL_DEFAULT} ({card.thresholds.name})"}
+    for p in found:
+        other = p.model.get("weights_sha256") != mine
+        labels[str(p.path)] = p.id + (f" — for another model ({p.model.get('name')})" if other else "")
+    current = current or MODEL_DEFAULT
+    if current not in labels:   # e.g. a profile file removed or broken since it was chosen
+        labels[current] = f"{Path(current).name} (unavailable)"
+    return labels, [x for x in listed if not isinstance(x, Profile)]
+
+
 def versions(name: str, folder: str | Path | None = None) -> list[int]:
     folder = Path(folder) if folder else profiles_dir()
     slug = slugify(name)
@@ -243,7 +264,8 @@ def save_profile(name: str, thresholds: Thresholds, card: ModelCard, *, validati
     base = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": name.strip(), "slug": slug,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "author": author, "note": note,
-        "model": model_identity(card), "classes": list(card.classes), "tiers": list(card.taxonomy.tier_names),
+        "model": {**card.identity().to_dict(), "weights_sha256": card.weights_sha256()},   # raises without weights
+        "classes": list(card.classes), "tiers": list(card.taxonomy.tier_names),
         "thresholds": {"classes": {c: float(thresholds.classes[c]) for c in card.classes},
                        "tiers": {t: float(v) for t, v in thresholds.tiers.items()}, "from": thresholds.name},
         "validation": validation or {}, "metrics": metrics or {}, **(extra or {}),

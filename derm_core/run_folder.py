@@ -23,19 +23,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .errors import ConfigError, RunFolderError
+from .settings import settings
 
 LOCK_FILE = ".train.lock"
 OWNER_FILE = ".train.owner.json"
 CONFIG_FILE = "run_config.json"
 
-# The Model lab's limits (pages/model_lab.py), for the command line too.
-LIMITS = {"epochs": (1, 500), "batch_size": (1, 512), "patience": (1, 10_000), "workers": (0, 64),
-          "limit": (1, 10**7), "seed": (0, 2**32 - 1)}
-IMAGE_SIDE = (16, 1024)
-LR = (1e-6, 1.0)
-PRETRAINED = ("offline", "hub", "none")
-WEIGHTING = ("none", "sqrt", "inverse")
-MONITORS = ("val_loss", "val_macro_auc", "val_balanced_accuracy", "val_accuracy")
+# The limits and choices of each setting are the ``bounds`` and ``choices`` of its TrainConfig
+# field (derm_core.train_config), the same ones the Model lab's widgets use.
 # Settings that may change when a run is resumed (a longer run, another stopping rule, other
 # hardware); every other setting must be the one the folder's run was started with.
 MAY_CHANGE = frozenset({"epochs", "patience", "monitor", "workers", "device", "tta", "resume", "out"})
@@ -59,37 +54,32 @@ def validate_config(cfg) -> None:
         ConfigError: e.g. ``--image-size 8 8``, ``--epochs 0``, ``--limit -5``.
     """
     from .models import list_archs
-    for name, (lo, hi) in LIMITS.items():
+    from .train_config import TrainConfig, bounds, choices, value_type
+    names = list(TrainConfig.__dataclass_fields__)
+    for name in names:
+        lohi = bounds(name)
         v = getattr(cfg, name, None)
-        if v is None and name == "limit":
+        typ, optional = value_type(name)
+        if lohi is None or name == "image_size" or (v is None and optional):
             continue
-        if not _is_int(v) or not lo <= v <= hi:
-            raise ConfigError(f"{_flag(name)} must be a whole number from {lo} to {hi}, not {v!r}")
+        lo, hi = lohi
+        if typ is int:
+            if not _is_int(v) or not lo <= v <= hi:
+                raise ConfigError(f"{_flag(name)} must be a whole number from {lo} to {hi}, not {v!r}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+            raise ConfigError(f"{_flag(name)} must be a number from {lo:g} to {hi:g}, not {v!r}")
     if cfg.image_size is not None:
         size = list(cfg.image_size)
-        lo, hi = IMAGE_SIDE
+        lo, hi = bounds("image_size")
         if len(size) != 2 or not all(_is_int(v) and lo <= v <= hi for v in size):
             raise ConfigError(f"--image-size must be two whole numbers (height width) from {lo} to {hi}, not "
                               f"{' '.join(map(str, size))}")
-    for name, (lo, hi) in (("lr", LR), ("weight_decay", (0.0, 10.0)), ("meta_dropout", (0.0, 1.0))):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-            raise ConfigError(f"{_flag(name)} must be a number from {lo:g} to {hi:g}, not {v!r}")
-    for name, (lo, hi) in (("label_smoothing", (0.0, 0.99)), ("logit_tau", (0.0, 10.0)), ("ema_decay", (0.0, 0.99999)),
-                           ("freeze_epochs", (0, 500))):
-        v = getattr(cfg, name, None)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
-                or (name == "freeze_epochs" and not _is_int(v)):
-            raise ConfigError(f"{_flag(name)} must be a number from {lo:g} to {hi:g}, not {v!r}")
-    if getattr(cfg, "loss", None) not in (None, "cross_entropy", "logit_adjusted"):
-        raise ConfigError(f"--loss must be cross_entropy or logit_adjusted, not {cfg.loss!r}")
     if cfg.arch not in list_archs():
         raise ConfigError(f"--arch {cfg.arch!r} is not a known architecture; choose one of {list_archs()}")
-    for name, choices in (("pretrained", PRETRAINED), ("class_weighting", WEIGHTING), ("monitor", MONITORS)):
-        if getattr(cfg, name) not in choices:
-            raise ConfigError(f"{_flag(name)} must be one of {', '.join(choices)}, not {getattr(cfg, name)!r}")
+    for name in names:
+        allowed = choices(name)
+        if allowed is not None and name != "arch" and getattr(cfg, name, None) not in allowed:
+            raise ConfigError(f"{_flag(name)} must be one of {', '.join(allowed)}, not {getattr(cfg, name, None)!r}")
     for tier, v in (cfg.tier_sensitivity or {}).items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
             raise ConfigError(f"the sensitivity target for tier {tier!r} must be in (0, 1], not {v!r}")
@@ -113,7 +103,7 @@ def settings(cfg) -> dict:
     from .models import get_arch
     s = {k: v for k, v in asdict(cfg).items() if k not in MAY_CHANGE}
     s["image_size"] = list(cfg.image_size) if cfg.image_size else list(get_arch(cfg.arch).input_size)
-    data = cfg.data or os.environ.get("DERMTRIAGE_DATA")
+    data = cfg.data or str(settings().data or "") or None
     s["data"] = os.path.abspath(os.path.expanduser(data)) if data else None
     s["tier_sensitivity"] = dict(sorted((cfg.tier_sensitivity or {}).items()))
     return json.loads(json.dumps(s))

@@ -82,6 +82,18 @@ def load_splits(table: pd.DataFrame, path: str | Path) -> pd.Series:
     return pd.Series(saved.loc[table["image_id"]].to_numpy(), index=table.index, name="split")
 
 
+def split_rows(table: pd.DataFrame, path: str | Path, split: str) -> pd.DataFrame:
+    """The rows of ``table`` in ``split`` of the split file at ``path``, numbered from 0.
+
+    Raises:
+        ValueError: ``split`` is not one of :data:`SPLITS`.
+        DataError: as :func:`load_splits`.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return table[(load_splits(table, path) == split).to_numpy()].reset_index(drop=True)
+
+
 def get_splits(table: pd.DataFrame, path: str | Path, seed: int = 0) -> pd.Series:
     """Reuse the split saved at ``path``; create and save it if it does not exist yet."""
     path = Path(path)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .clinical import Clinical
 from .data import clinical_of
-from .errors import DermTriageError
+from .errors import StudyError
 from .taxonomy import Taxonomy
 from .triage import Thresholds, TriageResult
 
@@ -35,10 +35,6 @@ PHASES = ("unassisted", "assisted")
 LEVELS = ("student", "resident", "general practitioner", "dermatologist")
 TIME_LIMITS = (None, 30, 45)
 BENIGN, MALIGNANT = "benign", "malignant"
-
-
-class StudyError(DermTriageError, ValueError):
-    """A study that cannot be set up as asked (e.g. too few distinct lesions), with the reason."""
 
 
 # ---------------------------------------------------------------------- questions and answers
@@ -191,22 +187,11 @@ def draw_cases(table: pd.DataFrame, spec: StudySpec, taxonomy: Taxonomy) -> pd.D
     return out
 
 
-def model_identity(card) -> dict:
-    """What ties frozen model outputs to one model (names for people, the weights hash to check)."""
-    from .embedding import weights_sha256
-    try:
-        sha = weights_sha256(card) if card.path is not None else None
-    except OSError:
-        sha = None
-    return {"card": str(card.path) if card.path else None, "name": card.name, "version": card.version,
-            "arch": card.arch, "weights_sha256": sha, "temperature": float(card.temperature)}
-
-
 def same_model(study_model: dict | None, card) -> bool:
     """Whether ``card`` is the model whose outputs a study froze (same weights, same calibration)."""
     if not study_model:
         return False
-    me = model_identity(card)
+    me = card.identity().to_dict()
     if abs(float(study_model.get("temperature", math.nan)) - me["temperature"]) > 1e-9:
         return False
     if study_model.get("weights_sha256") and me["weights_sha256"]:
@@ -248,7 +233,7 @@ def create_study(store, spec: StudySpec, table: pd.DataFrame, taxonomy: Taxonomy
     if predictor is not None:
         thresholds = thresholds or predictor.card.thresholds
         cases = cases.join(model_outputs(predictor, cases, spec.question, thresholds, spec.show_clinical, callback))
-        model = model_identity(predictor.card)
+        model = predictor.card.identity().to_dict()
     cases = cases.rename(columns={"path": "image_path"})
     row = {**asdict(spec), "name": " ".join(spec.name.split()), "data_dir": str(spec.data_dir), "pool": pool,
            "taxonomy": taxonomy.to_dict(), "model": model,

@@ -31,11 +31,14 @@ from scipy import stats
 
 from .metrics import confusion as confusion_matrix
 from .operating import TIER_PREFIX, EvalSet, operating_point, rates
+from .slugs import slugify
 from .study import LEVELS, PHASES, Study, answer_rank, model_answer
 from .triage import Thresholds, triage
 
 MODEL_READER = "DermTriage model"
 MODEL_LEVEL = "model"
+ALL_READERS = "all readers"    # reader_choices(): every reader
+LEVEL_CHOICE = "level: "       # reader_choices(): the readers of one experience level, e.g. "level: student"
 _KEYS = ["reader_id", "reader", "level", "phase"]
 
 
@@ -79,9 +82,12 @@ def model_as_reader(cases: pd.DataFrame, study: Study, thresholds: Thresholds | 
 
 
 # ---------------------------------------------------------------------- summaries
-def reader_table(answers: pd.DataFrame) -> pd.DataFrame:
-    """Per reader and part: cases answered, timed out, accuracy, balanced accuracy, seconds."""
+def reader_table(answers: pd.DataFrame, reader_id: int | None = None) -> pd.DataFrame:
+    """Per reader and part: cases answered, timed out, accuracy, balanced accuracy, seconds
+    (only the reader ``reader_id`` when given, e.g. for their own summary)."""
     cols = _KEYS + ["n_cases", "n_timed_out", "accuracy", "balanced_accuracy", "mean_seconds"]
+    if reader_id is not None:
+        answers = answers[answers["reader_id"] == reader_id]
     if not len(answers):
         return pd.DataFrame(columns=cols)
     df = scored(answers)
@@ -146,6 +152,56 @@ def confusion(answers: pd.DataFrame, study: Study) -> np.ndarray:
     return confusion_matrix(df["truth"].map(index).to_numpy(), df["given"].map(index).to_numpy(), len(index))
 
 
+def answered_phases(answers: pd.DataFrame, study: Study) -> list[str]:
+    """The study's parts that have answers, in the study's order."""
+    given = set(answers["phase"]) if len(answers) else set()
+    return [p for p in study.spec.phases if p in given]
+
+
+def with_model(readers: pd.DataFrame, model: pd.DataFrame) -> pd.DataFrame:
+    """The :func:`reader_table` of the readers with the model's own rows (``model``: its answers,
+    :func:`model_as_reader`) under them."""
+    if not len(model):
+        return readers.reset_index(drop=True)
+    return pd.concat([readers, reader_table(model)], ignore_index=True)
+
+
+def reader_choices(readers: pd.DataFrame) -> list[str]:
+    """Whose answers a view can show: :data:`ALL_READERS`, each experience level
+    (``"level: <level>"``, in the usual order) and each reader by name (see :func:`answers_for`)."""
+    if not len(readers):
+        return [ALL_READERS]
+    return [ALL_READERS, *[LEVEL_CHOICE + lv for lv in _level_order(readers["level"])],
+            *dict.fromkeys(readers["reader"])]
+
+
+def answers_for(answers: pd.DataFrame, choice: str = ALL_READERS, phase: str | None = None) -> pd.DataFrame:
+    """The answers of the readers a :func:`reader_choices` entry names, in the part ``phase``
+    (None: every part). A level entry wins over a reader who named themselves like one.
+
+    Raises:
+        ValueError: ``choice`` names no level or reader of these answers.
+    """
+    sub = answers if phase is None else answers[answers["phase"] == phase]
+    if choice == ALL_READERS:
+        return sub
+    level = choice[len(LEVEL_CHOICE):] if choice.startswith(LEVEL_CHOICE) else None
+    if level is not None and (answers["level"] == level).any():
+        return sub[sub["level"] == level]
+    if (answers["reader"] == choice).any():
+        return sub[sub["reader"] == choice]
+    raise ValueError(f"no reader or experience level {choice!r} among these answers")
+
+
+def studies_table(studies: pd.DataFrame) -> pd.DataFrame:
+    """The study list (:meth:`~derm_core.study_store.StudyStore.studies`) as shown: id, name,
+    creation time (UTC, to the minute), question, mode and the numbers of cases, readers and answers."""
+    created = pd.to_datetime(studies["created_at"], unit="s").dt.strftime("%Y-%m-%d %H:%M")
+    return (studies.assign(created=created)[["id", "name", "created", "question", "mode", "n_case_rows", "n_readers",
+                                             "n_answers"]]
+            .rename(columns={"n_case_rows": "cases", "n_readers": "readers", "n_answers": "answers"}))
+
+
 # ---------------------------------------------------------------------- ROC
 def targets(study: Study) -> list[str]:
     """The binary targets the question allows: class targets need a diagnosis, and a
@@ -188,12 +244,13 @@ def _call_positive(given, study: Study, target: str) -> np.ndarray:
     return np.asarray(given) == target
 
 
-def reader_points(answers: pd.DataFrame, study: Study, target: str) -> pd.DataFrame:
-    """Each reader's (1 - specificity, sensitivity) for ``target`` per part (timed out left out)."""
+def reader_points(answers: pd.DataFrame, study: Study, target: str, phase: str | None = None) -> pd.DataFrame:
+    """Each reader's (1 - specificity, sensitivity) for ``target`` per part (timed out left out);
+    only in the part ``phase`` when given."""
     cols = _KEYS + ["n_positive", "n_negative", "sensitivity", "specificity", "fpr"]
     if target not in targets(study):
         raise ValueError(f"target {target!r} does not fit a {study.question} question; choose from {targets(study)}")
-    df = scored(answers)
+    df = scored(answers if phase is None else answers[answers["phase"] == phase])
     df = df[df["given"].notna()]
     rows = []
     for key, g in df.groupby(_KEYS, sort=False):
@@ -219,8 +276,11 @@ def level_points(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def eval_set(cases: pd.DataFrame, study: Study) -> EvalSet | None:
-    """The model's frozen probabilities on these cases as an EvalSet (ROC, AUC with CI); None without them."""
+def eval_set(cases: pd.DataFrame, study: Study, phase: str | None = None) -> EvalSet | None:
+    """The model's frozen probabilities on these cases (only the part ``phase`` when given) as an
+    EvalSet (ROC, AUC with CI); None without them."""
+    if phase is not None:
+        cases = cases[cases["phase"] == phase]
     if not len(cases) or cases["model_probs"].isna().any():
         return None
     tax = study.taxonomy
@@ -289,6 +349,12 @@ def mcnemar_vs_model(answers: pd.DataFrame, model: pd.DataFrame) -> pd.DataFrame
 def _iso(t) -> str:
     return "" if t is None or (isinstance(t, float) and math.isnan(t)) else \
         datetime.fromtimestamp(float(t), UTC).isoformat(timespec="milliseconds")
+
+
+def export_file_name(study: Study, kind: str) -> str:
+    """The CSV file name of one export of a study: ``<study name slug>-<kind>.csv``
+    (``study<id>-<kind>.csv`` when the name has no letters or digits)."""
+    return f"{slugify(study.spec.name, fallback=f'study{study.id}')}-{kind}.csv"
 
 
 def answers_export(answers: pd.DataFrame, study: Study) -> pd.DataFrame:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -35,12 +34,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import DermTriageError
+from .errors import AlreadyAnswered, StudyIntegrityError, StudyStoreError
+from .settings import DB_NAME, ENV_HOME, ENV_STUDY_DB, settings  # noqa: F401 (re-exported)
 
-ENV_HOME = "DERMTRIAGE_HOME"
-ENV_STUDY_DB = "DERMTRIAGE_STUDY_DB"
-DEFAULT_HOME = Path(__file__).resolve().parent.parent / ".dermtriage"
-DB_NAME = "studies.sqlite3"
 BUSY_TIMEOUT_S = 15.0
 
 # Schema steps: MIGRATIONS[i] brings user_version i to i + 1. Frozen once released: change
@@ -144,30 +140,14 @@ SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset({"study", "choice", "study_case", "reader", "shown", "answer"})
 
 
-class StudyStoreError(DermTriageError, RuntimeError):
-    """The study database cannot be used (damaged, foreign, newer, locked, unwritable), with its path."""
-
-    def __init__(self, message: str, path: Path | str | None = None):
-        super().__init__(message)
-        self.path = path
-
-
-class StudyIntegrityError(StudyStoreError):
-    """A write the schema refused (an impossible row); nothing was written."""
-
-
-class AlreadyAnswered(StudyIntegrityError):
-    """This reader already answered this case (e.g. a second tab, a double click)."""
-
-
 def home_dir() -> Path:
-    """DermTriage's own data folder: ``$DERMTRIAGE_HOME`` or ``.dermtriage/`` beside the code."""
-    return Path(os.environ.get(ENV_HOME) or DEFAULT_HOME).expanduser()
+    """DermTriage's own data folder: ``settings().home`` ($DERMTRIAGE_HOME or ``.dermtriage/`` beside the code)."""
+    return settings().home
 
 
 def study_db_path() -> Path:
-    """The study database: ``$DERMTRIAGE_STUDY_DB``, else ``studies.sqlite3`` in :func:`home_dir`."""
-    return Path(os.environ.get(ENV_STUDY_DB) or home_dir() / DB_NAME).expanduser()
+    """The study database: ``settings().study_db`` ($DERMTRIAGE_STUDY_DB, else ``studies.sqlite3`` in :func:`home_dir`)."""
+    return settings().study_db
 
 
 def _is_locked(e: sqlite3.Error) -> bool:

@@ -34,58 +34,25 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from . import __version__
-from . import metrics as M
 from .calibration import fit_temperature, softmax
 from .checkpoint import atomic_save_tensors, atomic_write_json, load_model, read_card, save_model
 from .batches import BatchAugment, TrainBatches, image_cache, metadata_matrix
 from .data import load_table, resolve_data_dir
 from .decision import BalancedRule, class_prior
 from .device import pick_device
-from .evaluation import build_report, predict_table
+from .card import ModelCard, Preprocessing, TrainingRecord
+from .evaluation import build_report, headline_metrics
 from .ood import fit_for_model
 from .models import DEFAULT_ARCH, create_model, data_config, freeze_early, get_arch
 from .splits import get_splits
 from .taxonomy import Taxonomy, load_taxonomy
-from .triage import fit_thresholds
+from .predictor import Predictor
+from .triage import Thresholds, fit_thresholds
 
 
-@dataclass
-class TrainConfig:
-    data: str | None = None
-    out: str = "runs/run"
-    arch: str = DEFAULT_ARCH
-    taxonomy: str = "ham7"
-    csv: str | None = None
-    split_file: str | None = None       # default: <out>/split.csv
-    seed: int = 0
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    image_size: tuple[int, int] | None = None  # (H, W); default: the architecture's
-    metadata: bool = True
-    meta_dropout: float = 0.3
-    pretrained: str = "offline"
-    freeze_early: bool = True            # the arch's early layers frozen ...
-    freeze_epochs: int | None = 1        # ... for this many epochs, then all layers train (None: the whole run)
-    class_weighting: str = "none"        # none | sqrt | inverse (loss weights; the logit-adjusted loss replaces them)
-    loss: str = "logit_adjusted"         # cross_entropy | logit_adjusted (Menon et al. 2021; balanced softmax at tau 1)
-    logit_tau: float = 1.0               # the logit adjustment's tau * log(class prior)
-    label_smoothing: float = 0.1
-    ema_decay: float | None = 0.998      # weight EMA (timm ModelEmaV3, warm-up); validated and shipped; None: off
-    patience: int = 4
-    monitor: str = "val_loss"            # early stopping / best epoch: val_loss, val_macro_auc, val_balanced_accuracy
-    workers: int = 1                     # unused: batches are built as tensors in the training process
-    tier_sensitivity: dict = field(default_factory=lambda: {"high-risk": 0.90, "dangerous": 0.90})
-    limit: int | None = None             # use only the first N images (smoke runs)
-    resume: bool = True
-    device: str | None = None
-    init_from: str | None = None         # fine-tune from this model card instead of ImageNet weights
-    tta: bool = True                     # average over flips at evaluation and inference
-
-
-MONITORS = ("val_loss", "val_macro_auc", "val_balanced_accuracy", "val_accuracy")
-LOSSES = ("cross_entropy", "logit_adjusted")
+# The training settings are defined once, in derm_core.train_config (the CLI's options, the
+# Model lab's form and the background job's arguments are derived from them).
+from .train_config import LOSSES, MONITORS, TrainConfig  # noqa: E402,F401
 
 
 class Stopped(Exception):
@@ -214,12 +181,10 @@ def _write_progress(out: Path, **kw) -> None:
 
 
 def _val_metrics(y, logits) -> dict:
-    probs = softmax(logits)
-    aucs = [M.auc_score((y == i).astype(int), probs[:, i]) for i in range(probs.shape[1])]
+    """One epoch's validation: the loss and the report's headline (``val_`` + its names)."""
+    head = headline_metrics(y, softmax(logits))
     return {"val_loss": float(torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(y))),
-            "val_accuracy": M.accuracy_score(y, probs.argmax(1)),
-            "val_balanced_accuracy": M.balanced_accuracy_score(y, probs.argmax(1)),
-            "val_macro_auc": float(np.nanmean(aucs))}
+            **{f"val_{k}": head[k] for k in ("accuracy", "balanced_accuracy", "macro_auc")}}
 
 
 def train(cfg: TrainConfig, command: str = "") -> Path | None:
@@ -315,7 +280,12 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
             if rank == 0:
                 atomic_save_tensors(out / "best.safetensors", evaluated().state_dict())
 
-    val_tf = dict(input_size=size, mean=dcfg["mean"], std=dcfg["std"], device=device, progress=False)
+    # the card as far as it is known before calibration: what runs the network for validation
+    provisional = ModelCard(
+        arch=cfg.arch, taxonomy=tax, use_metadata=cfg.metadata, temperature=1.0,
+        preprocessing=Preprocessing(tuple(size), tuple(dcfg["mean"]), tuple(dcfg["std"]), cfg.tta,
+                                    dcfg["interpolation"]),
+        thresholds=Thresholds({c: 0.5 for c in tax.classes}, {t: 0.5 for t in tax.tier_names[1:]}, "uncalibrated"))
     stop_file = out / "STOP"
     bad_epochs = sum(1 for h in history if h["epoch"] > best["epoch"])
     for epoch in range(start_epoch, cfg.epochs):
@@ -362,7 +332,7 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
 
         stop_early = torch.zeros(1)
         if rank == 0:
-            pv = predict_table(evaluated(), parts["val"], use_metadata=cfg.metadata, **val_tf)
+            pv = Predictor(evaluated(), provisional, device=device).predict_table(parts["val"], tta=False, progress=False)
             logits_val = pv["logits"] + adjust.cpu().numpy()      # posterior logits
             row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
                    "seconds": time.time() - t_epoch, **_val_metrics(parts["val"]["y"].to_numpy(), logits_val)}
@@ -390,39 +360,36 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
     fold_logit_adjustment(model, adjust)
     set_early_frozen(model, False)
     train_seconds = sum(h["seconds"] for h in history)  # all epochs, across resumed processes
-    card = {
-        "name": out.name, "version": time.strftime("%Y%m%d-%H%M%S"), "arch": cfg.arch,
-        "timm_name": get_arch(cfg.arch).timm_name, "classes": list(tax.classes), "taxonomy": tax.to_dict(),
-        "use_metadata": cfg.metadata, "preprocessing": {**dcfg, "resize": "cover then centre-crop", "tta": cfg.tta},
-        "training": {"command": command, "commands": commands, "config": {**asdict(cfg), "image_size": list(size)},
-                     "frozen_layers": get_arch(cfg.arch).freeze if cfg.freeze_early else [],
-                     "logit_adjustment": adjust.cpu().tolist(), "epochs_run": len(history), "best_epoch": best["epoch"],
-                     "history": history, "wall_time_s": round(train_seconds, 1),
+    card = provisional.with_(
+        name=out.name, version=time.strftime("%Y%m%d-%H%M%S"), timm_name=get_arch(cfg.arch).timm_name,
+        training=TrainingRecord(
+            command=command, config={**asdict(cfg), "image_size": list(size)},
+            split_file=os.path.relpath(split_file, out), wall_time_s=round(train_seconds, 1),
+            data={"folder": str(data_dir), "n_images": len(table), **_provenance(data_dir)},
+            details={"commands": commands, "frozen_layers": get_arch(cfg.arch).freeze if cfg.freeze_early else [],
+                     "logit_adjustment": adjust.cpu().tolist(), "epochs_run": len(history),
+                     "best_epoch": best["epoch"], "history": history,
                      "wall_time_note": "sum of the epochs' training + validation seconds, over all resumed runs",
                      "device": str(device) + (f" x{world}" if world > 1 else ""),
-                     "torch": torch.__version__, "derm_core": __version__,
-                     "cpu_threads": torch.get_num_threads(),
-                     "split_file": os.path.relpath(split_file, out), "split_counts": {s: len(p) for s, p in parts.items()},
-                     "data": {"folder": str(data_dir), "n_images": len(table), **_provenance(data_dir)}},
-    }
+                     "torch": torch.__version__, "derm_core": __version__, "cpu_threads": torch.get_num_threads(),
+                     "split_counts": {s: len(p) for s, p in parts.items()}}))
     path = finish(model, card, table, split, out / "model", cfg.tier_sensitivity, device,
                   progress=lambda state: _write_progress(out, state=state, history=history, elapsed_s=time.time() - t0))
     _write_progress(out, state="done", history=history, elapsed_s=time.time() - t0, model=str(path))
     return path
 
 
-def finish(model, card: dict, table, split, path: Path, tier_sensitivity: dict, device=None, progress=None) -> Path:
+def finish(model, card: ModelCard, table, split, path: Path, tier_sensitivity: dict, device=None,
+           progress=None) -> Path:
     """Calibrate on the validation split (temperature, Youden class thresholds, tier thresholds
     for the target sensitivities), report validation and test, save the model and its card,
     and fit the out-of-scope detector. Used at the end of training and by ``recalibrate``."""
     progress = progress or (lambda state: None)
-    tax = Taxonomy.from_dict(card["taxonomy"])
-    pre = card["preprocessing"]
-    kw = dict(input_size=pre["input_size"], mean=pre["mean"], std=pre["std"], device=device, progress=False,
-              use_metadata=card["use_metadata"], tta=bool(pre.get("tta")))
+    tax = card.taxonomy
+    net = Predictor(model, card.with_(out_of_scope=None), device=device)
     parts = {s: table[(split == s).to_numpy()].reset_index(drop=True) for s in ("val", "test")}
     progress("calibrating")
-    pv = predict_table(model, parts["val"], **kw)
+    pv = net.predict_table(parts["val"], progress=False)
     yv = parts["val"]["y"].to_numpy()
     temperature = fit_temperature(pv["logits"], yv)
     thresholds = fit_thresholds(softmax(pv["logits"], temperature), yv, tax, tier_sensitivity)
@@ -431,18 +398,14 @@ def finish(model, card: dict, table, split, path: Path, tier_sensitivity: dict, 
     reports = {"val": build_report(yv, pv["logits"], temperature, thresholds, tax, parts["val"], rule)}
     if len(parts["test"]):
         progress("evaluating the test split")
-        pt = predict_table(model, parts["test"], **kw)
+        pt = net.predict_table(parts["test"], progress=False)
         reports["test"] = build_report(parts["test"]["y"].to_numpy(), pt["logits"], temperature, thresholds, tax,
                                        parts["test"], rule)
     for name, rep in reports.items():
         atomic_write_json(path.parent / f"report_{name}.json", rep)
-    card.update(
-        temperature=temperature,
-        thresholds={"name": thresholds.name, "classes": thresholds.classes, "tiers": thresholds.tiers,
-                    "tier_sensitivity_targets": tier_sensitivity},
-        decision_rules={"balanced": rule.to_dict()},
-        metrics={name: _headline(rep) for name, rep in reports.items()})
-    card.pop("out_of_scope", None)
+    card = card.with_(temperature=temperature, thresholds=thresholds, tier_sensitivity_targets=dict(tier_sensitivity),
+                      balanced_rule=rule, metrics={name: _headline(rep) for name, rep in reports.items()},
+                      out_of_scope=None)
     card_path = save_model(model, card, path)
     progress("fitting the out-of-scope detector")
     fit_for_model(model, read_card(card_path), table, split, progress=False)

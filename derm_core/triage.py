@@ -65,11 +65,16 @@ def tier_scores(probs: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
     return np.stack([probs[:, taxonomy.tier_members(t)].sum(1) for t in taxonomy.tier_names], axis=1)
 
 
+def tier_at_or_above(probs: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
+    """(N, n_tiers) probability that the case is at tier k or a more urgent one: the score the
+    tier thresholds apply to (column 0 is 1)."""
+    return np.cumsum(tier_scores(probs, taxonomy)[:, ::-1], axis=1)[:, ::-1]
+
+
 def assign_tiers(probs: np.ndarray, taxonomy: Taxonomy, tier_thresholds: dict[str, float]) -> np.ndarray:
     """(N,) tier index (0 = least urgent) for each row of probabilities."""
-    ts = tier_scores(probs, taxonomy)
-    at_or_above = np.cumsum(ts[:, ::-1], axis=1)[:, ::-1]  # P(tier >= k)
-    out = np.zeros(len(ts), dtype=int)
+    at_or_above = tier_at_or_above(probs, taxonomy)
+    out = np.zeros(len(at_or_above), dtype=int)
     for k in range(1, len(taxonomy.tier_names)):  # later (more urgent) tiers overwrite
         out[at_or_above[:, k] >= tier_thresholds[taxonomy.tier_names[k]]] = k
     return out
@@ -115,7 +120,7 @@ def fit_thresholds(probs: np.ndarray, y_true: np.ndarray, taxonomy: Taxonomy,
         cls[c] = youden_threshold(pos.astype(int), probs[:, i]) if 0 < pos.sum() < len(pos) else 0.5
     tiers = {}
     tt = true_tiers(y_true, taxonomy)
-    at_or_above = np.cumsum(tier_scores(probs, taxonomy)[:, ::-1], axis=1)[:, ::-1]
+    at_or_above = tier_at_or_above(probs, taxonomy)
     for k, t in enumerate(taxonomy.tier_names):
         if k == 0:
             continue

@@ -9,11 +9,12 @@ import streamlit.components.v1 as components
 
 import pandas as pd
 
-from derm_core.checkpoint import DEFAULT_MODEL, ENV_MODEL, ModelError, read_card
-from derm_core.data import ENV_DATA, DataError
+from derm_core.checkpoint import ModelError, model_stamp, read_card
+from derm_core.data import DataError
 from derm_core.errors import DermTriageError
 from derm_core.predictor import Predictor
 from derm_core.report import DISCLAIMER
+from derm_core.settings import ENV_DATA, SHIPPED_MODEL, settings
 from derm_core.splits import held_out_cases
 from derm_core.triage import Thresholds
 
@@ -38,13 +39,8 @@ def column_width(key: str, default: int = DEFAULT_COLUMN_PX) -> int:
 @st.cache_data(max_entries=16, show_spinner=False)
 def _shown_jpeg(digest: str, shown: tuple[int, int], _photo) -> str:
     """The photo scaled for the screen, as a JPEG data URL (pixels only: no EXIF)."""
-    import base64
-    import io
-
     from derm_core.lesion import DisplayScale
-    buf = io.BytesIO()
-    DisplayScale(_photo.size, shown).resize(_photo).convert("RGB").save(buf, format="JPEG", quality=88)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return DisplayScale(_photo.size, shown).jpeg_data_url(_photo)
 
 
 def crop_widget(photo, digest: str, box: tuple[int, int, int, int], key: str, colour: str = "#1565c0"):
@@ -75,25 +71,26 @@ def crop_widget(photo, digest: str, box: tuple[int, int, int, int], key: str, co
     return tuple(box), scale
 
 
-@st.cache_resource(show_spinner="Loading model ...")
-def _load_predictor(card_path: str) -> Predictor:
-    """One model per card, shared by all sessions (prediction is stateless; CAM takes its lock)."""
+@st.cache_resource(show_spinner="Loading model ...", max_entries=4)
+def _load_predictor(card_path: str, stamp: tuple) -> Predictor:
+    """One model per card (and per version of its files: ``stamp``), shared by all sessions
+    (prediction is stateless; CAM takes its lock)."""
     return Predictor.from_path(card_path)
 
 
 def get_predictor() -> Predictor:
     """The chosen model (session setting, else $DERMTRIAGE_MODEL, else the shipped default),
     falling back to the shipped default with a message when it cannot be used."""
-    path = str(st.session_state.get("model_path") or os.environ.get(ENV_MODEL) or DEFAULT_MODEL)
+    path = str(st.session_state.get("model_path") or settings().model)
     try:
-        return _load_predictor(path)
+        return _load_predictor(path, model_stamp(path))
     except (DermTriageError, OSError) as e:
-        if path == str(DEFAULT_MODEL):
+        if path == str(SHIPPED_MODEL):
             st.error(f"The shipped model cannot be loaded: {e}")
             st.stop()
         st.error(f"Model {path} was refused: {e}. Using the shipped default model instead.")
         st.session_state.pop("model_path", None)
-        return _load_predictor(str(DEFAULT_MODEL))
+        return _load_predictor(str(SHIPPED_MODEL), model_stamp(SHIPPED_MODEL))
 
 
 def data_dir_setting() -> str:
@@ -103,7 +100,7 @@ def data_dir_setting() -> str:
     Streamlit drops a widget's state when a run is interrupted before the widget is drawn
     (a click while the page is still loading), which would otherwise blank the setting."""
     if "data_dir_value" not in st.session_state:
-        st.session_state["data_dir_value"] = os.environ.get(ENV_DATA, "")
+        st.session_state["data_dir_value"] = str(settings().data or "")
     st.session_state["data_dir"] = st.session_state["data_dir_value"]
     st.sidebar.text_input("Dataset folder", key="data_dir",
                           on_change=lambda: st.session_state.update(data_dir_value=st.session_state["data_dir"]),
@@ -135,25 +132,12 @@ def profile_picker(pred: Predictor) -> str | None:
     Profiles made for the active model are listed first; others are listed too, marked, so
     choosing one explains why it is refused instead of silently hiding it.
     """
-    from derm_core.embedding import weights_sha256
-    from derm_core.profiles import MODEL_DEFAULT, Profile, list_profiles
+    from derm_core.profiles import MODEL_DEFAULT, profile_choices
 
-    try:
-        mine = weights_sha256(pred.card) if pred.card.path else None
-    except OSError:
-        mine = None
-    listed = list_profiles()
-    found = [p for p in listed if isinstance(p, Profile)]
-    for err in (x for x in listed if not isinstance(x, Profile)):   # listed as unreadable, never fatal (issue 13)
-        st.sidebar.caption(f"Unreadable threshold profile: {err}")
-    found.sort(key=lambda p: p.model.get("weights_sha256") != mine)
-    labels = {MODEL_DEFAULT: f"{MODEL_DEFAULT} ({pred.card.thresholds.name})"}
-    for p in found:
-        other = p.model.get("weights_sha256") != mine
-        labels[str(p.path)] = f"{p.id}" + (f" — for another model ({p.model.get('name')})" if other else "")
     current = st.session_state.get(ACTIVE_PROFILE) or MODEL_DEFAULT
-    if current not in labels:   # e.g. a profile file removed or broken since it was chosen
-        labels[current] = f"{os.path.basename(current)} (unavailable)"
+    labels, unreadable = profile_choices(pred.card, current)
+    for err in unreadable:   # listed as unreadable, never fatal (issue 13)
+        st.sidebar.caption(f"Unreadable threshold profile: {err}")
     if st.session_state.get("_profile_picker") != current:
         st.session_state["_profile_picker"] = current
 

@@ -7,27 +7,28 @@ slider changes is re-binned from them (derm_core.operating).
 from __future__ import annotations
 
 import getpass
-import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from derm_core import embedding as E
 from derm_core import jobs
+from derm_core import lab_views as L
 from derm_core import operating as O
 from derm_core import profiles as P
-from derm_core.checkpoint import DEFAULT_MODEL, ENV_MODEL, ModelError, read_card
+from derm_core.checkpoint import ModelError, read_card
 from derm_core.data import DataError, load_table
 from derm_core.figures import (confusion_figure, embedding_figure, reliability_figure, roc_figure, sens_spec_figure,
                                target_colours, training_figure)
-from derm_core.models import DEFAULT_ARCH, get_arch, list_archs
-from derm_core.splits import load_splits
+from derm_core import train_config as TC
+from derm_core.models import get_arch
+from derm_core.settings import ENV_MODEL, SHIPPED_MODEL, settings
+from derm_core.splits import load_splits, split_rows
 from derm_core.taxonomy import Taxonomy
-from derm_core.triage import Thresholds, assign_tiers
-from pages._common import ACTIVE_PROFILE, data_dir_setting, disclaimer
+from derm_core.triage import Thresholds
+from pages._common import ACTIVE_PROFILE, column_width, data_dir_setting, disclaimer
 
 SECTIONS = ["Train", "Runs", "Evaluate & tune"]
 ALL = "all images"
@@ -41,17 +42,14 @@ default_data = data_dir_setting()
 section = st.radio("Section", SECTIONS, horizontal=True, key="lab_section", label_visibility="collapsed")
 
 
-def fmt_s(s: float | None) -> str:
-    if s is None:
-        return "—"
-    s = int(s)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+fmt_s = L.duration   # m:ss or h:mm:ss
+pct = L.pct         # 12.3% or "—"
 
 
 def model_options() -> dict[str, str]:
     """Card path -> label: the shipped model, $DERMTRIAGE_MODEL, the triage page's choice, finished runs."""
     opts: dict[str, str] = {}
-    candidates = [(DEFAULT_MODEL, "shipped default model"), (os.environ.get(ENV_MODEL), f"${ENV_MODEL}"),
+    candidates = [(SHIPPED_MODEL, "shipped default model"), (settings().model, f"${ENV_MODEL}"),
                   (st.session_state.get("model_path"), "triage page's model")]
     for r in jobs.list_runs():
         if (r.path / "model.json").is_file():
@@ -113,6 +111,18 @@ def monitor(run: Path) -> None:
     view()
 
 
+def setting_number(col, label: str, name: str, key: str, **kw):
+    """A number input for a training setting: its limits and default from TrainConfig."""
+    lo, hi = TC.bounds(name)
+    return col.number_input(label, lo, hi, TC.default(name), key=key, **kw)
+
+
+def setting_select(col, label: str, name: str, key: str, **kw):
+    """A selectbox over a training setting's choices, at its default (from TrainConfig)."""
+    options = list(TC.choices(name))
+    return col.selectbox(label, options, index=options.index(TC.default(name)), key=key, **kw)
+
+
 def train_section() -> None:
     active = jobs.active_runs()
     if active and st.session_state.get("lab_run") not in [str(r.path) for r in active]:
@@ -122,46 +132,47 @@ def train_section() -> None:
     data = a.text_input("Dataset folder", value=default_data, key="lab_train_data",
                         help="HAM10000 layout (metadata.csv + images/) or generic layout (labels.csv + images/).")
     name = b.text_input("Run name", key="lab_run_name", placeholder="automatic: architecture and time")
-    archs = list_archs()
-    arch = a.selectbox("Architecture", archs, index=archs.index(DEFAULT_ARCH), key="lab_arch",
-                       format_func=lambda n: f"{n}" + (f" — {get_arch(n).paper}" if get_arch(n).paper else ""))
+    arch = setting_select(a, "Architecture", "arch", "lab_arch",
+                          format_func=lambda n: f"{n}" + (f" — {get_arch(n).paper}" if get_arch(n).paper else ""))
     models = model_options()
     start_from = b.selectbox("Start from", ["ImageNet weights", *models], key="lab_init",
                              format_func=lambda k: k if k == "ImageNet weights" else f"fine-tune {models[k]}",
                              help="Fine-tuning needs the same architecture as the model it starts from.")
     c = st.columns(5)
-    epochs = c[0].number_input("Epochs", 1, 500, 12, key="lab_epochs")
-    lr = c[1].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", step=1e-4, key="lab_lr")
+    epochs = setting_number(c[0], "Epochs", "epochs", "lab_epochs")
+    lr = setting_number(c[1], "Learning rate", "lr", "lab_lr", format="%.5f", step=1e-4)
     h0, w0 = get_arch(arch).input_size
-    h = c[2].number_input("Image height", 16, 1024, None, key="lab_h", placeholder=f"default {h0}")
-    w = c[3].number_input("Image width", 16, 1024, None, key="lab_w", placeholder=f"default {w0}")
-    batch = c[4].number_input("Batch size", 1, 512, 32, key="lab_batch")
-    metadata = st.checkbox("Fuse clinical data (age, sex, body site)", True, key="lab_meta")
+    side = TC.bounds("image_size")
+    h = c[2].number_input("Image height", *side, None, key="lab_h", placeholder=f"default {h0}")
+    w = c[3].number_input("Image width", *side, None, key="lab_w", placeholder=f"default {w0}")
+    batch = setting_number(c[4], "Batch size", "batch_size", "lab_batch")
+    metadata = st.checkbox("Fuse clinical data (age, sex, body site)", TC.default("metadata"), key="lab_meta")
     with st.expander("More options"):
         d = st.columns(4)
-        taxonomy = d[0].text_input("Taxonomy", "ham7", key="lab_tax", help="ham7, han12 or a taxonomy JSON file")
-        limit = d[1].number_input("Use only the first N images", 0, 10**7, 0, key="lab_limit", help="0: all (smoke runs)")
+        taxonomy = d[0].text_input("Taxonomy", TC.default("taxonomy"), key="lab_tax",
+                                   help="ham7, han12 or a taxonomy JSON file")
+        limit = d[1].number_input("Use only the first N images", 0, TC.bounds("limit")[1], TC.default("limit") or 0,
+                                  key="lab_limit", help="0: all (smoke runs)")
         device = d[2].selectbox("Device", ["auto", "cpu", "cuda"], key="lab_device", help="auto: the GPU when present")
-        monitor_on = d[3].selectbox("Best epoch by", ["val_loss", "val_macro_auc", "val_balanced_accuracy", "val_accuracy"],
-                                    key="lab_monitor")
+        monitor_on = setting_select(d[3], "Best epoch by", "monitor", "lab_monitor")
         e = st.columns(4)
-        patience = e[0].number_input("Early-stopping patience", 1, 100, 4, key="lab_patience")
-        pretrained = e[1].selectbox("ImageNet weights", ["offline", "none", "hub"], key="lab_pretrained",
+        patience = setting_number(e[0], "Early-stopping patience", "patience", "lab_patience")
+        pretrained = setting_select(e[1], "ImageNet weights", "pretrained", "lab_pretrained",
                                     help="offline: from an installed package; none: random start; hub: download")
-        workers = e[2].number_input("Data-loader workers", 0, 16, 1, key="lab_workers")
-        tta = e[3].checkbox("Flip test-time augmentation", True, key="lab_tta")
+        workers = setting_number(e[2], "Data-loader workers", "workers", "lab_workers")
+        tta = e[3].checkbox("Flip test-time augmentation", TC.default("tta"), key="lab_tta")
     if st.button("Start training", type="primary", key="lab_start", disabled=bool(active)):
-        req = jobs.TrainRequest(data=data.strip(), arch=arch, epochs=int(epochs), lr=float(lr), metadata=metadata,
-                                image_size=(int(h or h0), int(w or w0)) if (h or w) else None, batch_size=int(batch),
-                                taxonomy=taxonomy, limit=int(limit) or None, patience=int(patience),
-                                pretrained=pretrained, workers=int(workers), tta=tta,
-                                device=None if device == "auto" else device, monitor=monitor_on,
-                                init_from=None if start_from == "ImageNet weights" else start_from)
+        cfg = TC.TrainConfig(data=data.strip(), arch=arch, epochs=int(epochs), lr=float(lr), metadata=metadata,
+                             image_size=(int(h or h0), int(w or w0)) if (h or w) else None, batch_size=int(batch),
+                             taxonomy=taxonomy, limit=int(limit) or None, patience=int(patience),
+                             pretrained=pretrained, workers=int(workers), tta=tta,
+                             device=None if device == "auto" else device, monitor=monitor_on,
+                             init_from=None if start_from == "ImageNet weights" else start_from)
         try:
             from derm_core.taxonomy import load_taxonomy
-            n = len(load_table(req.data, load_taxonomy(req.taxonomy), check_files=False))
+            n = len(load_table(cfg.data, load_taxonomy(cfg.taxonomy), check_files=False))
             run = jobs.new_run_dir(name or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}")
-            jobs.start(run, req)
+            jobs.start(run, cfg)
             st.session_state["lab_run"] = str(run)
             st.toast(f"Training started on {n} images in {run}")
         except (DataError, FileNotFoundError, ValueError, jobs.JobError) as err:
@@ -182,17 +193,7 @@ def runs_section() -> None:
     if not runs:
         st.info(f"No runs yet in {jobs.runs_root()}: start one in **Train**.")
         return
-    rows = []
-    for r in runs:
-        m = (r.card or {}).get("metrics", {})
-        rows.append({"run": r.name, "state": r.status.describe(), "architecture": (r.card or {}).get("arch")
-                     or (r.status.request or {}).get("arch"), "epochs": len(r.status.history),
-                     "val balanced acc.": m.get("val", {}).get("balanced_accuracy"),
-                     "val macro AUC": m.get("val", {}).get("macro_auc"),
-                     "test balanced acc.": m.get("test", {}).get("balanced_accuracy"),
-                     "test macro AUC": m.get("test", {}).get("macro_auc"),
-                     "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.modified))})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="lab_runs_table")
+    st.dataframe(L.runs_table(runs), hide_index=True, key="lab_runs_table")
     names = [r.name for r in runs]
     pick = st.selectbox("Run", names, key="lab_run_pick")
     r = runs[names.index(pick)]
@@ -201,11 +202,7 @@ def runs_section() -> None:
     elif r.status.history:
         st.plotly_chart(training_figure(r.status.history), key="lab_run_curves")
     if r.card:
-        card = dict(r.card)
-        training = dict(card.get("training", {}))
-        training.pop("history", None)
-        card["training"] = training
-        card.pop("taxonomy", None)
+        card = L.card_summary(r.card)
         st.markdown(f"**Model card** `{r.path / 'model.json'}`")
         st.json(card, expanded=1)
         def evaluate_this(path=str(r.path / "model.json")):
@@ -221,7 +218,7 @@ def dataset(folder: str, taxonomy: dict, card_path: str, split: str) -> pd.DataF
     if split != ALL:
         card = read_card(card_path)
         sf = card.split_file
-        table = table[(load_splits(table, sf) == split).to_numpy()].reset_index(drop=True)
+        table = split_rows(table, sf, split)
         if table.empty:
             raise DataError(f"the {split} split of {folder} is empty")
     return table
@@ -266,9 +263,9 @@ def thr_keys(card) -> tuple[dict[str, str], dict[str, str]]:
 def set_thresholds(card, thr: Thresholds) -> None:
     ck, tk = thr_keys(card)
     for c, k in ck.items():
-        st.session_state[k] = float(np.clip(thr.classes[c], 0, 1))
+        st.session_state[k] = L.unit_interval(thr.classes[c])
     for t, k in tk.items():
-        st.session_state[k] = float(np.clip(thr.tiers[t], 0, 1))
+        st.session_state[k] = L.unit_interval(thr.tiers[t])
     st.session_state["lab_thr_values"] = {"owner": str(card.path), "name": thr.name,
                                           "classes": dict(thr.classes), "tiers": dict(thr.tiers)}
 
@@ -295,10 +292,6 @@ def current_thresholds(card) -> Thresholds:
 def number_format(df: pd.DataFrame) -> dict:
     """Three decimals for every float column (cheaper than a pandas Styler on every slider move)."""
     return {c: st.column_config.NumberColumn(format="%.3f") for c in df.columns if df[c].dtype.kind == "f"}
-
-
-def pct(v) -> str:
-    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.1%}"
 
 
 def tune(card, res: dict, folder: str, split: str) -> None:
@@ -341,7 +334,7 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     tgt = a.selectbox("Condition", targets, key="lab_target", format_func=ev.target_label,
                       help="The condition the prevalence, the summary and the subgroup table refer to.")
     prev_data = ev.prevalence(tgt)
-    prev = b.number_input("Prevalence (%)", 0.1, 99.9, float(np.clip(round(prev_data * 100, 1), 0.1, 99.9)), step=0.5,
+    prev = b.number_input("Prevalence (%)", *L.PREVALENCE_RANGE, L.prevalence_percent(prev_data), step=0.5,
                           key=f"lab_prev_{tgt}", help="Of the condition in the population the tool will be used on.")
     op = O.operating_point(ev, thr, tgt, prevalence=prev / 100)
     m = st.columns(4)
@@ -393,8 +386,7 @@ def embedding_view(card, res: dict, folder: str, split: str, thr: Thresholds) ->
     st.subheader("t-SNE of the embeddings")
     a, b = st.columns([1, 3])
     dims = a.radio("Dimensions", [2, 3], horizontal=True, key="lab_tsne_dims", format_func=lambda d: f"{d}D")
-    colour = b.radio("Colour by", ["true class", "predicted class", "risk tier", "correct"], horizontal=True,
-                     key="lab_tsne_colour")
+    colour = b.radio("Colour by", L.COLOUR_BY, horizontal=True, key="lab_tsne_colour")
     mtime = card.path.stat().st_mtime_ns
     xy = tsne_layout(str(card.path), mtime, folder, split, dims, False)
     if xy is None:
@@ -403,24 +395,11 @@ def embedding_view(card, res: dict, folder: str, split: str, thr: Thresholds) ->
         with st.spinner("Laying out the embeddings (t-SNE) ..."):
             tsne_layout.clear()
             xy = tsne_layout(str(card.path), mtime, folder, split, dims, True)
-    tax = card.taxonomy
-    colours = target_colours(ev)
-    assigned = np.array(tax.tier_names)[assign_tiers(ev.probs, tax, thr.tiers)]
-    if colour == "true class":
-        by, cmap = np.array(ev.classes)[ev.y], {c: colours[c] for c in ev.classes}
-    elif colour == "predicted class":
-        by, cmap = np.array(ev.classes)[ev.pred], {c: colours[c] for c in ev.classes}
-    elif colour == "risk tier":
-        by, cmap = assigned, {t: tax.tiers[t].colour for t in tax.tier_names}
-    else:
-        by, cmap = np.where(ev.pred == ev.y, "correct", "wrong"), {"correct": "#2e7d32", "wrong": "#c62828"}
-    hover = [f"{i}<br>true {tax.classes[y]} · predicted {tax.classes[p]} ({pr:.0%})<br>tier {t}"
-             for i, y, p, pr, t in zip(ev.image_ids, ev.y, ev.pred, ev.probs.max(1), assigned)]
-    fig = embedding_figure(xy, by, np.array(hover), cmap)
+    view = L.embedding_colours(ev, thr, colour, target_colours(ev))
+    fig = embedding_figure(xy, view.categories, view.hover, view.colours)
     if dims == 2:
         event = st.plotly_chart(fig, key="lab_tsne", on_select="rerun", selection_mode=("points", "box", "lasso"))
-        picked = [p.get("customdata") for p in (event.selection.points if event else [])]
-        rows = [int(i[0] if isinstance(i, list) else i) for i in picked if i is not None][:12]
+        rows = L.selected_rows(event.selection.points if event else [])
         if rows:
             table = res["table"]
             st.image([table["path"].iloc[i] for i in rows], width=110,
@@ -483,7 +462,7 @@ def evaluate_section() -> None:
         st.session_state["lab_model"] = next(iter(models))
     path = st.selectbox("Model", list(models), key="lab_model", format_func=models.get)
     card = read_card(path)
-    trained_on = card.data.get("training", {}).get("data", {}).get("folder")
+    trained_on = card.trained_on
     own = trained_on if trained_on and Path(trained_on).is_dir() else ""
     # the sidebar's dataset folder first, else the model's own training folder; re-chosen when either changes
     if st.session_state.get("lab_eval_for") != (path, default_data):
@@ -593,7 +572,8 @@ def threshold_free(ev: O.EvalSet) -> None:
     """The views that no threshold changes (drawn outside the slider fragment)."""
     with st.expander("Confusion matrix and calibration (threshold-free)", expanded=True):
         norm = st.toggle("Row-normalised", True, key="lab_cm_norm")
-        c1, c2 = st.columns(2)
+        # side by side only where each half still has room for a readable plot (about 400 px)
+        c1, c2 = st.columns(2) if column_width("lab-threshold-free", 1000) >= 800 else (st.container(), st.container())
         c1.plotly_chart(confusion_figure(ev.confusion, list(ev.classes), norm, "classes (most probable class)"),
                         key="lab_cm_classes")
         cal = ev.calibration

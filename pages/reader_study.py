@@ -21,7 +21,8 @@ from derm_core.images import ImageError, load_image, strip_metadata
 from derm_core.study import (BALANCES, LEVELS, MODES, QUESTIONS, TIME_LIMITS, Study, StudyError, StudySpec,
                              create_study, same_model, seconds_left)
 from derm_core.figures import reader_roc_figure
-from derm_core.study_store import ENV_HOME, ENV_STUDY_DB, AlreadyAnswered, StudyStore, StudyStoreError
+from derm_core.settings import ENV_HOME, ENV_STUDY_DB
+from derm_core.study_store import AlreadyAnswered, StudyStore, StudyStoreError
 from pages._common import active_thresholds, cached_cases, data_dir_setting, disclaimer, get_predictor
 
 SECTIONS = ["Set up", "Read", "Results"]
@@ -108,10 +109,7 @@ def setup_section() -> None:
     st.subheader("Studies")
     studies = load_studies()
     if len(studies):
-        show = studies.assign(created=pd.to_datetime(studies["created_at"], unit="s").dt.strftime("%Y-%m-%d %H:%M"))
-        st.dataframe(show[["id", "name", "created", "question", "mode", "n_case_rows", "n_readers", "n_answers"]]
-                     .rename(columns={"n_case_rows": "cases", "n_readers": "readers", "n_answers": "answers"}),
-                     hide_index=True, key="rs_studies")
+        st.dataframe(R.studies_table(studies), hide_index=True, key="rs_studies")
     else:
         st.info("No study yet.")
 
@@ -175,7 +173,7 @@ def show_model_output(study: Study, case: dict) -> None:
     if study.spec.show_clinical:
         clinical = Clinical.parse(case["age"], case["sex"], case["site"])
     try:
-        overlay = cached_cam(int(case["id"]), case["image_path"], top, f"{pred.card.path}:{pred.card.version}", pred,
+        overlay = cached_cam(int(case["id"]), case["image_path"], top, pred.card.identity().key, pred,
                              clinical)
     except (ImageError, OSError, RuntimeError) as e:
         st.caption(f"Grad-CAM unavailable: {e}")
@@ -208,8 +206,7 @@ def read_section() -> None:
     st.progress(done / max(total, 1), text=f"{done} of {total} cases answered")
     if case is None:
         st.success(f"All {total} cases answered — thank you, {me['name']}.")
-        mine = R.reader_table(store.answers(study.id))
-        mine = mine[mine["reader_id"] == me["id"]]
+        mine = R.reader_table(store.answers(study.id), reader_id=me["id"])
         for _, r in mine.iterrows():
             st.markdown(f"- {PHASE_TITLE[r['phase']] if study.spec.mode == 'both' else r['phase']}: accuracy "
                         f"**{r['accuracy']:.0%}** ({r['n_cases']} cases, {r['n_timed_out']} timed out)")
@@ -292,10 +289,10 @@ def results_section() -> None:
         st.info("No answers yet.")
         return
     readers = R.reader_table(answers)
-    phases = [p for p in study.spec.phases if (answers["phase"] == p).any()]
+    phases = R.answered_phases(answers, study)
 
     st.subheader("Accuracy per reader")
-    table = pd.concat([readers, R.reader_table(model)], ignore_index=True)
+    table = R.with_model(readers, model)
     st.dataframe(table.drop(columns=["reader_id"]), hide_index=True, key="rs_readers")
     st.subheader("Per experience level")
     levels = R.level_table(readers)
@@ -306,9 +303,8 @@ def results_section() -> None:
     phase = c1.radio("Part", phases, horizontal=True, key="rs_res_phase") if len(phases) > 1 else phases[0]
     target = c2.selectbox("Positive class", R.targets(study), key="rs_res_target",
                           format_func=lambda t: R.target_label(study, t))
-    points = R.reader_points(answers, study, target)
-    points = points[points["phase"] == phase]
-    ev = R.eval_set(cases[cases["phase"] == phase], study)
+    points = R.reader_points(answers, study, target, phase)
+    ev = R.eval_set(cases, study, phase)
     mpt = R.model_point(ev, thr, target) if ev is not None and thr is not None else None
     fig = reader_roc_figure(ev, target, f"{R.target_label(study, target)} · {phase} part · {len(points)} readers",
                             points, R.level_points(points), mpt, f"model at {thr.name}" if thr else "model")
@@ -325,13 +321,8 @@ def results_section() -> None:
                  key="rs_classes")
 
     st.subheader("Confusion matrix")
-    who = ["all readers", *[f"level: {lv}" for lv in levels["level"].unique()], *readers["reader"].unique()]
-    pick = st.selectbox("Readers", who, key="rs_res_cm")
-    sub = answers[answers["phase"] == phase]
-    if pick.startswith("level: "):
-        sub = sub[sub["level"] == pick[len("level: "):]]
-    elif pick != "all readers":
-        sub = sub[sub["reader"] == pick]
+    pick = st.selectbox("Readers", R.reader_choices(readers), key="rs_res_cm")
+    sub = R.answers_for(answers, pick, phase)
     st.plotly_chart(confusion_figure(R.confusion(sub, study), list(study.choices), axis_names=("correct", "answered"),
                                      title=f"{pick}, {phase} part"), key="rs_cm")
 
@@ -356,14 +347,13 @@ def results_section() -> None:
         st.dataframe(R.mcnemar_vs_model(answers, model).drop(columns=["reader_id"]), hide_index=True, key="rs_mcnemar")
 
     st.subheader("Export")
-    slug = "".join(ch if ch.isalnum() else "-" for ch in study.spec.name.lower()).strip("-") or f"study{study.id}"
     files = {"answers": R.answers_export(answers, study), "readers": table, "levels": levels,
              "per-class": classes, "model-answers": R.answers_export(model, study) if len(model) else None}
     cols = st.columns(len(files))
     for col, (kind, df) in zip(cols, files.items()):
         if df is not None:
-            col.download_button(f"{kind} (CSV)", df.to_csv(index=False).encode(), file_name=f"{slug}-{kind}.csv",
-                                mime="text/csv", key=f"rs_csv_{kind}")
+            col.download_button(f"{kind} (CSV)", df.to_csv(index=False).encode(),
+                                file_name=R.export_file_name(study, kind), mime="text/csv", key=f"rs_csv_{kind}")
 
 
 {"Set up": setup_section, "Read": read_section, "Results": results_section}[section]()

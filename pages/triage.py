@@ -2,22 +2,23 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import streamlit as st
-from PIL import Image
 
 from derm_core import conformal, explain, lesion, mapquality, similar
 from derm_core.clinical import SEXES, SITES, Clinical
-from derm_core.data import ENV_DATA, DataError
+from derm_core.data import DataError
 from derm_core.figures import differential_chart, mark_biopsy, tier_chart
-from derm_core.images import ImageError, load_image, load_mask
+from derm_core.images import UPLOAD_EXTENSIONS, ImageError, load_image, load_mask
 from derm_core.report import case_report_html, case_report_pdf
+from derm_core.settings import settings
 from pages._common import ACTIVE_PROFILE, active_thresholds, column_width, crop_widget, disclaimer, example_cases, get_predictor, model_caption
 
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"]
+if TYPE_CHECKING:
+    from PIL import Image
+
 TIER_BOX = {0: st.success, 1: st.warning, 2: st.error}
 
 st.title(":material/search: Triage")
@@ -46,7 +47,7 @@ with left:
     source = st.radio("Photo", ["Upload a photo", "Example case from a dataset"], horizontal=True, key="source")
     truth = None
     if source == "Upload a photo":
-        up = st.file_uploader("Lesion photo", type=UPLOAD_TYPES, key="upload",
+        up = st.file_uploader("Lesion photo", type=UPLOAD_EXTENSIONS, key="upload",
                               help="Stays in memory; nothing is written to disk unless you download a report.")
         if up is None:
             st.info("Upload a photo of a skin lesion (dermatoscopic images work best), or pick an example case.")
@@ -163,7 +164,7 @@ def cached_lime(key, samples: int, segments: int, target: int, _crop: Image.Imag
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def cached_mask(key, _crop: Image.Image) -> np.ndarray:
+def cached_mask(key, _crop: Image.Image):
     return lesion.suggest_mask(_crop)
 
 
@@ -172,7 +173,7 @@ def cached_quality(key, which, _explanation, _crop: Image.Image, _mask, _clinica
     return mapquality.explanation_quality(pred, _crop, _explanation, _mask, _clinical)
 
 
-model_id = f"{pred.card.path}:{pred.card.version}"
+model_id = pred.card.identity().key
 cam_tab, lime_tab = st.tabs(["Grad-CAM heat map", "LIME superpixels and biopsy site"])
 with cam_tab:
     a, b = st.columns(2)
@@ -208,7 +209,7 @@ with lime_tab:
         site_ = lesion.biopsy_site(lime_res, mask, mask_src)
         status.update(label=f"LIME done in {lime_res.seconds:.1f} s", state="complete")
     geo = lime_res.geometry
-    region = geo.heatmap_to_original(site_.region.astype(np.float32)) > 0.5
+    region = geo.mask_to_original(site_.region)
     point = geo.point_to_original(site_.x, site_.y)
     x1, x2 = st.columns(2)
     x1.image(lime_res.overlay(crop), width="stretch",
@@ -219,7 +220,7 @@ with lime_tab:
         st.image(biopsy_img, width="stretch",
                  caption=f"Suggested biopsy site (cyan: point and region) inside {mask_src} (yellow)"
                  if site_.suggested else "No biopsy site suggested")
-    ox, oy = lesion.crop_point_to_photo(point, box)
+    ox, oy = geo.point_to_photo(site_.x, site_.y, box)
     if mask_note:
         st.warning(mask_note)
     if site_.suggested:
@@ -240,7 +241,7 @@ def similar_index(card_path: str, card_mtime: int, data_dir: str, build: bool):
     return similar.folder_index(pred.card, data_dir, build=build)
 
 
-sim_dir = st.session_state.get("data_dir_value") or os.environ.get(ENV_DATA, "")
+sim_dir = st.session_state.get("data_dir_value") or str(settings().data or "")
 if not sim_dir:
     st.caption("Set the dataset folder in the sidebar (the model's own training data) to see similar cases.")
 else:

@@ -70,7 +70,7 @@ def ham7():
 
 
 def tiny_card(taxonomy, use_metadata=True, size=(48, 64)) -> ModelCard:
-    return ModelCard({
+    return ModelCard.from_json({
         "arch": "tiny_test", "taxonomy": taxonomy.to_dict(), "use_metadata": use_metadata,
         "preprocessing": {"input_size": list(size), "mean": [0.5] * 3, "std": [0.5] * 3},
         "temperature": 1.0,

@@ -20,7 +20,7 @@ def setup(tmp_path, ham7, monkeypatch):
     """A tiny model with a split file over a synthetic dataset, calibrated on its validation split."""
     torch.manual_seed(0)
     model = create_model("tiny_test", 7, use_metadata=True, pretrained="none")
-    path = save_model(model, tiny_card(ham7).data, tmp_path / "model" / "model")
+    path = save_model(model, tiny_card(ham7), tmp_path / "model" / "model")
     data = write_dataset(tmp_path / "data", per_class=6, size=(200, 150))
     card = read_card(path)
     table = load_table(data, card.taxonomy)
@@ -76,7 +76,7 @@ def test_prediction_set_map_checks_and_similar_cases(setup):
     assert f"Index {n_index} images" in [b.label for b in at.button]
     at.button(key="similar_build").click().run()
     assert not at.exception, at.exception
-    imgs = [e for e in at.get("imgs") if any("similarity" in str(getattr(i, "caption", "")) for i in e.proto.imgs)]
+    imgs = [e for e in at.get("image") if any("similarity" in str(getattr(i, "caption", "")) for i in e.proto.imgs)]
     assert imgs, "similar-case thumbnails"
     captions = [i.caption for i in imgs[0].proto.imgs]
     assert len(captions) == 6 and all("similarity" in c for c in captions)

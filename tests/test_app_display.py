@@ -63,6 +63,49 @@ def test_crop_coordinates_map_to_the_whole_photo():
     assert part.shape == (20, 20) and part.sum() == 100 and part[5:15, 5:15].all()
 
 
+def test_a_point_of_an_explained_crop_maps_to_the_whole_photo():
+    from derm_core.explain import CoverGeometry
+    g = CoverGeometry.of((600, 450), (150, 200))          # a 600x450 crop seen at 200x150: a third of a pixel each
+    box = (1000, 2000, 1600, 2450)                         # where that crop lies in the photo
+    assert g.point_to_original(10, 20) == (31, 61)         # (x + 0.5) * 3 - 0.5, in the crop's pixels
+    assert g.point_to_photo(10, 20, box) == (1031, 2061)   # ... plus the crop's offset
+    assert g.point_to_photo(10, 20) == (31, 61)            # no box: the geometry is of the whole photo
+    assert g.point_to_photo(10, 20, (0, 0, 600, 450)) == (31, 61)
+    assert g.point_to_photo(199, 149, box) == (1598, 2448)  # the last model pixel: the centre of the crop's last 3
+    with pytest.raises(ValueError, match="not the size"):
+        g.point_to_photo(10, 20, (0, 0, 500, 450))
+
+
+def test_a_model_input_region_maps_onto_the_explained_image():
+    from derm_core.explain import CoverGeometry
+    g = CoverGeometry.of((600, 450), (150, 200))
+    region = np.zeros((150, 200), bool)
+    region[50:100, 80:120] = True
+    out = g.mask_to_original(region)
+    assert out.dtype == bool and out.shape == (450, 600)
+    assert out[225, 300] and not out[10, 10] and not out[225, 200]
+    assert abs(int(out.sum()) - 50 * 3 * 40 * 3) <= 2 * 3 * (50 + 40) * 3   # within a model pixel of the edge
+    wide = CoverGeometry.of((800, 450), (150, 200))        # the centre-crop cuts the sides away
+    full = wide.mask_to_original(np.ones((150, 200), bool))
+    assert not full[:, 0].any() and not full[:, -1].any() and full[:, 400].all()
+
+
+def test_the_cropper_gets_the_photo_at_its_shown_size_without_metadata():
+    import base64
+    import io
+    photo = Image.new("RGB", (4032, 3024), "white")
+    exif = photo.getexif()
+    exif[0x010F] = "PhoneMaker"
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", exif=exif)
+    photo = Image.open(io.BytesIO(buf.getvalue()))
+    url = DisplayScale.fit(photo.size, 400).jpeg_data_url(photo)
+    assert url.startswith("data:image/jpeg;base64,")
+    shown = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert shown.size == DisplayScale.fit(photo.size, 400).shown == (400, 300)
+    assert not shown.getexif()
+
+
 # ----------------------------------------------------------------------------- the biopsy site drawn
 def _cyan(a: np.ndarray) -> np.ndarray:
     return (a[..., 0] < 90) & (a[..., 1] > 170) & (a[..., 2] > 190)

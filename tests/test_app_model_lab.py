@@ -14,7 +14,7 @@ from conftest import ROOT, page_text, tiny_card, write_dataset
 def _save_tiny(path, ham7, seed=0):
     torch.manual_seed(seed)
     model = create_model("tiny_test", 7, use_metadata=True, pretrained="none")
-    return save_model(model, {**tiny_card(ham7).data, "name": path.parent.name, "version": f"v{seed}"}, path)
+    return save_model(model, tiny_card(ham7).with_(name=path.parent.name, version=f"v{seed}"), path)
 
 
 @pytest.fixture
@@ -172,3 +172,20 @@ def test_evaluation_folder_follows_the_sidebar_and_the_page_names_folder_and_spl
     assert any(f"of `{other}` (the sidebar's dataset folder)" in i.value for i in at.info)
     at.text_input(key="lab_eval_data").set_value(str(lab["data"])).run()         # a folder typed here is named so
     assert any(f"of `{lab['data']}` (a folder typed here)" in i.value for i in at.info)
+
+
+def test_the_training_form_starts_at_trainconfigs_defaults(lab):
+    from derm_core import train_config as TC
+    cfg = TC.TrainConfig()
+    at = _lab()
+    assert not at.exception, at.exception
+    for key, name in (("lab_epochs", "epochs"), ("lab_lr", "lr"), ("lab_batch", "batch_size"),
+                      ("lab_patience", "patience"), ("lab_workers", "workers")):
+        box = at.number_input(key=key)
+        assert box.value == getattr(cfg, name) and (box.min, box.max) == TC.bounds(name), key
+    for key, name in (("lab_arch", "arch"), ("lab_monitor", "monitor"), ("lab_pretrained", "pretrained")):
+        box = at.selectbox(key=key)
+        options = tuple(o.split(" — ")[0] for o in box.options)         # the architectures' labels name a paper
+        assert box.value == getattr(cfg, name) and options == TC.choices(name), key
+    assert at.checkbox(key="lab_meta").value == cfg.metadata and at.checkbox(key="lab_tta").value == cfg.tta
+    assert at.text_input(key="lab_tax").value == cfg.taxonomy and at.number_input(key="lab_limit").value == 0

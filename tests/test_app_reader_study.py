@@ -22,7 +22,7 @@ from conftest import ROOT, page_text, tiny_card, write_dataset
 @pytest.fixture
 def env(tmp_path, ham7, monkeypatch):
     torch.manual_seed(0)
-    card = save_model(create_model("tiny_test", 7, use_metadata=True, pretrained="none"), tiny_card(ham7).data,
+    card = save_model(create_model("tiny_test", 7, use_metadata=True, pretrained="none"), tiny_card(ham7),
                       tmp_path / "model" / "model")
     data = write_dataset(tmp_path / "data", per_class=3)
     db = tmp_path / "home" / "studies.sqlite3"

@@ -16,7 +16,7 @@ from conftest import CLASS_COLOURS, ROOT, lesion_image, page_text, tiny_card, wr
 def tiny_model(tmp_path, ham7, monkeypatch):
     torch.manual_seed(0)
     model = create_model("tiny_test", 7, use_metadata=True, pretrained="none")
-    path = save_model(model, tiny_card(ham7).data, tmp_path / "model" / "model")
+    path = save_model(model, tiny_card(ham7), tmp_path / "model" / "model")
     monkeypatch.setenv("DERMTRIAGE_MODEL", str(path))
     monkeypatch.delenv("DERMTRIAGE_DATA", raising=False)
     return path

@@ -1,5 +1,7 @@
 import json
 
+from derm_core.card import FORMAT_VERSION
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from conftest import tiny_card
 def saved(tmp_path, ham7):
     torch.manual_seed(0)
     model = create_model("tiny_test", 7, use_metadata=True, pretrained="none").eval()
-    return model, save_model(model, tiny_card(ham7).data, tmp_path / "m" / "model")
+    return model, save_model(model, tiny_card(ham7), tmp_path / "m" / "model")
 
 
 def test_round_trip_is_exact(saved):
@@ -31,7 +33,7 @@ def test_weights_file_is_not_a_pickle(saved):
     _, path = saved
     head = path.with_suffix(".safetensors").read_bytes()[:16]
     assert not head.startswith(b"\x80")  # pickle protocol marker
-    assert json.loads(path.read_text())["format_version"] == 1
+    assert json.loads(path.read_text())["format_version"] == FORMAT_VERSION
 
 
 def test_truncated_weights_refused(saved):

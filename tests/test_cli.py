@@ -94,3 +94,29 @@ def test_explain_writes_overlay_and_biopsy_site(trained, tmp_path, capsys, metho
         assert out["superpixel_weights"]
     else:
         assert out["target"] in CLASS_COLOURS
+
+
+def test_explain_maps_the_biopsy_site_as_the_triage_page_does(trained, tmp_path, capsys):
+    """The page explains a crop of a photo, the CLI a whole photo: given that crop as its photo,
+    the CLI reports the page's biopsy site less the crop's offset (same rule, same mapping)."""
+    from derm_core import explain as E
+    from derm_core import lesion
+    from derm_core.clinical import Clinical
+    from derm_core.images import load_image
+    from derm_core.predictor import Predictor
+    root, _ = trained
+    lesion_image(CLASS_COLOURS["mel"], (300, 220), seed=4).save(tmp_path / "photo.png")
+    photo = load_image(tmp_path / "photo.png")
+    box = (50, 40, 250, 190)
+    crop = photo.crop(box)
+    crop.save(tmp_path / "crop.png")
+    assert main(["explain", str(tmp_path / "crop.png"), "--method", "lime", "--out", str(tmp_path / "out"),
+                 "--samples", "40", "--seed", "0", "--model", str(root / "run"), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)["biopsy_site"]
+    pred = Predictor.from_path(root / "run")                  # what pages/triage.py does with the crop
+    lime = E.lime_explanation(pred, crop, num_samples=40, seed=0, clinical=Clinical.parse(None, None, None))
+    site = lesion.biopsy_site(lime, lesion.suggest_mask(crop), "the automatic lesion outline")
+    assert site.suggested and cli is not None
+    page = lime.geometry.point_to_photo(site.x, site.y, box)
+    assert page == (cli["x"] + box[0], cli["y"] + box[1])
+    assert cli["note"] == site.note

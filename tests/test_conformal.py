@@ -97,20 +97,20 @@ def test_prediction_set_order_text_and_empty_sets():
 def test_storage_round_trip_and_refusal(tmp_path, ham7, tiny_predictor):
     from derm_core.checkpoint import read_card, save_model
 
-    path = save_model(tiny_predictor.model, tiny_predictor.card.data, tmp_path / "m" / "model")
+    path = save_model(tiny_predictor.model, tiny_predictor.card, tmp_path / "m" / "model")
     card = read_card(path)
     y, p = _fake(300, seed=6)
     assert C.load_calibration(card) is None
-    cal = C.Calibration.fit(y, p, card.classes, {"weights_sha256": __import__("derm_core.embedding").embedding
-                                                 .weights_sha256(card), "temperature": card.temperature})
+    cal = C.Calibration.fit(y, p, card.classes, {"weights_sha256": card.weights_sha256(),
+                                                 "temperature": card.temperature})
     C.calibration_path(card).write_text(json.dumps(cal.to_dict()))
     back = C.load_calibration(card)
     np.testing.assert_array_equal(back.sets(p, 0.9), cal.sets(p, 0.9))
     # another temperature or other weights: refused with the reason
-    card.data["temperature"] = 2.0
+    card = card.with_(temperature=2.0)
     with pytest.raises(C.ConformalError, match="temperature"):
         C.load_calibration(card)
-    card.data["temperature"] = 1.0
+    card = card.with_(temperature=1.0)
     bad = cal.to_dict()
     bad["source"]["weights_sha256"] = "0" * 64
     with pytest.raises(C.ConformalError, match="other model weights"):
@@ -125,7 +125,7 @@ def test_fit_for_model_on_its_validation_split(tmp_path, synthetic_data, tiny_pr
     from derm_core.splits import make_splits
 
     monkeypatch.setenv("DERMTRIAGE_CACHE", str(tmp_path / "cache"))
-    path = save_model(tiny_predictor.model, tiny_predictor.card.data, tmp_path / "m" / "model")
+    path = save_model(tiny_predictor.model, tiny_predictor.card, tmp_path / "m" / "model")
     card = read_card(path)
     table = load_table(synthetic_data, card.taxonomy)
     split = make_splits(table, seed=0).to_numpy()

@@ -25,7 +25,7 @@ INPUT = (64, 80)  # (H, W)
 
 def _card(tta: bool) -> ModelCard:
     tax = load_taxonomy("ham7")
-    return ModelCard({
+    return ModelCard.from_json({
         "arch": "tiny_test", "taxonomy": tax.to_dict(), "use_metadata": True,
         "preprocessing": {"input_size": list(INPUT), "mean": [0.5] * 3, "std": [0.25] * 3, "tta": tta},
         "temperature": 1.5,
@@ -37,13 +37,13 @@ def _card(tta: bool) -> ModelCard:
 def predictor() -> Predictor:
     torch.manual_seed(0)
     model = create_model("tiny_test", 7, use_metadata=True, pretrained="none")
-    return Predictor(model, _card(tta=False), device=torch.device("cpu"))
+    return Predictor(model, _card(tta=False), device=torch.device("cpu"), fast_path="fp32")
 
 
 @pytest.fixture(scope="module")
 def tta_predictor(predictor) -> Predictor:
     """The same network behind a card that asks for flip test-time augmentation."""
-    return Predictor(predictor.model, _card(tta=True), device=torch.device("cpu"))
+    return Predictor(predictor.model, _card(tta=True), device=torch.device("cpu"), fast_path="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_lime_classifier_matches_the_predictor(predictor, tta_predictor, photo):
     """LIME sees the triage's calibrated probabilities: from the single un-flipped view by
     default (one pass per image), exactly the predictor's forward with ``tta=True``."""
     preview = np.stack([np.asarray(to_pil_preview(photo, INPUT))] * 2)
-    tta_predictor._frozen = False   # count passes on the eager network (the frozen copy runs no Python hooks)
+    tta_predictor.runner.eager = True   # count passes on the eager network (the frozen copy runs no Python hooks)
     passes = []
     hook = predictor.model.backbone.register_forward_hook(lambda *_: passes.append(1))
     try:
@@ -251,7 +251,7 @@ def test_lime_classifier_matches_the_predictor(predictor, tta_predictor, photo):
     assert (n_single, n_full) == (1, 4)
     np.testing.assert_allclose(single, np.repeat(expect_single, 2, 0), atol=1e-6)
     np.testing.assert_allclose(full, np.repeat(expect_full, 2, 0), atol=1e-6)
-    tta_predictor._frozen = None    # LIME's CPU fast path: the frozen copy, same probabilities
+    tta_predictor.runner.eager = False  # LIME's CPU fast path: the frozen copy, same probabilities
     np.testing.assert_allclose(E._classifier_fn(tta_predictor, None)(preview), single, atol=1e-5)
     assert tta_predictor.frozen() is not None
 
@@ -443,7 +443,7 @@ def test_frozen_network_matches_the_eager_one(metadata):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    pred = Predictor(model, tiny_card(tax, use_metadata=metadata), device=torch.device("cpu"))
+    pred = Predictor(model, tiny_card(tax, use_metadata=metadata), device=torch.device("cpu"), fast_path="fp32")
     frozen = pred.frozen()
     assert frozen is not None and pred.frozen() is frozen            # built once
     for n in (1, 5, 16):

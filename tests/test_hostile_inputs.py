@@ -226,7 +226,7 @@ def test_a_bad_dataset_mask_falls_back_with_the_reason(tmp_path):
 
 def _saved(tmp_path, ham7, name="m") -> Path:
     torch.manual_seed(0)
-    return save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7).data,
+    return save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7),
                       tmp_path / name / "model")
 
 

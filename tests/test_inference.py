@@ -63,15 +63,15 @@ def test_shipped_model_bf16_agrees_on_real_photos(ham_dir):
     """On 64 test-split photos the bf16 path keeps the most-likely class with |dp| <= 0.02."""
     from derm_core.checkpoint import load_model
     from derm_core.data import load_table
-    from derm_core.evaluation import predict_table
+    from derm_core.predictor import Predictor
     from derm_core.splits import get_splits
 
     model, card = load_model()
     table = load_table(ham_dir, card.taxonomy)
     table = table[(get_splits(table, card.split_file) == "test").to_numpy()].iloc[:64].reset_index(drop=True)
-    kw = dict(input_size=card.input_size, mean=card.mean, std=card.std, device=CPU, progress=False, tta=True)
-    ref = predict_table(model, table, **kw, path="fp32")["logits"]
-    got = predict_table(model, table, **kw, path="cpu-bf16")["logits"]
+    assert card.tta
+    ref = Predictor(model, card, CPU, fast_path="fp32").predict_table(table, progress=False)["logits"]
+    got = Predictor(model, card, CPU, fast_path="cpu-bf16").predict_table(table, progress=False)["logits"]
     pr, pg = [np.exp(v - v.max(1, keepdims=True)) for v in (ref, got)]
     pr, pg = pr / pr.sum(1, keepdims=True), pg / pg.sum(1, keepdims=True)
     assert (pr.argmax(1) == pg.argmax(1)).mean() >= 0.98

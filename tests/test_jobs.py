@@ -2,18 +2,20 @@
 tiny synthetic data, the registry's tiny_test network)."""
 import json
 import time
+from dataclasses import asdict
 
 import pytest
 
 from derm_core import jobs
 from derm_core.cli import build_parser
+from derm_core.train_config import TrainConfig, config_argv
 from conftest import write_dataset
 
 
-def _request(data, **kw) -> jobs.TrainRequest:
+def _request(data, **kw) -> TrainConfig:
     base = dict(data=str(data), arch="tiny_test", epochs=2, batch_size=16, lr=3e-3, pretrained="none", workers=0,
                 patience=50, device="cpu", tta=False)
-    return jobs.TrainRequest(**{**base, **kw})
+    return TrainConfig(**{**base, **kw})
 
 
 def _wait_for(pred, timeout=240, poll=0.2):
@@ -27,15 +29,15 @@ def _wait_for(pred, timeout=240, poll=0.2):
 
 
 def test_request_is_a_valid_cli_command():
-    req = jobs.TrainRequest(data="/d", arch="tiny_test", epochs=3, image_size=(48, 64), lr=1e-4, metadata=False,
-                            limit=50, device="cpu", csv="my.csv", tta=False, monitor="val_macro_auc",
-                            init_from="/m/model.json")
-    a = build_parser().parse_args(req.argv("/runs/x"))
+    req = TrainConfig(data="/d", out="/runs/x", arch="tiny_test", epochs=3, image_size=(48, 64), lr=1e-4,
+                      metadata=False, limit=50, device="cpu", csv="my.csv", tta=False, monitor="val_macro_auc",
+                      init_from="/m/model.json")
+    a = build_parser().parse_args(["train", *config_argv(req)])
     assert (a.data, a.out, a.arch, a.epochs, a.image_size, a.lr, a.metadata, a.limit, a.device, a.csv, a.tta,
             a.monitor, a.init_from) == \
         ("/d", "/runs/x", "tiny_test", 3, [48, 64], 1e-4, False, 50, "cpu", "my.csv", False, "val_macro_auc",
          "/m/model.json")
-    assert jobs.TrainRequest.from_dict(json.loads(json.dumps(req.__dict__))) == req
+    assert TrainConfig.from_dict(json.loads(json.dumps(asdict(req)))) == req
 
 
 def test_readable_error_from_a_log_tail():
@@ -89,7 +91,7 @@ def test_start_progress_reattach_stop_resume_finish(tmp_path):
     assert [h["epoch"] for h in card["training"]["history"]][-1] == stopped_at + 1
     assert "resuming" in (run / "train.log").read_text()
     runs = jobs.list_runs(run.parent)
-    assert runs[0].name == "r1" and runs[0].card["arch"] == "tiny_test" and runs[0].status.state == "done"
+    assert runs[0].name == "r1" and runs[0].card.arch == "tiny_test" and runs[0].status.state == "done"
     with pytest.raises(jobs.JobError, match="already finished"):
         jobs.start(run, req)
 

@@ -32,7 +32,7 @@ class TextureTopLeft(nn.Module):
 @pytest.fixture(scope="module")
 def texture_predictor() -> Predictor:
     tax = load_taxonomy("ham7")
-    card = ModelCard({"arch": "tiny_test", "taxonomy": tax.to_dict(), "use_metadata": False,
+    card = ModelCard.from_json({"arch": "tiny_test", "taxonomy": tax.to_dict(), "use_metadata": False,
                       "preprocessing": {"input_size": list(SIZE), "mean": [0.5] * 3, "std": [0.5] * 3},
                       "temperature": 1.0,
                       "thresholds": {"classes": {c: 0.3 for c in tax.classes},

@@ -181,7 +181,7 @@ def test_predictions_are_cached_per_model_and_data(tmp_path, ham7, monkeypatch):
     import torch
 
     from derm_core import embedding as E
-    from derm_core import evaluation
+    from derm_core.predictor import Predictor
     from derm_core.checkpoint import read_card, save_model
     from derm_core.data import load_table
     from derm_core.models import create_model
@@ -189,7 +189,7 @@ def test_predictions_are_cached_per_model_and_data(tmp_path, ham7, monkeypatch):
 
     monkeypatch.setenv("DERMTRIAGE_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
-    card = read_card(save_model(create_model("tiny_test", 7, True, "none"), tiny_card(ham7).data, tmp_path / "m" / "model"))
+    card = read_card(save_model(create_model("tiny_test", 7, True, "none"), tiny_card(ham7), tmp_path / "m" / "model"))
     table = load_table(write_dataset(tmp_path / "data", per_class=2), ham7)
     assert E.load_cached_predictions(card, table) is None
     first = E.predictions(card, table)
@@ -197,7 +197,7 @@ def test_predictions_are_cached_per_model_and_data(tmp_path, ham7, monkeypatch):
 
     def no_model_calls(*a, **kw):
         raise AssertionError("the model ran again")
-    monkeypatch.setattr(evaluation, "predict_table", no_model_calls)
+    monkeypatch.setattr(Predictor, "predict_table", no_model_calls)
     again = E.predictions(card, table)
     assert np.array_equal(again["logits"], first["logits"])
     # another subset, or a changed image file, is other data

@@ -144,7 +144,7 @@ def app_env(tmp_path, ham7, monkeypatch):
     app writes to inside tmp_path."""
     torch.manual_seed(0)
     card = save_model(create_model("tiny_test", 7, True, pretrained="none"),
-                      {**tiny_card(ham7).data, "name": "tiny", "version": "t1"}, tmp_path / "tiny" / "model")
+                      tiny_card(ham7).with_(name="tiny", version="t1"), tmp_path / "tiny" / "model")
     data = write_dataset(tmp_path / "data", per_class=2, size=(200, 150))
     for i, p in enumerate(sorted((data / "images").glob("*.jpg"))):
         p.write_bytes(exif_photo(CLASS_COLOURS[p.stem.split("_")[0]], seed=i))
@@ -303,7 +303,7 @@ def _broken_models(app_env, ham7) -> dict[str, Path]:
     (d / "model.safetensors").write_bytes(good.with_suffix(".safetensors").read_bytes())
     out["wrong classes"] = d / "model.json"
     # right names, wrong shapes (a 5-class head under a 7-class card)
-    five = save_model(create_model("tiny_test", 5, True, pretrained="none"), tiny_card(ham7).data, tmp / "five" / "model")
+    five = save_model(create_model("tiny_test", 5, True, pretrained="none"), tiny_card(ham7), tmp / "five" / "model")
     d = tmp / "wrong-shapes"
     d.mkdir()
     (d / "model.json").write_text(good.read_text())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from derm_core import profiles as P
-from derm_core.checkpoint import atomic_write_json, read_card, save_model
+from derm_core.checkpoint import ModelCard, atomic_write_json, read_card, save_model
 from derm_core.models import create_model
 from derm_core.taxonomy import load_taxonomy
 from derm_core.triage import Thresholds
@@ -16,11 +16,11 @@ from conftest import tiny_card
 def _model(tmp_path, name, taxonomy, seed=0, temperature=1.0):
     torch.manual_seed(seed)
     model = create_model("tiny_test", len(taxonomy.classes), use_metadata=True, pretrained="none")
-    data = {**tiny_card(taxonomy).data, "name": name, "version": f"v-{seed}", "temperature": temperature}
+    data = {**tiny_card(taxonomy).to_json(), "name": name, "version": f"v-{seed}", "temperature": temperature}
     if len(taxonomy.tier_names) > 1:
         data["thresholds"] = {"classes": {c: 0.3 for c in taxonomy.classes},
                               "tiers": {t: 0.3 for t in taxonomy.tier_names[1:]}}
-    return read_card(save_model(model, data, tmp_path / name / "model"))
+    return read_card(save_model(model, ModelCard.from_json(data), tmp_path / name / "model"))
 
 
 def _thr(card, v=0.25) -> Thresholds:
@@ -127,3 +127,21 @@ def test_concurrent_saves_get_distinct_versions(tmp_path, card):
     assert len(list(folder.glob("same@v*.json"))) == 6
     with pytest.raises(P.ProfileError):
         P.slugify("  ///  ")
+
+
+def test_picker_lists_this_models_profiles_first_and_marks_the_rest(tmp_path, card):
+    folder = tmp_path / "profiles"
+    other = _model(tmp_path, "m2", card.taxonomy, seed=1)
+    mine = P.save_profile("mine", _thr(card), card, folder=folder)
+    theirs = P.save_profile("theirs", _thr(other), other, folder=folder)     # newer, but for another model
+    (folder / "broken.json").write_text("{")
+    labels, unreadable = P.profile_choices(card, None, folder)
+    assert list(labels) == [P.MODEL_DEFAULT, str(mine.path), str(theirs.path)]
+    assert labels[P.MODEL_DEFAULT] == f"{P.MODEL_DEFAULT} ({card.thresholds.name})"
+    assert labels[str(mine.path)] == "mine v1" and labels[str(theirs.path)] == "theirs v1 — for another model (m2)"
+    assert len(unreadable) == 1 and "broken.json" in str(unreadable[0])
+    gone = str(folder / "gone@v1.json")                                       # chosen, then removed
+    labels, _ = P.profile_choices(card, gone, folder)
+    assert list(labels)[-1] == gone and labels[gone] == "gone@v1.json (unavailable)"
+    assert len(P.profile_choices(card, str(mine.path), folder)[0]) == 3
+    assert P.profile_choices(card, None, tmp_path / "none")[0] == {P.MODEL_DEFAULT: labels[P.MODEL_DEFAULT]}

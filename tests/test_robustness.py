@@ -18,6 +18,7 @@ import struct
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from derm_core.data import DataError, LesionDataset, load_table
 from derm_core.images import MAX_BYTES, MAX_PIXELS, MIN_SIDE, ImageError, load_image
 from derm_core.models import create_model
 from derm_core.taxonomy import load_taxonomy
+from derm_core.train_config import TrainConfig
 from derm_core.transforms import eval_transform
 from derm_core.triage import Thresholds, assign_tiers, tier_scores, triage
 
@@ -302,7 +304,7 @@ def test_bad_uploads_give_a_clear_message_on_the_triage_page(tmp_path, ham7, mon
     """Every corpus file that is refused shows its reason on the page, in one session, one after another."""
     from streamlit.testing.v1 import AppTest
     torch.manual_seed(0)
-    path = save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7).data, tmp_path / "m" / "model")
+    path = save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7), tmp_path / "m" / "model")
     monkeypatch.setenv("DERMTRIAGE_MODEL", str(path))
     monkeypatch.delenv("DERMTRIAGE_DATA", raising=False)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
@@ -586,7 +588,7 @@ def test_interrupted_card_rewrite_leaves_the_previous_model(tmp_path, ham7, monk
     import derm_core.checkpoint as C
     torch.manual_seed(0)
     model = create_model("tiny_test", 7, True, pretrained="none").eval()
-    path = save_model(model, tiny_card(ham7).data, tmp_path / "m" / "model")
+    path = save_model(model, tiny_card(ham7), tmp_path / "m" / "model")
     before_card, before_weights = path.read_bytes(), path.with_suffix(".safetensors").read_bytes()
     x = torch.randn(1, 3, 48, 64)
     with torch.no_grad():
@@ -600,7 +602,7 @@ def test_interrupted_card_rewrite_leaves_the_previous_model(tmp_path, ham7, monk
             with pytest.raises(PowerCut):
                 atomic_write_json(path, data)
             with pytest.raises(PowerCut):                    # a whole new model over the old one
-                save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7).data, path)
+                save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7), path)
         assert path.read_bytes() == before_card and path.with_suffix(".safetensors").read_bytes() == before_weights
         loaded, card = load_model(path)
         assert card.temperature == 1.0
@@ -612,7 +614,7 @@ def test_interrupted_card_rewrite_leaves_the_previous_model(tmp_path, ham7, monk
 def test_interrupted_profile_save_leaves_the_previous_version(tmp_path, ham7, monkeypatch):
     import derm_core.checkpoint as C
     torch.manual_seed(0)
-    card = read_card(save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7).data,
+    card = read_card(save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7),
                                 tmp_path / "m" / "model"))
     folder = tmp_path / "profiles"
     th = lambda v: Thresholds({c: v for c in card.classes}, {t: v for t in card.taxonomy.tier_names[1:]})
@@ -634,14 +636,14 @@ def test_truncated_or_mismatched_model_is_refused_with_a_reason(tmp_path, ham7):
     """Beyond tests/test_checkpoint.py: an empty weights file, a header-only file, and weights of the
     right names but another width (the card says 7 classes, the tensors hold 5)."""
     torch.manual_seed(0)
-    path = save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7).data, tmp_path / "a" / "model")
+    path = save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7), tmp_path / "a" / "model")
     w = path.with_suffix(".safetensors")
     good = w.read_bytes()
     for broken in (b"", good[:8], good[:-100]):
         w.write_bytes(broken)
         with pytest.raises(ModelError, match="truncated or corrupt"):
             load_model(path)
-    five = save_model(create_model("tiny_test", 5, True, pretrained="none"), tiny_card(ham7).data, tmp_path / "b" / "model")
+    five = save_model(create_model("tiny_test", 5, True, pretrained="none"), tiny_card(ham7), tmp_path / "b" / "model")
     w.write_bytes(five.with_suffix(".safetensors").read_bytes())
     with pytest.raises(ModelError, match=r"has shape \(5.*expected \(7.*7 classes"):
         load_model(path)
@@ -655,8 +657,8 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
     (tests/test_jobs.py covers the graceful stop button.)"""
     data = write_dataset(tmp_path / "data", per_class=3)
     run = tmp_path / "runs" / "killed"
-    req = jobs.TrainRequest(data=str(data), arch="tiny_test", epochs=200, batch_size=2, lr=3e-3, pretrained="none",
-                            workers=0, patience=500, device="cpu", tta=False)
+    req = TrainConfig(data=str(data), arch="tiny_test", epochs=200, batch_size=2, lr=3e-3, pretrained="none",
+                      workers=0, patience=500, device="cpu", tta=False)
     try:
         jobs.start(run, req, nice=0)
         t0 = time.time()
@@ -679,7 +681,7 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
         assert k >= 1 and [h["epoch"] for h in saved["history"]] == list(range(1, k + 1))
         assert jobs.status(run).resumable and not (run / "model.json").exists()
 
-        jobs.start(run, jobs.TrainRequest(**{**req.__dict__, "epochs": k + 1}), nice=0)
+        jobs.start(run, replace(req, epochs=k + 1), nice=0)
         done = jobs.wait(run, timeout=600)
         assert done.state == "done", (done.error, done.log_tail)
     finally:

@@ -10,7 +10,7 @@ from derm_core.cli import main
 def test_default_model_loads_and_card_is_complete():
     model, card = load_model()  # no path: the shipped default
     assert card.path == DEFAULT_MODEL
-    d = card.data
+    d = card.to_json()
     assert d["arch"] == "tf_efficientnet_lite0" and len(card.classes) == 7
     assert d["training"]["command"].startswith("python -m derm_core train")
     assert d["training"]["wall_time_s"] > 0
@@ -29,7 +29,7 @@ def test_evaluate_reproduces_the_card(ham_dir, tmp_path):
     out = tmp_path / "report.json"
     assert main(["evaluate", "--data", str(ham_dir), "--split", "test", "--out", str(out)]) == 0
     rep = json.loads(out.read_text())
-    want = card.data["metrics"]["test"]
+    want = card.metrics["test"]
     assert rep["n_images"] == want["n_images"]
     for key in ("accuracy", "balanced_accuracy", "macro_auc", "ece"):
         assert rep[key] == pytest.approx(want[key], abs=2e-3), key

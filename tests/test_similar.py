@@ -18,7 +18,7 @@ from derm_core.splits import make_splits
 def setup(tmp_path, synthetic_data, tiny_predictor, monkeypatch):
     monkeypatch.setenv("DERMTRIAGE_CACHE", str(tmp_path / "cache"))
     similar._MEMO.clear()
-    path = save_model(tiny_predictor.model, tiny_predictor.card.data, tmp_path / "m" / "model")
+    path = save_model(tiny_predictor.model, tiny_predictor.card, tmp_path / "m" / "model")
     card = read_card(path)
     table = load_table(synthetic_data, card.taxonomy)
     split = make_splits(table, seed=0).to_numpy()
@@ -64,7 +64,7 @@ def test_index_is_cached_and_rebuilt_when_the_model_changes(setup, monkeypatch):
     # new weights written over the same card: another model key, the index is rebuilt
     torch.manual_seed(123)
     other = create_model("tiny_test", 7, use_metadata=True, pretrained="none")
-    save_model(other, card.data, path.with_suffix(""))
+    save_model(other, card, path.with_suffix(""))
     card2 = read_card(path)
     assert similar.cached_index(card2, table, split) is None
     c = similar.build_index(card2, table, split)

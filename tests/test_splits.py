@@ -37,3 +37,17 @@ def test_ham10000_split_is_lesion_disjoint_and_stratified(ham_dir, ham7):
     assert 0.12 < frac["test"] < 0.18 and 0.12 < frac["val"] < 0.18
     share = pd.crosstab(t["label"], s, normalize="columns")
     assert (abs(share["test"] - share["train"]) < 0.03).all()
+
+
+def test_split_rows_picks_one_split_numbered_from_zero(synthetic_data, ham7, tmp_path):
+    from derm_core.splits import split_rows
+    t = load_table(synthetic_data, ham7)
+    f = tmp_path / "split.csv"
+    s = get_splits(t, f, seed=1)
+    for name in ("train", "val", "test"):
+        part = split_rows(t, f, name)
+        assert list(part["image_id"]) == list(t.loc[s == name, "image_id"])
+        assert list(part.index) == list(range(len(part)))
+    assert sum(len(split_rows(t, f, n)) for n in ("train", "val", "test")) == len(t)
+    with pytest.raises(ValueError, match="split must be one of"):
+        split_rows(t, f, "validation")

@@ -108,7 +108,7 @@ def test_rare_classes_give_what_they_have_and_too_few_lesions_is_an_error(ham7):
 def test_case_pool_prefers_the_models_test_split(tmp_path, ham7):
     data = write_dataset(tmp_path / "data", per_class=2)
     table = load_table(data, ham7)
-    card = ModelCard(tiny_card(ham7).data, path=tmp_path / "model" / "model.json")
+    card = tiny_card(ham7).with_(path=tmp_path / "model" / "model.json")
     card.path.parent.mkdir()
     assert held_out_cases(data, ham7, card)[0].shape[0] == 14              # no split file: all images
     test_ids = set(table["image_id"][::3])
@@ -152,7 +152,7 @@ def test_create_study_freezes_cases_and_the_models_output(tmp_path, ham7, tiny_p
     assert r["model_probs"] == pytest.approx(expect.probs, abs=1e-5)
     with pytest.raises(StudyError, match="needs the model"):
         create_study(store, StudySpec("C", str(data), mode="assisted", n_cases=2), table, ham7, None)
-    other = ModelCard({**tiny_card(ham7).data, "temperature": 2.0})
+    other = tiny_card(ham7).with_(temperature=2.0)
     assert not same_model(study.model, other)
 
 
@@ -339,3 +339,51 @@ def test_answers_export(designed):
     assert late["timed_out"] and not late["correct"] and late["seconds"] == 40.0
     assert late["shown_at"].startswith("1970-01-01T00:16:40")
     assert set(out.columns) >= {"reader", "level", "image_id", "answer", "correct_answer", "model_answer"}
+
+
+def test_results_page_filters(designed):
+    store, study, cases, _ = designed
+    answers = store.answers(study.id)
+    readers = R.reader_table(answers)
+    assert R.answered_phases(answers, study) == ["unassisted", "assisted"]
+    assert R.answered_phases(answers[answers["phase"] == "assisted"], study) == ["assisted"]
+    assert R.answered_phases(answers.iloc[:0], study) == []
+    # whose answers: everyone, a level (usual order), a reader
+    assert R.reader_choices(readers) == ["all readers", "level: student", "level: dermatologist", "A", "B", "C"]
+    assert R.reader_choices(readers.iloc[:0]) == ["all readers"]
+    un = R.answers_for(answers, "all readers", "unassisted")
+    assert len(un) == 18 and set(un["phase"]) == {"unassisted"}
+    derm = R.answers_for(answers, "level: dermatologist", "assisted")
+    assert set(derm["reader"]) == {"A"} and len(derm) == 6                 # C read one part only
+    assert len(R.answers_for(answers, "level: dermatologist")) == 18
+    b = R.answers_for(answers, "B", "unassisted")
+    assert set(b["reader"]) == {"B"} and len(b) == 6
+    assert R.confusion(b, study).sum() == 5                                # the late answer stays out
+    with pytest.raises(ValueError):
+        R.answers_for(answers, "Zoe")
+    # one reader's own summary; the model's rows under the readers'
+    mine = R.reader_table(answers, reader_id=int(answers.loc[answers["reader"] == "C", "reader_id"].iloc[0]))
+    assert list(mine["reader"]) == ["C"] and mine["accuracy"].iloc[0] == pytest.approx(4 / 6)
+    model = R.model_as_reader(cases, study)
+    both = R.with_model(readers, model)
+    assert len(both) == len(readers) + 2 and list(both["reader"].iloc[-2:]) == [R.MODEL_READER] * 2
+    assert R.with_model(readers, model.iloc[:0]).equals(readers)
+    # ROC points and the model's curve of one part
+    pts = R.reader_points(answers, study, "tier:dangerous", "assisted")
+    assert set(pts["phase"]) == {"assisted"} and set(pts["reader"]) == {"A", "B"}
+    assert len(R.reader_points(answers, study, "tier:dangerous")) == 5
+    assert len(R.eval_set(cases, study, "unassisted")) == 6 and len(R.eval_set(cases, study)) == 12
+
+
+def test_study_list_and_export_names(designed):
+    store, study, _, _ = designed
+    shown = R.studies_table(store.studies())
+    assert list(shown.columns) == ["id", "name", "created", "question", "mode", "cases", "readers", "answers"]
+    row = shown.set_index("id").loc[study.id]
+    assert row["name"] == "designed" and row["readers"] == 3 and len(row["created"]) == len("2024-01-01 10:00")
+    assert R.export_file_name(study, "answers") == "designed-answers.csv"
+    from dataclasses import replace
+    odd = replace(study, spec=replace(study.spec, name="GP day, März #2"))
+    assert R.export_file_name(odd, "per-class") == "gp-day-m-rz-2-per-class.csv"
+    nameless = replace(study, spec=replace(study.spec, name="???"))
+    assert R.export_file_name(nameless, "levels") == f"study{study.id}-levels.csv"

@@ -118,7 +118,7 @@ def test_fine_tune_from_a_trained_model_and_monitor(synthetic_data, tmp_path):
                       lr=1e-6))  # the stem is frozen in the first epoch: it stays the source's
     tuned, loaded = load_model(card)
     assert torch.allclose(src.backbone.conv_stem.weight, tuned.backbone.conv_stem.weight, atol=1e-6)
-    assert loaded.data["training"]["config"]["monitor"] == "val_macro_auc"
+    assert loaded.training.config["monitor"] == "val_macro_auc"
     with pytest.raises(ValueError, match="monitor"):
         train(_cfg(synthetic_data, tmp_path / "c", monitor="val_f1"))
 

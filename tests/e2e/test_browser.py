@@ -193,7 +193,7 @@ def test_triage_upload_crop_differential_lime_and_report(page, app_server, tmp_p
 
     # the case report
     with page.expect_download() as dl:
-        page.get_by_role("button", name=re.compile("Download case report")).click()
+        page.get_by_role("button", name="Download case report (HTML)").click()
     report = ARTIFACTS / "case-report.html"
     dl.value.save_as(report)
     html = report.read_text(encoding="utf-8")
