@@ -20,13 +20,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from derm_core.checkpoint import DEFAULT_MODEL, load_model  # noqa: E402
-from derm_core.clinical import encode  # noqa: E402
-from derm_core.data import clinical_of, load_table  # noqa: E402
-from derm_core.evaluation import build_report, summary_metrics  # noqa: E402
-from derm_core.predictor import Predictor  # noqa: E402
-from derm_core.splits import load_splits  # noqa: E402
-from derm_core.triage import fit_thresholds  # noqa: E402
+from derm_core.data.clinical import encode  # noqa: E402
+from derm_core.data.dataset import clinical_of, load_table  # noqa: E402
+from derm_core.data.splits import load_splits  # noqa: E402
+from derm_core.evaluate.evaluation import build_report, summary_metrics  # noqa: E402
+from derm_core.model.checkpoint import load_model  # noqa: E402
+from derm_core.model.predictor import Predictor  # noqa: E402
+from derm_core.settings import SHIPPED_MODEL  # noqa: E402
+from derm_core.triage.rules import fit_thresholds  # noqa: E402
 
 
 def headline(rep: dict) -> dict:
@@ -37,7 +38,7 @@ def headline(rep: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--model", default=str(SHIPPED_MODEL))
     ap.add_argument("--out", help="also write the figures as JSON here")
     a = ap.parse_args()
     model, card = load_model(a.model)

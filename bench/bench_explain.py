@@ -28,15 +28,15 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from derm_core import explain as E  # noqa: E402
-from derm_core.checkpoint import ModelCard, ModelError, read_card  # noqa: E402
-from derm_core.images import load_image  # noqa: E402
-from derm_core.lesion import suggest_mask  # noqa: E402
-from derm_core.models import DEFAULT_ARCH, create_model, data_config  # noqa: E402
-from derm_core.predictor import Predictor  # noqa: E402
-from derm_core.taxonomy import load_taxonomy  # noqa: E402
+from derm_core.data.images import load_image  # noqa: E402
+from derm_core.data.taxonomy import load_taxonomy  # noqa: E402
+from derm_core.explain import maps as E  # noqa: E402
+from derm_core.explain.lesion import suggest_mask  # noqa: E402
+from derm_core.model.checkpoint import ModelCard, ModelError, read_card  # noqa: E402
+from derm_core.model.networks import DEFAULT_ARCH, create_model, data_config  # noqa: E402
+from derm_core.model.predictor import Predictor  # noqa: E402
+from derm_core.settings import SHIPPED_MODEL  # noqa: E402
 
-DEFAULT_CARD = ROOT / "weights" / "default" / "model.json"
 HAM_DIR = Path(os.environ.get("DERMTRIAGE_HAM10000", ROOT.parent / "shared" / "data" / "ham10000"))
 
 
@@ -83,7 +83,7 @@ def mean_pairwise(results: list[E.LimeResult], **kw) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("card", nargs="?", default=str(DEFAULT_CARD), help="model card (.json) or run folder")
+    ap.add_argument("card", nargs="?", default=str(SHIPPED_MODEL), help="model card (.json) or run folder")
     ap.add_argument("--data", default=str(HAM_DIR), help="HAM10000 folder (images/, masks/)")
     ap.add_argument("--image", default=None, help="image_id (default: first of the model's test split)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target machine has 2 cores)")

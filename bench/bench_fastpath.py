@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from derm_core.calibration import softmax  # noqa: E402
-from derm_core.checkpoint import load_model  # noqa: E402
-from derm_core.data import load_table  # noqa: E402
-from derm_core.images import load_image  # noqa: E402
-from derm_core.inference import fast_path  # noqa: E402
-from derm_core.predictor import Predictor  # noqa: E402
-from derm_core.splits import load_splits  # noqa: E402
+from derm_core.data.dataset import load_table  # noqa: E402
+from derm_core.data.images import load_image  # noqa: E402
+from derm_core.data.splits import load_splits  # noqa: E402
+from derm_core.model.calibration import softmax  # noqa: E402
+from derm_core.model.checkpoint import load_model  # noqa: E402
+from derm_core.model.inference import fast_path  # noqa: E402
+from derm_core.model.predictor import Predictor  # noqa: E402
 
 
 def main() -> None:

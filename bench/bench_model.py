@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from derm_core.checkpoint import DEFAULT_MODEL, load_model  # noqa: E402
-from derm_core.models import freeze_early  # noqa: E402
+from derm_core.model.checkpoint import load_model  # noqa: E402
+from derm_core.model.networks import freeze_early  # noqa: E402
+from derm_core.settings import SHIPPED_MODEL  # noqa: E402
 
 
 def rate(fn, n_per_call: int, seconds: float) -> float:
@@ -62,7 +63,7 @@ def bench(device: torch.device, model_path: Path, seconds: float) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--model", default=str(SHIPPED_MODEL))
     ap.add_argument("--seconds", type=float, default=10)
     a = ap.parse_args()
     bench(torch.device("cpu"), Path(a.model), a.seconds)

@@ -24,10 +24,10 @@ import pandas as pd
 import plotly.io as pio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from derm_core import figures as F  # noqa: E402
-from derm_core import operating as O  # noqa: E402
-from derm_core.taxonomy import load_taxonomy  # noqa: E402
-from derm_core.triage import Thresholds, assign_tiers  # noqa: E402
+from derm_core.data.taxonomy import load_taxonomy  # noqa: E402
+from derm_core.evaluate import figures as F  # noqa: E402
+from derm_core.evaluate import operating as O  # noqa: E402
+from derm_core.triage.rules import Thresholds, assign_tiers  # noqa: E402
 
 PRIORS = np.array([0.033, 0.051, 0.11, 0.011, 0.111, 0.67, 0.014])  # HAM10000 class shares (akiec..vasc)
 
@@ -104,7 +104,7 @@ def bench_redraw(n: int, repeats: int) -> None:
 def bench_tsne(n: int, dim: int) -> None:
     """Wall-clock and CPU seconds (all threads of this process: the wall time an idle machine
     would need is at most the CPU time; on a busy machine the wall time is inflated)."""
-    from derm_core.embedding import tsne
+    from derm_core.evaluate.embedding import tsne
     emb = synthetic_embeddings(n, dim)
     y = np.random.default_rng(0).choice(7, n, p=PRIORS / PRIORS.sum())   # the clusters synthetic_embeddings drew
     layouts = {}
@@ -136,10 +136,10 @@ def bench_page(n: int, repeats: int) -> None:
     from PIL import Image
     from streamlit.testing.v1 import AppTest
 
-    from derm_core import embedding as E
-    from derm_core.checkpoint import read_card, save_model
-    from derm_core.data import load_table
-    from derm_core.models import create_model
+    from derm_core.data.dataset import load_table
+    from derm_core.evaluate import embedding as E
+    from derm_core.model.checkpoint import read_card, save_model
+    from derm_core.model.networks import create_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_model_lab_"))
     ev, y = synthetic_eval(n)

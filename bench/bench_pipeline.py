@@ -1,7 +1,7 @@
 """Training input pipeline vs the raw training step (issue #9: the pipeline must reach >= 90%).
 
 Prints images/s of (a) the raw all-layer training step on ready-made tensors and (b) the
-same step fed by :class:`derm_core.batches.TrainBatches` (uint8 cache + whole-batch
+same step fed by :class:`derm_core.fit.batches.TrainBatches` (uint8 cache + whole-batch
 augmentation), and their ratio. Uses the first ``--images`` photos of the dataset folder.
 
     python bench/bench_pipeline.py --data ../shared/data/ham10000 [--arch tf_efficientnet_lite0] [--steps 12]
@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from derm_core.batches import BatchAugment, TrainBatches, image_cache, metadata_matrix
-from derm_core.data import load_table
-from derm_core.models import create_model, data_config, get_arch
-from derm_core.taxonomy import load_taxonomy
+from derm_core.data.dataset import load_table
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.fit.batches import BatchAugment, TrainBatches, image_cache, metadata_matrix
+from derm_core.model.networks import create_model, data_config, get_arch
 
 
 def main() -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from derm_core.checkpoint import DEFAULT_MODEL  # noqa: E402
-from derm_core.explain import cam_heatmap  # noqa: E402
-from derm_core.images import load_image  # noqa: E402
-from derm_core.predictor import Predictor  # noqa: E402
+from derm_core.data.images import load_image  # noqa: E402
+from derm_core.explain.maps import cam_heatmap  # noqa: E402
+from derm_core.model.predictor import Predictor  # noqa: E402
+from derm_core.settings import SHIPPED_MODEL  # noqa: E402
 
 
 def photos(data: Path, n: int) -> list:
@@ -33,7 +33,7 @@ def photos(data: Path, n: int) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--model", default=str(SHIPPED_MODEL))
     ap.add_argument("--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared/data/ham10000"))
     ap.add_argument("--n", type=int, default=20)
     a = ap.parse_args()

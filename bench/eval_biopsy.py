@@ -27,13 +27,13 @@ from scipy import ndimage
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from derm_core import explain as E  # noqa: E402
-from derm_core.checkpoint import DEFAULT_MODEL  # noqa: E402
-from derm_core.data import load_table  # noqa: E402
-from derm_core.images import load_image  # noqa: E402
-from derm_core.lesion import biopsy_site, box_iou, mask_box, mask_iou, suggest_box, suggest_mask  # noqa: E402
-from derm_core.predictor import Predictor  # noqa: E402
-from derm_core.splits import load_splits  # noqa: E402
+from derm_core.data.dataset import load_table  # noqa: E402
+from derm_core.data.images import load_image  # noqa: E402
+from derm_core.data.splits import load_splits  # noqa: E402
+from derm_core.explain import maps as E  # noqa: E402
+from derm_core.explain.lesion import biopsy_site, box_iou, mask_box, mask_iou, suggest_box, suggest_mask  # noqa: E402
+from derm_core.model.predictor import Predictor  # noqa: E402
+from derm_core.settings import SHIPPED_MODEL  # noqa: E402
 
 
 def inside(mask: np.ndarray, point: tuple[int, int]) -> bool:
@@ -44,7 +44,7 @@ def inside(mask: np.ndarray, point: tuple[int, int]) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--model", default=str(SHIPPED_MODEL))
     ap.add_argument("--n", type=int, default=200, help="test photos for the LIME part, 0: all (all are used for boxes)")
     ap.add_argument("--margin", type=float, default=0.15, help="the Triage page's crop margin")
     ap.add_argument("--cache", help="folder for per-photo LIME results (reused by a rerun)")

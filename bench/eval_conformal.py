@@ -17,15 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from derm_core import conformal as C  # noqa: E402
-from derm_core.calibration import softmax  # noqa: E402
-from derm_core.checkpoint import load_model  # noqa: E402
-from derm_core.data import load_table  # noqa: E402
-from derm_core.embedding import predictions  # noqa: E402
-from derm_core.splits import load_splits  # noqa: E402
+from derm_core.data.dataset import load_table  # noqa: E402
+from derm_core.data.splits import load_splits  # noqa: E402
+from derm_core.evaluate.embedding import predictions  # noqa: E402
+from derm_core.model import conformal as C  # noqa: E402
+from derm_core.model.calibration import softmax  # noqa: E402
+from derm_core.model.checkpoint import load_model  # noqa: E402
 
 
 def main() -> int:

@@ -12,13 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
 
-from derm_core import similar  # noqa: E402
-from derm_core.checkpoint import load_model  # noqa: E402
-from derm_core.data import load_table  # noqa: E402
-from derm_core.embedding import predictions  # noqa: E402
-from derm_core.splits import load_splits  # noqa: E402
+from derm_core.data.dataset import load_table  # noqa: E402
+from derm_core.data.splits import load_splits  # noqa: E402
+from derm_core.evaluate.embedding import predictions  # noqa: E402
+from derm_core.explain import similar  # noqa: E402
+from derm_core.model.checkpoint import load_model  # noqa: E402
 
 
 def main() -> int:

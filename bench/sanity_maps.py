@@ -3,7 +3,7 @@
 For each photo (cropped to the dataset's lesion box, as the example cases are), Grad-CAM and
 LIME of the predicted class:
 
-* faithfulness: deletion / insertion AUC (``derm_core.mapquality``; lower deletion than a random
+* faithfulness: deletion / insertion AUC (``derm_core.explain.mapquality``; lower deletion than a random
   pixel order = faithful) and, for Grad-CAM, ROAD (``pytorch_grad_cam.metrics``);
 * share of the map's weight inside the dataset's lesion mask, against the mask's area share;
 * model-randomisation sanity check (Adebayo et al. 2018): the same maps from copies of the
@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from derm_core import explain as E  # noqa: E402
-from derm_core import mapquality as Q  # noqa: E402
-from derm_core.data import load_table  # noqa: E402
-from derm_core.images import load_image  # noqa: E402
-from derm_core.predictor import Predictor  # noqa: E402
-from derm_core.splits import load_splits  # noqa: E402
+from derm_core.data.dataset import load_table  # noqa: E402
+from derm_core.data.images import load_image  # noqa: E402
+from derm_core.data.splits import load_splits  # noqa: E402
+from derm_core.explain import mapquality as Q  # noqa: E402
+from derm_core.explain import maps as E  # noqa: E402
+from derm_core.model.predictor import Predictor  # noqa: E402
 
 
 def _crop_and_mask(row):

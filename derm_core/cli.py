@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 
-
 def _check_out_file(path, flag: str) -> Path:
     """Refuse an output file path that cannot be written, before any work starts.
 
@@ -19,7 +18,7 @@ def _check_out_file(path, flag: str) -> Path:
     """
     import os
 
-    from .errors import ConfigError
+    from derm_core.errors import ConfigError
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{flag} {p} is a folder; give a file name (e.g. {p / 'report.json'})")
@@ -39,7 +38,7 @@ def _check_out_dir(path, flag: str) -> Path:
     """Refuse an output folder that is a file or lies under one, before any work starts."""
     import os
 
-    from .errors import ConfigError
+    from derm_core.errors import ConfigError
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {p} is a file, not a folder")
@@ -54,8 +53,8 @@ def _check_out_dir(path, flag: str) -> Path:
 
 
 def _clinical(a):
-    from .clinical import Clinical
-    from .errors import ConfigError
+    from derm_core.data.clinical import Clinical
+    from derm_core.errors import ConfigError
     try:
         c = Clinical.parse(a.age, a.sex, a.site)
     except ValueError as e:
@@ -81,13 +80,13 @@ def _parse_crop(text: str):
 
 def _crop_photo(photo, crop):
     """(cropped photo, crop box used, how it was chosen) for ``--crop``."""
-    from .errors import ConfigError
-    from .images import MAX_ASPECT, MIN_SIDE
+    from derm_core.data.images import MAX_ASPECT, MIN_SIDE
+    from derm_core.errors import ConfigError
     w, h = photo.size
     if crop == "none":
         return photo, (0, 0, w, h), "none (the whole photo)"
     if crop == "auto":
-        from .lesion import suggest_box
+        from derm_core.explain.lesion import suggest_box
         box = tuple(int(v) for v in suggest_box(photo, margin=0.15))
         how = "auto (the suggested lesion crop, as on the triage page)"
     else:
@@ -134,7 +133,7 @@ def _add_model(p):
 
 def _model(a):
     """The model a command uses: ``--model``, else ``$DERMTRIAGE_MODEL``, else the shipped model."""
-    from .settings import settings
+    from derm_core.settings import settings
     return a.model or settings().model
 
 
@@ -145,11 +144,11 @@ def _add_clinical(p):
 
 
 def cmd_train(a) -> int:
-    from .train import Stopped, train
-    from .train_config import config_from_args
+    from derm_core.fit.config import config_from_args
+    from derm_core.fit.train import Stopped, train
     cfg = config_from_args(a)        # --no-resume and --new both set resume=False
     command = _command(a)
-    from .run_folder import claim, validate_config
+    from derm_core.fit.run_folder import claim, validate_config
     validate_config(cfg)             # before any data is read (also checked again inside train)
     try:
         with claim(cfg, command, int(os.environ.get("RANK", "0")), force=a.force):
@@ -164,18 +163,18 @@ def cmd_train(a) -> int:
 
 def _headline(card_path) -> dict:
     """Accuracy, balanced accuracy and macro AUC per split, from the card just written."""
-    from .checkpoint import read_card
+    from derm_core.model.checkpoint import read_card
     return {k: {m: v[m] for m in ("accuracy", "balanced_accuracy", "macro_auc")}
             for k, v in read_card(card_path).metrics.items()}
 
 
 def cmd_evaluate(a) -> int:
-    from .checkpoint import atomic_write_json, load_model
-    from .data import load_table
-    from .evaluation import build_report, isic_predictions
-    from .predictor import Predictor
-    from .calibration import softmax
-    from .splits import load_splits
+    from derm_core.data.dataset import load_table
+    from derm_core.data.splits import load_splits
+    from derm_core.evaluate.evaluation import build_report, isic_predictions
+    from derm_core.model.calibration import softmax
+    from derm_core.model.checkpoint import atomic_write_json, load_model
+    from derm_core.model.predictor import Predictor
     out = _check_out_file(a.out, "--out")
     if a.predictions:
         _check_out_file(a.predictions, "--predictions")
@@ -189,7 +188,7 @@ def cmd_evaluate(a) -> int:
     pred = Predictor(model, card).predict_table(table, batch_size=a.batch_size, use_metadata=not a.no_metadata)
     rep = build_report(table["y"].to_numpy(), pred["logits"], card.temperature, card.thresholds, tax, table,
                        card.balanced_rule)
-    from .conformal import report_block_for   # issue 12: coverage of the prediction sets on these data
+    from derm_core.model.conformal import report_block_for  # issue 12: coverage of the prediction sets on these data
     rep["conformal"] = report_block_for(card, table["y"].to_numpy(), softmax(pred["logits"], card.temperature))
     rep["seconds"] = round(time.time() - t0, 2)
     rep["model"] = str(card.path)
@@ -204,7 +203,7 @@ def cmd_evaluate(a) -> int:
               f"(see 'undefined' in {out}): {why}", file=sys.stderr)
     atomic_write_json(out, rep)
     if a.predictions:
-        from .checkpoint import atomic_write_bytes
+        from derm_core.model.checkpoint import atomic_write_bytes
         csv = isic_predictions(table["image_id"], softmax(pred["logits"], card.temperature), tax).to_csv(index=False)
         atomic_write_bytes(Path(a.predictions), csv.encode("utf-8"))
     print(json.dumps({k: rep.get(k) for k in ("n_images", "accuracy", "balanced_accuracy", "macro_auc", "ece")}, indent=2))
@@ -212,8 +211,8 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from .images import load_image
-    from .predictor import Predictor
+    from derm_core.data.images import load_image
+    from derm_core.model.predictor import Predictor
     clinical = _clinical(a)
     photo = load_image(a.image)
     pred = Predictor.from_path(_model(a))
@@ -221,7 +220,7 @@ def cmd_predict(a) -> int:
     res = pred.predict(crop, clinical)
     out = {"image": a.image, "model": pred.card.name, "photo_size": list(photo.size),
            "crop": {"box": list(box), "mode": how}, **res.to_dict()}
-    from .conformal import predict_fields      # issue 12: conformal prediction set at --level
+    from derm_core.model.conformal import predict_fields  # issue 12: conformal prediction set at --level
     out.update(predict_fields(pred.card, res.probs, a.level))
     if a.json:
         print(json.dumps(_json_safe(out), indent=2))
@@ -238,11 +237,10 @@ def cmd_predict(a) -> int:
 
 
 def cmd_explain(a) -> int:
-    from . import explain as E
-    from .clinical import Clinical
-    from .images import load_image
-    from .lesion import biopsy_site, suggest_mask
-    from .predictor import Predictor
+    from derm_core.data.images import load_image
+    from derm_core.explain import maps as E
+    from derm_core.explain.lesion import biopsy_site, suggest_mask
+    from derm_core.model.predictor import Predictor
     out = _check_out_dir(a.out, "--out")
     clinical = _clinical(a)
     photo = load_image(a.image)
@@ -272,7 +270,7 @@ def cmd_explain(a) -> int:
         result.update(target=pred.taxonomy.classes[cam.target], cam_peak={"x": x, "y": y},
                       files=[str(out / f"{a.method}.png")])
     result["seconds"] = round(time.perf_counter() - t0, 3)
-    from .mapquality import quality_fields   # issue 12: how far to trust the map
+    from derm_core.explain.mapquality import quality_fields  # issue 12: how far to trust the map
     result["map_quality"] = quality_fields(pred, photo, lime if a.method == "lime" else cam, outline, clinical)
     print(json.dumps(result, indent=2) if a.json else
           f"{a.method}: {result['target']} in {result['seconds']} s; wrote {', '.join(result['files'])}")
@@ -280,16 +278,16 @@ def cmd_explain(a) -> int:
 
 
 def cmd_recalibrate(a) -> int:
-    from .checkpoint import load_model
-    from .data import load_table
-    from .splits import load_splits
-    from .train import finish
+    from derm_core.data.dataset import load_table
+    from derm_core.data.splits import load_splits
+    from derm_core.fit.train import finish
+    from derm_core.model.checkpoint import load_model
     model, card = load_model(_model(a))
     table = load_table(a.data, card.taxonomy, a.csv)
     split = load_splits(table, card.split_file)
     from dataclasses import replace
 
-    from .card import DEFAULT_TIER_SENSITIVITY
+    from derm_core.triage.rules import DEFAULT_TIER_SENSITIVITY
     if a.tta is not None:
         card = card.with_(preprocessing=replace(card.preprocessing, tta=a.tta))
     targets = dict(card.tier_sensitivity_targets or DEFAULT_TIER_SENSITIVITY)
@@ -303,10 +301,10 @@ def cmd_recalibrate(a) -> int:
 
 
 def cmd_fit_ood(a) -> int:
-    from .checkpoint import load_model
-    from .data import load_table
-    from .ood import fit_for_model
-    from .splits import load_splits
+    from derm_core.data.dataset import load_table
+    from derm_core.data.splits import load_splits
+    from derm_core.model.checkpoint import load_model
+    from derm_core.model.ood import fit_for_model
     model, card = load_model(_model(a))
     table = load_table(a.data, card.taxonomy, a.csv)
     split = load_splits(table, card.split_file)
@@ -317,11 +315,11 @@ def cmd_fit_ood(a) -> int:
 def cmd_info(a) -> int:
     """Print what a command would use (settings and where each came from, model, device, fast path),
     so a wrong folder or model is visible before a long run. An unreadable model is reported, not raised."""
-    from .checkpoint import read_card
-    from .device import pick_device
-    from .errors import DermTriageError
-    from .inference import fast_path
-    from .settings import describe
+    from derm_core.errors import DermTriageError
+    from derm_core.model.checkpoint import read_card
+    from derm_core.model.device import pick_device
+    from derm_core.model.inference import fast_path
+    from derm_core.settings import describe
     rows = describe()
     path = next(r["value"] for r in rows if r["field"] == "model")
     model = {"path": path}
@@ -355,7 +353,7 @@ def cmd_info(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train_config import add_config_arguments, cli_fields
+    from derm_core.fit.config import add_config_arguments, cli_fields
     ap = argparse.ArgumentParser(prog="python -m derm_core", description="DermTriage: skin-lesion triage engine")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -437,7 +435,7 @@ def main(argv=None) -> int:
     one ``error: ...`` line with exit code 2; anything else is a bug and keeps its traceback."""
     import errno
 
-    from .errors import DermTriageError
+    from derm_core.errors import DermTriageError
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
     a.argv = argv

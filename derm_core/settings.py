@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from derm_core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent          # the repository (the folder holding derm_core/)
 SHIPPED_MODEL = ROOT / "weights" / "default" / "model.json"
@@ -48,7 +48,17 @@ class Settings:
     study_db: Path
     device: str | None
     fast_path: str
-    job_nice: int
+    job_nice: int | None
+    invalid: Mapping[str, str] = field(default_factory=dict)   # field -> why its variable was refused
+
+    def require(self, name: str):
+        """A setting that must be valid where it is used (a bad variable breaks only that use).
+
+        Raises:
+            ConfigError: its environment variable could not be parsed."""
+        if name in self.invalid:
+            raise ConfigError(self.invalid[name])
+        return getattr(self, name)
 
 
 def _path(text: str, env: str) -> Path:
@@ -84,10 +94,10 @@ VARIABLES: tuple[Variable, ...] = (
              "the Model lab's training runs"),
     Variable("profiles", ENV_PROFILES, _path, lambda h: (h or ROOT) / "profiles",
              "$DERMTRIAGE_HOME/profiles, else profiles/ beside the code", "published threshold profiles"),
-    Variable("cache", ENV_CACHE, _path, lambda h: (h or DEFAULT_HOME) / "cache", "$DERMTRIAGE_HOME/cache",
-             "cached predictions and layouts (safe to delete)"),
-    Variable("study_db", ENV_STUDY_DB, _path, lambda h: (h or DEFAULT_HOME) / DB_NAME, f"$DERMTRIAGE_HOME/{DB_NAME}",
-             "the reader-study database"),
+    Variable("cache", ENV_CACHE, _path, lambda h: (h or DEFAULT_HOME) / "cache",
+             "$DERMTRIAGE_HOME/cache, else .dermtriage/cache beside the code", "cached predictions and layouts (safe to delete)"),
+    Variable("study_db", ENV_STUDY_DB, _path, lambda h: (h or DEFAULT_HOME) / DB_NAME,
+             f"$DERMTRIAGE_HOME/{DB_NAME}, else .dermtriage/{DB_NAME} beside the code", "the reader-study database"),
     Variable("device", ENV_DEVICE, lambda t, e: t.strip(), lambda h: None, "CUDA if available, else CPU",
              "force a torch device: cpu or cuda"),
     Variable("fast_path", ENV_FAST_PATH, lambda t, e: t.strip().lower(), lambda h: "auto", "auto",
@@ -97,41 +107,40 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 
-def _read(environ: Mapping[str, str] | None, strict: bool = True) -> tuple[dict, dict]:
-    """(values, sources) of every variable; source is "environment", "default" or "default (from $DERMTRIAGE_HOME)".
-    Not ``strict``: a variable that cannot be parsed gets value None and the reason as its source."""
+def _read(environ: Mapping[str, str] | None) -> tuple[dict, dict, dict]:
+    """(values, sources, problems) of every variable; source is "environment", "default" or
+    "default (from $DERMTRIAGE_HOME)"; a variable that cannot be parsed gets value None, and the
+    reason as its source and in problems."""
     env = os.environ if environ is None else environ
     home_set = (env.get(ENV_HOME) or "").strip()
     home = _path(home_set, ENV_HOME) if home_set else None
-    values, sources = {}, {}
+    values, sources, problems = {}, {}, {}
     for v in VARIABLES:
         text = (env.get(v.env) or "").strip()
         if text:
             try:
                 values[v.field], sources[v.field] = v.parse(text, v.env), "environment"
             except ConfigError as e:
-                if strict:
-                    raise
                 values[v.field], sources[v.field] = None, f"environment, invalid: {e}"
+                problems[v.field] = str(e)
         else:
             values[v.field] = v.default(home)
             derived = home is not None and v.field != "home" and v.default(home) != v.default(None)
             sources[v.field] = f"default (from ${ENV_HOME})" if derived else "default"
-    return values, sources
+    return values, sources, problems
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
     """The settings now: reads the environment on every call (cheap), so a changed variable counts.
-
-    Raises:
-        ConfigError: a variable that cannot be parsed (e.g. a non-numeric $DERMTRIAGE_JOB_NICE).
-    """
-    return Settings(**_read(environ)[0])
+    A variable that cannot be parsed (e.g. a non-numeric $DERMTRIAGE_JOB_NICE) reads as None and
+    is refused only where it is used (:meth:`Settings.require`)."""
+    values, _, problems = _read(environ)
+    return Settings(**values, invalid=problems)
 
 
 def describe(environ: Mapping[str, str] | None = None) -> list[dict]:
     """One row per variable (field, env, value, source, default, help), for ``python -m derm_core info``."""
-    values, sources = _read(environ, strict=False)
+    values, sources, _ = _read(environ)
     return [{"field": v.field, "env": v.env,
              "value": str(values[v.field]) if isinstance(values[v.field], Path) else values[v.field],
              "source": sources[v.field], "default": v.default_text, "help": v.help} for v in VARIABLES]

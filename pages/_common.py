@@ -1,22 +1,20 @@
 """Widgets and cached resources shared by the pages (layout only; logic lives in derm_core)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 import streamlit.components.v1 as components
 
-import pandas as pd
-
-from derm_core.checkpoint import ModelError, model_stamp, read_card
-from derm_core.data import DataError
+from derm_core.data.dataset import DataError
+from derm_core.data.splits import held_out_cases
 from derm_core.errors import DermTriageError
-from derm_core.predictor import Predictor
-from derm_core.report import DISCLAIMER
+from derm_core.model.checkpoint import model_stamp, read_card
+from derm_core.model.predictor import Predictor
 from derm_core.settings import ENV_DATA, SHIPPED_MODEL, settings
-from derm_core.splits import held_out_cases
-from derm_core.triage import Thresholds
+from derm_core.triage.report import DISCLAIMER
+from derm_core.triage.rules import Thresholds
 
 
 def disclaimer() -> None:
@@ -36,10 +34,23 @@ def column_width(key: str, default: int = DEFAULT_COLUMN_PX) -> int:
     return int(value) if isinstance(value, (int, float)) and value >= 50 else default
 
 
+COLUMN_GAP_PX = 16   # Streamlit's gap between columns (1rem)
+
+
+def two_columns(key: str, min_width: int = 800):
+    """Two side-by-side columns where the space is at least ``min_width`` CSS px wide, else two
+    stacked containers (a figure then keeps room for its plot and legend in a narrow window);
+    with the width each one offers, a little under the real one so a figure of that width fits."""
+    total = column_width(key, 1000)
+    if total >= min_width:
+        return (*st.columns(2), (total - COLUMN_GAP_PX) // 2 - 4)
+    return st.container(), st.container(), total - 4
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def _shown_jpeg(digest: str, shown: tuple[int, int], _photo) -> str:
     """The photo scaled for the screen, as a JPEG data URL (pixels only: no EXIF)."""
-    from derm_core.lesion import DisplayScale
+    from derm_core.explain.lesion import DisplayScale
     return DisplayScale(_photo.size, shown).jpeg_data_url(_photo)
 
 
@@ -50,11 +61,11 @@ def crop_widget(photo, digest: str, box: tuple[int, int, int, int], key: str, co
     Calls streamlit-cropper's component directly: its Python wrapper scales photos to a fixed
     700x700 px (wider than most columns, so the photo was cut off) and truncates the mapping;
     here the photo is scaled to the column's real width and the box is mapped back by
-    :class:`derm_core.lesion.DisplayScale`. The frame's outer edge is the box.
+    :class:`derm_core.explain.lesion.DisplayScale`. The frame's outer edge is the box.
     """
     from streamlit_cropper import _component_func as cropper
 
-    from derm_core.lesion import DisplayScale
+    from derm_core.explain.lesion import DisplayScale
     width = column_width(f"{key}-column")
     box = st.session_state.get(f"{key}-box", box)     # kept when the column's width (and so the widget) changes
     scale = DisplayScale.fit(photo.size, width, max_height=max(DEFAULT_COLUMN_PX, width))
@@ -110,7 +121,7 @@ def data_dir_setting() -> str:
 
 @st.cache_data(show_spinner="Reading the dataset ...", max_entries=4)
 def cached_cases(data_dir: str, card_path: str, classes: tuple[str, ...]) -> tuple[pd.DataFrame, str]:
-    """:func:`derm_core.splits.held_out_cases`, read once per folder and model for all sessions."""
+    """:func:`derm_core.data.splits.held_out_cases`, read once per folder and model for all sessions."""
     card = read_card(card_path)
     return held_out_cases(data_dir, card.taxonomy, card)
 
@@ -132,7 +143,7 @@ def profile_picker(pred: Predictor) -> str | None:
     Profiles made for the active model are listed first; others are listed too, marked, so
     choosing one explains why it is refused instead of silently hiding it.
     """
-    from derm_core.profiles import MODEL_DEFAULT, profile_choices
+    from derm_core.triage.profiles import MODEL_DEFAULT, profile_choices
 
     current = st.session_state.get(ACTIVE_PROFILE) or MODEL_DEFAULT
     labels, unreadable = profile_choices(pred.card, current)
@@ -155,7 +166,7 @@ def active_thresholds(pred: Predictor) -> Thresholds:
     A profile made for other classes or another model is refused with an error, and the
     card's thresholds are used instead.
     """
-    from derm_core.profiles import ProfileError, load_profile
+    from derm_core.triage.profiles import ProfileError, load_profile
 
     choice = profile_picker(pred)
     if choice is None:

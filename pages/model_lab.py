@@ -1,8 +1,8 @@
 """Model lab: train or fine-tune a model, evaluate it, tune its thresholds, publish a profile.
 
-Widgets only: training runs in a background process (derm_core.jobs), predictions are
-computed once per (model, data) and cached (derm_core.embedding), and every number a
-slider changes is re-binned from them (derm_core.operating).
+Widgets only: training runs in a background process (derm_core.fit.jobs), predictions are
+computed once per (model, data) and cached (derm_core.evaluate.embedding), and every number a
+slider changes is re-binned from them (derm_core.evaluate.operating).
 """
 from __future__ import annotations
 
@@ -13,22 +13,29 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from derm_core import embedding as E
-from derm_core import jobs
-from derm_core import lab_views as L
-from derm_core import operating as O
-from derm_core import profiles as P
-from derm_core.checkpoint import ModelError, read_card
-from derm_core.data import DataError, load_table
-from derm_core.figures import (confusion_figure, embedding_figure, reliability_figure, roc_figure, sens_spec_figure,
-                               target_colours, training_figure)
-from derm_core import train_config as TC
-from derm_core.models import get_arch
-from derm_core.settings import ENV_MODEL, SHIPPED_MODEL, settings
-from derm_core.splits import load_splits, split_rows
-from derm_core.taxonomy import Taxonomy
-from derm_core.triage import Thresholds
-from pages._common import ACTIVE_PROFILE, column_width, data_dir_setting, disclaimer
+from derm_core.data.dataset import DataError, load_table
+from derm_core.data.splits import load_splits, split_rows
+from derm_core.data.taxonomy import Taxonomy
+from derm_core.evaluate import embedding as E
+from derm_core.evaluate import lab_views as L
+from derm_core.evaluate import operating as O
+from derm_core.evaluate.figures import (
+    confusion_figure,
+    embedding_figure,
+    reliability_figure,
+    roc_figure,
+    sens_spec_figure,
+    target_colours,
+    training_figure,
+)
+from derm_core.fit import config as TC
+from derm_core.fit import jobs
+from derm_core.model.checkpoint import ModelError, read_card
+from derm_core.model.networks import get_arch
+from derm_core.settings import ENV_MODEL, ENV_PROFILES, ENV_RUNS, SHIPPED_MODEL, settings
+from derm_core.triage import profiles as P
+from derm_core.triage.rules import Thresholds
+from pages._common import ACTIVE_PROFILE, data_dir_setting, disclaimer, two_columns
 
 SECTIONS = ["Train", "Runs", "Evaluate & tune"]
 ALL = "all images"
@@ -36,8 +43,8 @@ STEP = 0.001
 
 st.title(":material/science: Model lab")
 disclaimer()
-st.caption(f"Runs are kept in `{jobs.runs_root()}` (set `${jobs.ENV_RUNS}`), threshold profiles in "
-           f"`{P.profiles_dir()}` (`${P.ENV_PROFILES}`).")
+st.caption(f"Runs are kept in `{jobs.runs_root()}` (set `${ENV_RUNS}`), threshold profiles in "
+           f"`{P.profiles_dir()}` (`${ENV_PROFILES}`).")
 default_data = data_dir_setting()
 section = st.radio("Section", SECTIONS, horizontal=True, key="lab_section", label_visibility="collapsed")
 
@@ -153,7 +160,7 @@ def train_section() -> None:
                                    help="ham7, han12 or a taxonomy JSON file")
         limit = d[1].number_input("Use only the first N images", 0, TC.bounds("limit")[1], TC.default("limit") or 0,
                                   key="lab_limit", help="0: all (smoke runs)")
-        device = d[2].selectbox("Device", ["auto", "cpu", "cuda"], key="lab_device", help="auto: the GPU when present")
+        device = d[2].selectbox("Device", ["auto", *TC.DEVICES], key="lab_device", help="auto: the GPU when present")
         monitor_on = setting_select(d[3], "Best epoch by", "monitor", "lab_monitor")
         e = st.columns(4)
         patience = setting_number(e[0], "Early-stopping patience", "patience", "lab_patience")
@@ -169,7 +176,7 @@ def train_section() -> None:
                              device=None if device == "auto" else device, monitor=monitor_on,
                              init_from=None if start_from == "ImageNet weights" else start_from)
         try:
-            from derm_core.taxonomy import load_taxonomy
+            from derm_core.data.taxonomy import load_taxonomy
             n = len(load_table(cfg.data, load_taxonomy(cfg.taxonomy), check_files=False))
             run = jobs.new_run_dir(name or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}")
             jobs.start(run, cfg)
@@ -236,8 +243,9 @@ def available_splits(card, folder: str) -> list[str]:
 
 
 @st.cache_resource(show_spinner="Loading cached predictions ...", max_entries=4)
-def eval_set(card_path: str, card_mtime: int, folder: str, split: str) -> dict | None:
-    """Cached predictions of (model, data) as an EvalSet, or None when not evaluated yet."""
+def eval_set(card_path: str, model_key: str, folder: str, split: str) -> dict | None:
+    """Cached predictions of (model, data) as an EvalSet, or None when not evaluated yet
+    (``model_key``: the card's ``identity().key``, so new weights or a recalibration count)."""
     card = read_card(card_path)
     table = dataset(folder, card.taxonomy.to_dict(), card_path, split)
     pred = E.load_cached_predictions(card, table)
@@ -248,9 +256,9 @@ def eval_set(card_path: str, card_mtime: int, folder: str, split: str) -> dict |
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def tsne_layout(card_path: str, card_mtime: int, folder: str, split: str, dims: int, compute: bool):
+def tsne_layout(card_path: str, model_key: str, folder: str, split: str, dims: int, compute: bool):
     card = read_card(card_path)
-    res = eval_set(card_path, card_mtime, folder, split)
+    res = eval_set(card_path, model_key, folder, split)
     if compute:
         return E.cached_tsne(card, res["table"], res["emb"], dims)
     return E.load_cached_tsne(card, res["table"], dims)
@@ -348,9 +356,10 @@ def tune(card, res: dict, folder: str, split: str) -> None:
 
     # ------------------------------------------------ plots
     st.subheader("ROC")
-    r1, r2 = st.columns(2)
-    r1.plotly_chart(roc_figure(ev, table, [t for t in targets if t.startswith(O.TIER_PREFIX)]), key="lab_roc_tiers")
-    r2.plotly_chart(roc_figure(ev, table, list(ev.classes)), key="lab_roc_classes")
+    r1, r2, w = two_columns("lab-roc")     # side by side only where each has room for the plot and its legend
+    r1.plotly_chart(roc_figure(ev, table, [t for t in targets if t.startswith(O.TIER_PREFIX)], w), width="content",
+                    key="lab_roc_tiers")
+    r2.plotly_chart(roc_figure(ev, table, list(ev.classes), w), width="content", key="lab_roc_classes")
     st.subheader("Sensitivity and specificity against the threshold")
     st.plotly_chart(sens_spec_figure(ev, table, targets), key="lab_sens_spec")
 
@@ -361,7 +370,7 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     st.dataframe(show, hide_index=True, key="lab_table", column_config=number_format(show))
 
     st.subheader("Risk tiers assigned at the current thresholds")
-    c1, c2 = st.columns([2, 3])
+    c1, c2 = st.columns([3, 2])
     c1.plotly_chart(confusion_figure(O.tier_confusion(ev, thr), tax.tier_names, st.session_state.get("lab_cm_norm", True),
                                      "", ("true tier", "assigned tier")), key="lab_cm_tiers")
     c2.caption("Rows: the true tier of each image (from its recorded diagnosis); columns: the tier the model assigns "
@@ -387,14 +396,14 @@ def embedding_view(card, res: dict, folder: str, split: str, thr: Thresholds) ->
     a, b = st.columns([1, 3])
     dims = a.radio("Dimensions", [2, 3], horizontal=True, key="lab_tsne_dims", format_func=lambda d: f"{d}D")
     colour = b.radio("Colour by", L.COLOUR_BY, horizontal=True, key="lab_tsne_colour")
-    mtime = card.path.stat().st_mtime_ns
-    xy = tsne_layout(str(card.path), mtime, folder, split, dims, False)
+    key = card.identity().key
+    xy = tsne_layout(str(card.path), key, folder, split, dims, False)
     if xy is None:
         if not st.button(f"Compute the {dims}D t-SNE of {len(ev)} embeddings", key="lab_tsne_go"):
             return
         with st.spinner("Laying out the embeddings (t-SNE) ..."):
             tsne_layout.clear()
-            xy = tsne_layout(str(card.path), mtime, folder, split, dims, True)
+            xy = tsne_layout(str(card.path), key, folder, split, dims, True)
     view = L.embedding_colours(ev, thr, colour, target_colours(ev))
     fig = embedding_figure(xy, view.categories, view.hover, view.colours)
     if dims == 2:
@@ -427,7 +436,9 @@ def save_profile_form(card, ev: O.EvalSet, thr: Thresholds, folder: str, split: 
         go = st.form_submit_button("Save profile", type="primary")
     if go:
         try:
-            from derm_core import conformal as C   # issue 12: the prediction sets' calibration travels with the profile
+            from derm_core.model import (
+                conformal as C,  # issue 12: the prediction sets' calibration travels with the profile
+            )
             try:
                 cal = C.load_calibration(card)
             except C.ConformalError:
@@ -485,7 +496,7 @@ def evaluate_section() -> None:
               if folder == own else "a folder typed here")
     st.info(f"Showing **{split}** of `{folder}` ({origin}).", icon=":material/folder_open:")
     try:
-        res = eval_set(str(card.path), card.path.stat().st_mtime_ns, folder, split)
+        res = eval_set(str(card.path), card.identity().key, folder, split)
     except (DataError, FileNotFoundError, ValueError) as e:
         st.error(f"Cannot read the data: {e}")
         return
@@ -530,8 +541,8 @@ def evaluate_section() -> None:
 
 def conformal_view(card, ev: O.EvalSet, folder: str, split: str) -> None:
     """Issue 12: coverage of the conformal prediction sets against the level, and their sizes."""
-    from derm_core import conformal as C
-    from derm_core.figures import coverage_figure, set_size_figure
+    from derm_core.evaluate.figures import coverage_figure, set_size_figure
+    from derm_core.model import conformal as C
     with st.expander("Prediction sets (conformal, calibrated on the validation split)", expanded=False):
         try:
             cal = C.load_calibration(card)
@@ -572,8 +583,7 @@ def threshold_free(ev: O.EvalSet) -> None:
     """The views that no threshold changes (drawn outside the slider fragment)."""
     with st.expander("Confusion matrix and calibration (threshold-free)", expanded=True):
         norm = st.toggle("Row-normalised", True, key="lab_cm_norm")
-        # side by side only where each half still has room for a readable plot (about 400 px)
-        c1, c2 = st.columns(2) if column_width("lab-threshold-free", 1000) >= 800 else (st.container(), st.container())
+        c1, c2, _ = two_columns("lab-threshold-free")
         c1.plotly_chart(confusion_figure(ev.confusion, list(ev.classes), norm, "classes (most probable class)"),
                         key="lab_cm_classes")
         cal = ev.calibration

@@ -1,9 +1,9 @@
 """Reader study: a teacher sets up a study, readers take it (unassisted and/or AI-assisted),
 everyone sees where they stand against each other and the model.
 
-Widgets only: set-up and case drawing are derm_core.study, storage derm_core.study_store
-(SQLite, shared by every session), scoring derm_core.study_results, the ROC figure
-derm_core.figures.
+Widgets only: set-up and case drawing are derm_core.study.cases, storage derm_core.study.store
+(SQLite, shared by every session), scoring derm_core.study.results, the ROC figure
+derm_core.evaluate.figures.
 """
 from __future__ import annotations
 
@@ -12,18 +12,28 @@ import time
 import pandas as pd
 import streamlit as st
 
-from derm_core import explain
-from derm_core import study_results as R
-from derm_core.clinical import Clinical
-from derm_core.data import DataError
-from derm_core.figures import confusion_figure
-from derm_core.images import ImageError, load_image, strip_metadata
-from derm_core.study import (BALANCES, LEVELS, MODES, QUESTIONS, TIME_LIMITS, Study, StudyError, StudySpec,
-                             create_study, same_model, seconds_left)
-from derm_core.figures import reader_roc_figure
+from derm_core.data.clinical import Clinical
+from derm_core.data.dataset import DataError
+from derm_core.data.images import ImageError, load_image, strip_metadata
+from derm_core.evaluate.figures import confusion_figure, reader_roc_figure
+from derm_core.explain import maps as explain
 from derm_core.settings import ENV_HOME, ENV_STUDY_DB
-from derm_core.study_store import AlreadyAnswered, StudyStore, StudyStoreError
-from pages._common import active_thresholds, cached_cases, data_dir_setting, disclaimer, get_predictor
+from derm_core.study import results as R
+from derm_core.study.cases import (
+    BALANCES,
+    LEVELS,
+    MODES,
+    QUESTIONS,
+    TIME_LIMITS,
+    Study,
+    StudyError,
+    StudySpec,
+    create_study,
+    same_model,
+    seconds_left,
+)
+from derm_core.study.store import AlreadyAnswered, StudyStore, StudyStoreError
+from pages._common import active_thresholds, cached_cases, column_width, data_dir_setting, disclaimer, get_predictor
 
 SECTIONS = ["Set up", "Read", "Results"]
 PHASE_TITLE = {"unassisted": "Part 1: unassisted", "assisted": "AI-assisted"}
@@ -306,10 +316,13 @@ def results_section() -> None:
     points = R.reader_points(answers, study, target, phase)
     ev = R.eval_set(cases, study, phase)
     mpt = R.model_point(ev, thr, target) if ev is not None and thr is not None else None
-    fig = reader_roc_figure(ev, target, f"{R.target_label(study, target)} · {phase} part · {len(points)} readers",
-                            points, R.level_points(points), mpt, f"model at {thr.name}" if thr else "model")
     roc_col, note_col = st.columns([3, 2])
-    roc_col.plotly_chart(fig, key="rs_roc")
+    with roc_col:
+        width = column_width("rs-roc-figure")
+    fig = reader_roc_figure(ev, target, f"{R.target_label(study, target)} · {phase} part · {len(points)} readers",
+                            points, R.level_points(points), mpt, f"model at {thr.name}" if thr else "model",
+                            width=width)
+    roc_col.plotly_chart(fig, width="content", key="rs_roc")
     note_col.caption("Each small dot is one reader's (1 - specificity, sensitivity) for this positive class, coloured "
                      "by experience level; diamonds are the level averages and the star is the model at the active "
                      "thresholds. Points above and left of the curve beat the model.")

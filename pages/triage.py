@@ -7,14 +7,25 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from derm_core import conformal, explain, lesion, mapquality, similar
-from derm_core.clinical import SEXES, SITES, Clinical
-from derm_core.data import DataError
-from derm_core.figures import differential_chart, mark_biopsy, tier_chart
-from derm_core.images import UPLOAD_EXTENSIONS, ImageError, load_image, load_mask
-from derm_core.report import case_report_html, case_report_pdf
+from derm_core.data.clinical import SEXES, SITES, Clinical
+from derm_core.data.dataset import DataError
+from derm_core.data.images import UPLOAD_EXTENSIONS, ImageError, load_image, load_mask
+from derm_core.evaluate.figures import differential_chart, mark_biopsy, tier_chart
+from derm_core.explain import lesion, mapquality, similar
+from derm_core.explain import maps as explain
+from derm_core.model import conformal
 from derm_core.settings import settings
-from pages._common import ACTIVE_PROFILE, active_thresholds, column_width, crop_widget, disclaimer, example_cases, get_predictor, model_caption
+from derm_core.triage.report import case_report_html, case_report_pdf
+from pages._common import (
+    ACTIVE_PROFILE,
+    active_thresholds,
+    column_width,
+    crop_widget,
+    disclaimer,
+    example_cases,
+    get_predictor,
+    model_caption,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -237,7 +248,7 @@ st.subheader("Similar cases from the training data")
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def similar_index(card_path: str, card_mtime: int, data_dir: str, build: bool):
+def similar_index(network_key: str, data_dir: str, build: bool):
     return similar.folder_index(pred.card, data_dir, build=build)
 
 
@@ -245,9 +256,9 @@ sim_dir = st.session_state.get("data_dir_value") or str(settings().data or "")
 if not sim_dir:
     st.caption("Set the dataset folder in the sidebar (the model's own training data) to see similar cases.")
 else:
-    mtime = pred.card.path.stat().st_mtime_ns if pred.card.path else 0
+    network = pred.card.identity().network_key
     try:
-        index, n_index = similar_index(str(pred.card.path), mtime, sim_dir, False)
+        index, n_index = similar_index(network, sim_dir, False)
     except (ValueError, DataError, OSError) as e:
         index, n_index = None, 0
         st.caption(f"No similar cases: {e}.")
@@ -257,7 +268,7 @@ else:
         if st.button(f"Index {n_index} images", key="similar_build"):
             with st.spinner("Embedding the training and validation images ..."):
                 similar_index.clear()
-                index, _ = similar_index(str(pred.card.path), mtime, sim_dir, True)
+                index, _ = similar_index(network, sim_dir, True)
     if index is not None:
         k_sim = st.slider("Cases", 3, 12, 6, key="similar_k")
         hits = similar.similar_cases(pred, crop, index, k_sim, clinical)

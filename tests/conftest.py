@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from derm_core.checkpoint import ModelCard
-from derm_core.models import create_model
-from derm_core.predictor import Predictor
-from derm_core.taxonomy import load_taxonomy
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.model.checkpoint import ModelCard
+from derm_core.model.networks import create_model
+from derm_core.model.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 HAM_DIR = Path(os.environ.get("DERMTRIAGE_HAM10000", ROOT.parent / "shared" / "data" / "ham10000"))

@@ -1,7 +1,9 @@
 """Test-only network guard: ``is_loopback`` for in-process checks; imported as ``sitecustomize``
 in a server process with ``$DERMTRIAGE_NETGUARD_LOG`` set, it blocks and logs every
 connection or name lookup that would leave this machine."""
-import ipaddress, os, socket
+import ipaddress
+import os
+import socket
 
 _LOG = os.environ.get("DERMTRIAGE_NETGUARD_LOG")
 

@@ -8,11 +8,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import CLASS_COLOURS, ROOT, lesion_image, page_text, tiny_card, write_dataset
-from derm_core import conformal as C
-from derm_core.checkpoint import read_card, save_model
-from derm_core.data import load_table
-from derm_core.models import create_model
-from derm_core.splits import make_splits, save_splits
+from derm_core.data.dataset import load_table
+from derm_core.data.splits import make_splits, save_splits
+from derm_core.model import conformal as C
+from derm_core.model.checkpoint import read_card, save_model
+from derm_core.model.networks import create_model
 
 
 @pytest.fixture

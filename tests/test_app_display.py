@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from derm_core import figures as F
-from derm_core.explain import LimeResult
-from derm_core.explain import biopsy_site as lime_only_site
-from derm_core.lesion import DisplayScale, biopsy_site, crop_mask, crop_point_to_photo
+from derm_core.evaluate import figures as F
+from derm_core.explain.lesion import DisplayScale, biopsy_site, crop_mask, crop_point_to_photo
+from derm_core.explain.maps import LimeResult
+from derm_core.explain.maps import biopsy_site as lime_only_site
 
 
 # ----------------------------------------------------------------------------- crop widget geometry
@@ -64,7 +64,7 @@ def test_crop_coordinates_map_to_the_whole_photo():
 
 
 def test_a_point_of_an_explained_crop_maps_to_the_whole_photo():
-    from derm_core.explain import CoverGeometry
+    from derm_core.explain.maps import CoverGeometry
     g = CoverGeometry.of((600, 450), (150, 200))          # a 600x450 crop seen at 200x150: a third of a pixel each
     box = (1000, 2000, 1600, 2450)                         # where that crop lies in the photo
     assert g.point_to_original(10, 20) == (31, 61)         # (x + 0.5) * 3 - 0.5, in the crop's pixels
@@ -77,7 +77,7 @@ def test_a_point_of_an_explained_crop_maps_to_the_whole_photo():
 
 
 def test_a_model_input_region_maps_onto_the_explained_image():
-    from derm_core.explain import CoverGeometry
+    from derm_core.explain.maps import CoverGeometry
     g = CoverGeometry.of((600, 450), (150, 200))
     region = np.zeros((150, 200), bool)
     region[50:100, 80:120] = True
@@ -195,14 +195,17 @@ def test_without_an_outline_the_lime_site_is_kept():
 def test_roc_layouts_keep_the_unit_square_and_put_the_legend_below(ham7):
     from test_operating import _eval, _thr
 
-    from derm_core import operating as O
+    from derm_core.evaluate import operating as O
     ev = _eval(ham7, n=300)
     table = O.operating_table(ev, _thr(ham7))
     fig = F.roc_figure(ev, table, list(ham7.classes))
     lay = fig.layout
     for ax in (lay.xaxis, lay.yaxis):
-        assert tuple(ax.range) == (-0.01, 1.01) and ax.constrain == "domain"
-    assert lay.yaxis.scaleanchor == "x" and lay.yaxis.scaleratio == 1
+        assert tuple(ax.range) == (-0.01, 1.01) and ax.constrain is None    # plotly's constrain shrinks on resize
+    # a true square in a measured 600-px column: x length (domain share of the plot width) = y length
+    sq = F.roc_figure(ev, table, list(ham7.classes), width=600).layout
+    x_len = (sq.xaxis.domain[1] - sq.xaxis.domain[0]) * (600 - sq.margin.l - sq.margin.r)
+    assert x_len == pytest.approx(sq.height - sq.margin.t - sq.margin.b) == F.PLOT_SIDE_PX
     assert lay.legend.yref == "container" and lay.legend.y == 0 and lay.legend.yanchor == "bottom"
     names = [d.name for d in fig.data if d.name]
     assert len(names) == 7

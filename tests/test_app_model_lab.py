@@ -4,11 +4,11 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from derm_core import jobs
-from derm_core import profiles as P
-from derm_core.checkpoint import read_card, save_model
-from derm_core.models import create_model
 from conftest import ROOT, page_text, tiny_card, write_dataset
+from derm_core.fit import jobs
+from derm_core.model.checkpoint import read_card, save_model
+from derm_core.model.networks import create_model
+from derm_core.triage import profiles as P
 
 
 def _save_tiny(path, ham7, seed=0):
@@ -175,7 +175,7 @@ def test_evaluation_folder_follows_the_sidebar_and_the_page_names_folder_and_spl
 
 
 def test_the_training_form_starts_at_trainconfigs_defaults(lab):
-    from derm_core import train_config as TC
+    from derm_core.fit import config as TC
     cfg = TC.TrainConfig()
     at = _lab()
     assert not at.exception, at.exception

@@ -10,13 +10,13 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from derm_core.checkpoint import save_model
-from derm_core.data import load_table
-from derm_core.models import create_model
-from derm_core.predictor import Predictor
-from derm_core.study import StudySpec, create_study
-from derm_core.study_store import StudyStore
 from conftest import ROOT, page_text, tiny_card, write_dataset
+from derm_core.data.dataset import load_table
+from derm_core.model.checkpoint import save_model
+from derm_core.model.networks import create_model
+from derm_core.model.predictor import Predictor
+from derm_core.study.cases import StudySpec, create_study
+from derm_core.study.store import StudyStore
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import GPS_TEXT, exif_photo
 from PIL import Image
 
-from derm_core.images import load_image
-from derm_core.report import DISCLAIMER, case_report_html, case_report_pdf
-from derm_core.taxonomy import load_taxonomy
-from derm_core.triage import Thresholds, TriageResult
+from conftest import GPS_TEXT, exif_photo
+from derm_core.data.images import load_image
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.triage.report import DISCLAIMER, case_report_html, case_report_pdf
+from derm_core.triage.rules import Thresholds, TriageResult
 
 
 # ----------------------------------------------------------------------------- a tiny PDF reader

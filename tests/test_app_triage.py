@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from derm_core.checkpoint import save_model
-from derm_core.models import create_model
 from conftest import CLASS_COLOURS, ROOT, lesion_image, page_text, tiny_card, write_dataset
+from derm_core.model.checkpoint import save_model
+from derm_core.model.networks import create_model
 
 
 @pytest.fixture

@@ -2,11 +2,11 @@
 import numpy as np
 import torch
 
-from derm_core.batches import BatchAugment, TrainBatches, drop_fields, image_cache, metadata_matrix
-from derm_core.clinical import Clinical, encode
-from derm_core.data import load_table
-from derm_core.images import load_image
-from derm_core.transforms import ResizeCover
+from derm_core.data.clinical import Clinical, encode
+from derm_core.data.dataset import load_table
+from derm_core.data.images import load_image
+from derm_core.fit.batches import BatchAugment, TrainBatches, drop_fields, image_cache, metadata_matrix
+from derm_core.model.transforms import ResizeCover
 
 NO_AUG = dict(rotation=0.0, zoom=(1.0, 1.0), aspect=1.0 + 1e-9, elastic_p=0.0, brightness=0, contrast=0,
               saturation=0, hue=0)

@@ -1,14 +1,13 @@
 import json
 
-from derm_core.card import FORMAT_VERSION
-
 import pytest
 import torch
 
-from derm_core.checkpoint import ModelError, load_model, read_card, save_model
-from derm_core.models import create_model
-from derm_core.taxonomy import load_taxonomy
 from conftest import tiny_card
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.model.card import FORMAT_VERSION
+from derm_core.model.checkpoint import ModelError, load_model, read_card, save_model
+from derm_core.model.networks import create_model
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ import json
 import pandas as pd
 import pytest
 
-from derm_core.cli import main
 from conftest import CLASS_COLOURS, lesion_image
+from derm_core.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +99,11 @@ def test_explain_writes_overlay_and_biopsy_site(trained, tmp_path, capsys, metho
 def test_explain_maps_the_biopsy_site_as_the_triage_page_does(trained, tmp_path, capsys):
     """The page explains a crop of a photo, the CLI a whole photo: given that crop as its photo,
     the CLI reports the page's biopsy site less the crop's offset (same rule, same mapping)."""
-    from derm_core import explain as E
-    from derm_core import lesion
-    from derm_core.clinical import Clinical
-    from derm_core.images import load_image
-    from derm_core.predictor import Predictor
+    from derm_core.data.clinical import Clinical
+    from derm_core.data.images import load_image
+    from derm_core.explain import lesion
+    from derm_core.explain import maps as E
+    from derm_core.model.predictor import Predictor
     root, _ = trained
     lesion_image(CLASS_COLOURS["mel"], (300, 220), seed=4).save(tmp_path / "photo.png")
     photo = load_image(tmp_path / "photo.png")

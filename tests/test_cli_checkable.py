@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import CLASS_COLOURS, lesion_image, write_dataset
-from derm_core import conformal as C
-from derm_core.checkpoint import read_card
 from derm_core.cli import main
+from derm_core.model import conformal as C
+from derm_core.model.checkpoint import read_card
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,8 @@ def test_predict_json_has_a_prediction_set_once_calibrated(trained, tmp_path, ca
     out = _json(capsys)
     assert out["prediction_set"] is None and out["level"] == 0.9 and "no conformal calibration" in out["prediction_set_note"]
     # calibrate on the run's validation split, then the set is there, ordered by probability
-    from derm_core.data import load_table
-    from derm_core.splits import load_splits
+    from derm_core.data.dataset import load_table
+    from derm_core.data.splits import load_splits
     table = load_table(data, card.taxonomy)
     cal = C.fit_for_model(card, table, load_splits(table, card.split_file).to_numpy())
     for level in ("0.5", "0.95"):
@@ -57,8 +57,8 @@ def test_report_json_gains_a_conformal_block(trained, tmp_path, capsys, monkeypa
     root, data = trained
     monkeypatch.setenv("DERMTRIAGE_CACHE", str(tmp_path / "cache"))
     card = read_card(root / "run" / "model.json")
-    from derm_core.data import load_table
-    from derm_core.splits import load_splits
+    from derm_core.data.dataset import load_table
+    from derm_core.data.splits import load_splits
     table = load_table(data, card.taxonomy)
     C.fit_for_model(card, table, load_splits(table, card.split_file).to_numpy())
     assert main(["evaluate", "--data", str(data), "--model", str(root / "run"), "--split", "test",

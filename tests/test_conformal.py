@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from crepes import ConformalClassifier
 
-from derm_core import conformal as C
+from derm_core.model import conformal as C
 
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 
@@ -95,7 +95,7 @@ def test_prediction_set_order_text_and_empty_sets():
 
 
 def test_storage_round_trip_and_refusal(tmp_path, ham7, tiny_predictor):
-    from derm_core.checkpoint import read_card, save_model
+    from derm_core.model.checkpoint import read_card, save_model
 
     path = save_model(tiny_predictor.model, tiny_predictor.card, tmp_path / "m" / "model")
     card = read_card(path)
@@ -120,9 +120,9 @@ def test_storage_round_trip_and_refusal(tmp_path, ham7, tiny_predictor):
 
 
 def test_fit_for_model_on_its_validation_split(tmp_path, synthetic_data, tiny_predictor, monkeypatch):
-    from derm_core.checkpoint import read_card, save_model
-    from derm_core.data import load_table
-    from derm_core.splits import make_splits
+    from derm_core.data.dataset import load_table
+    from derm_core.data.splits import make_splits
+    from derm_core.model.checkpoint import read_card, save_model
 
     monkeypatch.setenv("DERMTRIAGE_CACHE", str(tmp_path / "cache"))
     path = save_model(tiny_predictor.model, tiny_predictor.card, tmp_path / "m" / "model")

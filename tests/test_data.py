@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import torch
 
-from derm_core.data import DataError, LesionDataset, load_table
-from derm_core.transforms import eval_transform
+from derm_core.data.dataset import DataError, LesionDataset, load_table
+from derm_core.model.transforms import eval_transform
 
 
 def test_generic_layout(synthetic_data, ham7):

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from derm_core import metrics as M
-from derm_core.decision import BalancedRule, class_prior
-from derm_core.evaluation import build_report
-from derm_core.taxonomy import load_taxonomy
-from derm_core.triage import Thresholds
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.evaluate import metrics as M
+from derm_core.evaluate.evaluation import build_report
+from derm_core.model.decision import BalancedRule, class_prior
+from derm_core.triage.rules import Thresholds
 
 
 def _imbalanced(n=2000, seed=0):

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import lesion_image, tiny_card
-from derm_core import explain as E
-from derm_core.checkpoint import ModelCard
-from derm_core.clinical import Clinical
-from derm_core.models import create_model
-from derm_core.predictor import Predictor
-from derm_core.taxonomy import load_taxonomy
-from derm_core.transforms import to_pil_preview
+from derm_core.data.clinical import Clinical
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.explain import maps as E
+from derm_core.model.checkpoint import ModelCard
+from derm_core.model.networks import create_model
+from derm_core.model.predictor import Predictor
+from derm_core.model.transforms import to_pil_preview
 
 INPUT = (64, 80)  # (H, W)
 
@@ -400,7 +400,7 @@ def test_biopsy_accepts_photo_size_mask_and_rejects_bad_ones():
 
 def test_lime_then_biopsy_on_a_photo(predictor, photo):
     """End to end as on the triage page: LIME, the automatic lesion mask, the site, back to the photo."""
-    from derm_core.lesion import suggest_mask
+    from derm_core.explain.lesion import suggest_mask
     lime = E.lime_explanation(predictor, photo, num_samples=30, n_segments=25)
     mask = suggest_mask(photo)
     site = E.biopsy_site(lime, mask)

@@ -15,28 +15,27 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CLASS_COLOURS, ROOT, lesion_image, tiny_card, write_dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from test_robustness import CORPUS, EPS
 
-from derm_core import explain as E
-from derm_core import profiles as P
-from derm_core.checkpoint import ModelError, load_model, read_card, save_model
+from conftest import CLASS_COLOURS, ROOT, lesion_image, tiny_card, write_dataset
 from derm_core.cli import main
-from derm_core.data import DataError, load_table
-from derm_core.errors import ConfigError, DermTriageError, RunFolderError
-from derm_core.images import MAX_ASPECT, MIN_SIDE, ImageError, is_flat, load_image, load_mask
-from derm_core.models import create_model
-from derm_core.predictor import Predictor
+from derm_core.data.dataset import DataError, load_table
+from derm_core.data.images import MAX_ASPECT, MIN_SIDE, ImageError, is_flat, load_image, load_mask
+from derm_core.errors import DermTriageError, RunFolderError
+from derm_core.explain import maps as E
+from derm_core.model.checkpoint import ModelError, load_model, read_card, save_model
+from derm_core.model.networks import create_model
+from derm_core.model.predictor import Predictor
+from derm_core.triage import profiles as P
 
 
 def _enc(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -271,8 +270,8 @@ def test_a_valid_card_and_the_shipped_card_still_load(tmp_path, ham7):
 
 
 def test_truncated_ood_file_says_the_warning_is_unavailable(tmp_path, ham7):
-    from derm_core.checkpoint import atomic_save_tensors
-    from derm_core.ood import detector_path
+    from derm_core.model.checkpoint import atomic_save_tensors
+    from derm_core.model.ood import detector_path
     path = _saved(tmp_path, ham7)
     photo = lesion_image(CLASS_COLOURS["nv"], (64, 48))
     plain = Predictor.from_path(path, device=torch.device("cpu"))
@@ -380,7 +379,7 @@ def _one_line_error(capsys) -> str:
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Output paths are checked before any work: loading a model would be too late."""
-    import derm_core.checkpoint as C
+    import derm_core.model.checkpoint as C
 
     def boom(*a, **k):
         raise AssertionError("work started before the output paths were checked")
@@ -446,17 +445,17 @@ def test_training_arguments_are_validated_up_front(tmp_path, capsys, argv, why):
 
 
 def _cfg(tmp_path, data, **kw):
-    from derm_core.train import TrainConfig
+    from derm_core.fit.train import TrainConfig
     return TrainConfig(data=str(data), out=str(tmp_path / "run"), arch="tiny_test", epochs=1, batch_size=16,
                        pretrained="none", workers=0, device="cpu", tta=False, **kw)
 
 
 def test_a_second_training_process_on_the_same_folder_is_refused(tmp_path, capsys):
-    from derm_core import run_folder as R
+    from derm_core.fit import run_folder as R
     run = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-         "from derm_core.train import TrainConfig; from derm_core.run_folder import claim;"
+         "from derm_core.fit.train import TrainConfig; from derm_core.fit.run_folder import claim;"
          "cfg = TrainConfig(out=sys.argv[2], arch='tiny_test', pretrained='none');"
          "c = claim(cfg, 'holder'); c.__enter__(); print('held', flush=True); time.sleep(60)", str(ROOT), str(run)],
         stdout=subprocess.PIPE, text=True)
@@ -478,7 +477,7 @@ def test_a_second_training_process_on_the_same_folder_is_refused(tmp_path, capsy
 
 
 def test_resuming_with_other_settings_is_refused_unless_new_or_force(tmp_path, capsys, monkeypatch):
-    from derm_core import run_folder as R
+    from derm_core.fit import run_folder as R
     data = tmp_path / "data"
     data.mkdir()
     run = tmp_path / "run"
@@ -486,7 +485,7 @@ def test_resuming_with_other_settings_is_refused_unless_new_or_force(tmp_path, c
         pass
     (run / "last.safetensors").write_bytes(b"")        # the run has a checkpoint to resume
     (run / "log.jsonl").write_text('{"epoch": 1}\n')
-    import derm_core.train as T
+    import derm_core.fit.train as T
     started = []
     monkeypatch.setattr(T, "_train", lambda cfg, *a: started.append(cfg) or None)
     base = ["train", "--data", str(data), "--out", str(run), "--arch", "tiny_test", "--epochs", "1",
@@ -506,8 +505,8 @@ def test_resuming_with_other_settings_is_refused_unless_new_or_force(tmp_path, c
 def test_a_failed_training_leaves_the_job_marked_failed_even_on_a_full_disk(tmp_path, monkeypatch, capsys):
     import errno
 
-    from derm_core import run_folder as R
-    import derm_core.train as T
+    import derm_core.fit.train as T
+    from derm_core.fit import run_folder as R
     run = tmp_path / "run"
 
     def fills_the_disk(cfg, *a):
@@ -515,7 +514,7 @@ def test_a_failed_training_leaves_the_job_marked_failed_even_on_a_full_disk(tmp_
         raise OSError(errno.ENOSPC, "No space left on device", str(run / "last.safetensors"))
 
     monkeypatch.setattr(T, "_train", fills_the_disk)
-    import derm_core.checkpoint as C
+    import derm_core.model.checkpoint as C
     real = C.atomic_write_json
 
     def full(path, obj):
@@ -531,7 +530,7 @@ def test_a_failed_training_leaves_the_job_marked_failed_even_on_a_full_disk(tmp_
     prog = json.loads((run / "progress.json").read_text())
     assert prog["state"] == "failed" and "No space left" in prog["error"]
     assert not (run / R.OWNER_FILE).exists()
-    from derm_core import jobs
+    from derm_core.fit import jobs
     assert jobs.status(run).state == "failed"
 
 
@@ -585,7 +584,7 @@ def test_a_lesion_with_two_diagnoses_is_refused(tmp_path, ham7):
 
 
 def test_single_class_and_too_few_lesions_give_clear_errors(tmp_path, ham7):
-    from derm_core.splits import make_splits
+    from derm_core.data.splits import make_splits
     table = load_table(write_dataset(tmp_path / "data", per_class=4), ham7)
     with pytest.raises(DataError, match="one class only"):
         make_splits(table[table["label"] == "nv"].reset_index(drop=True))

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from derm_core.clinical import Clinical, encode
-from derm_core.inference import Runner, TTAForward, cpu_has_bf16, fast_path
-from derm_core.models import create_model
+from derm_core.data.clinical import Clinical, encode
+from derm_core.model.inference import Runner, TTAForward, cpu_has_bf16, fast_path
+from derm_core.model.networks import create_model
 
 CPU = torch.device("cpu")
 
@@ -61,10 +61,10 @@ def test_fast_path_switch(monkeypatch):
 
 def test_shipped_model_bf16_agrees_on_real_photos(ham_dir):
     """On 64 test-split photos the bf16 path keeps the most-likely class with |dp| <= 0.02."""
-    from derm_core.checkpoint import load_model
-    from derm_core.data import load_table
-    from derm_core.predictor import Predictor
-    from derm_core.splits import get_splits
+    from derm_core.data.dataset import load_table
+    from derm_core.data.splits import get_splits
+    from derm_core.model.checkpoint import load_model
+    from derm_core.model.predictor import Predictor
 
     model, card = load_model()
     table = load_table(ham_dir, card.taxonomy)

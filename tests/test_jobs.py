@@ -6,10 +6,10 @@ from dataclasses import asdict
 
 import pytest
 
-from derm_core import jobs
-from derm_core.cli import build_parser
-from derm_core.train_config import TrainConfig, config_argv
 from conftest import write_dataset
+from derm_core.cli import build_parser
+from derm_core.fit import jobs
+from derm_core.fit.config import TrainConfig, config_argv
 
 
 def _request(data, **kw) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""What the Model lab shows, computed in derm_core.lab_views: the t-SNE colouring at the
+"""What the Model lab shows, computed in derm_core.evaluate.lab_views: the t-SNE colouring at the
 current thresholds, the runs table, and the number formats and clamps of its widgets."""
 import math
 import time
@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from derm_core import lab_views as L
-from derm_core import operating as O
-from derm_core.figures import target_colours
-from derm_core.jobs import JobStatus, RunInfo
-from derm_core.card import TrainingRecord
-from derm_core.taxonomy import load_taxonomy
-from derm_core.triage import Thresholds
 from conftest import tiny_card
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.evaluate import lab_views as L
+from derm_core.evaluate import operating as O
+from derm_core.evaluate.figures import target_colours
+from derm_core.fit.jobs import JobStatus, RunInfo
+from derm_core.model.card import TrainingRecord
+from derm_core.triage.rules import Thresholds
 
 # classes of ham7: akiec bcc bkl df mel nv vasc
 P = [{"mel": 0.9},                  # a: melanoma, called melanoma

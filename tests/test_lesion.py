@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from derm_core.lesion import box_iou, central_box, find_lesion, mask_box, mask_iou, suggest_box, suggest_mask
+from derm_core.explain.lesion import box_iou, central_box, find_lesion, mask_box, mask_iou, suggest_box, suggest_mask
 
 SKIN = (222, 176, 150)
 LESION = (110, 70, 55)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from conftest import lesion_image
-from derm_core import explain as E
+from derm_core.explain import maps as E
 
 
 def _design(seed, n=30, samples=256):

@@ -8,11 +8,11 @@ from PIL import Image
 from torch import nn
 
 from conftest import lesion_image
-from derm_core import explain as E
-from derm_core import mapquality as Q
-from derm_core.checkpoint import ModelCard
-from derm_core.predictor import Predictor
-from derm_core.taxonomy import load_taxonomy
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.explain import mapquality as Q
+from derm_core.explain import maps as E
+from derm_core.model.checkpoint import ModelCard
+from derm_core.model.predictor import Predictor
 
 SIZE = (48, 64)   # (H, W)
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from derm_core import metrics as M
-from derm_core.calibration import fit_temperature, softmax
+from derm_core.evaluate import metrics as M
+from derm_core.model.calibration import fit_temperature, softmax
 
 RNG = np.random.default_rng(0)
 Y_BIN = RNG.integers(0, 2, 200)

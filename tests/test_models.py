@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from derm_core.models import ARCHS, create_model, data_config, get_arch, list_archs
+from derm_core.model.networks import ARCHS, create_model, data_config, get_arch, list_archs
 
 # The big seed-paper networks are only built (not run) to keep the suite quick on 2 cores.
 RUN_FORWARD = {"tiny_test", "tf_efficientnet_lite0", "mobilenetv3_large_100"}
@@ -32,7 +32,7 @@ def test_metadata_changes_output_and_missing_metadata_works():
     torch.manual_seed(0)
     m = create_model("tiny_test", 7, use_metadata=True, pretrained="none").eval()
     x = torch.randn(1, 3, 48, 64)
-    from derm_core.clinical import Clinical, encode
+    from derm_core.data.clinical import Clinical, encode
     meta = torch.from_numpy(encode(Clinical(70, "male", "back")))[None]
     with torch.no_grad():
         a, b, c = m(x), m(x, meta), m(x, m.missing_meta[None])

@@ -1,14 +1,14 @@
-"""Threshold re-binning, presets and prevalence (derm_core.operating) on synthetic predictions."""
+"""Threshold re-binning, presets and prevalence (derm_core.evaluate.operating) on synthetic predictions."""
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from derm_core import metrics as M
-from derm_core import operating as O
-from derm_core.evaluation import summary_metrics
-from derm_core.triage import Thresholds, assign_tiers
+from derm_core.evaluate import metrics as M
+from derm_core.evaluate import operating as O
+from derm_core.evaluate.evaluation import summary_metrics
+from derm_core.triage.rules import Thresholds, assign_tiers
 
 
 def _eval(ham7, n=600, seed=0, sharp=2.0, **kw) -> O.EvalSet:
@@ -180,12 +180,12 @@ def test_predictions_are_cached_per_model_and_data(tmp_path, ham7, monkeypatch):
 
     import torch
 
-    from derm_core import embedding as E
-    from derm_core.predictor import Predictor
-    from derm_core.checkpoint import read_card, save_model
-    from derm_core.data import load_table
-    from derm_core.models import create_model
     from conftest import tiny_card, write_dataset
+    from derm_core.data.dataset import load_table
+    from derm_core.evaluate import embedding as E
+    from derm_core.model.checkpoint import read_card, save_model
+    from derm_core.model.networks import create_model
+    from derm_core.model.predictor import Predictor
 
     monkeypatch.setenv("DERMTRIAGE_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
@@ -212,7 +212,7 @@ def test_predictions_are_cached_per_model_and_data(tmp_path, ham7, monkeypatch):
 
 
 def test_tsne_layouts_2d_and_3d(tmp_path, monkeypatch):
-    from derm_core import embedding as E
+    from derm_core.evaluate import embedding as E
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 5, (3, 40))
     y = np.repeat(np.arange(3), 40)
@@ -232,7 +232,7 @@ def test_lab_figures_are_valid_plotly_and_the_fast_path_matches(ham7, monkeypatc
 
     import plotly.io as pio
 
-    from derm_core import figures as F
+    from derm_core.evaluate import figures as F
     ev = _eval(ham7, n=300)
     thr = _thr(ham7)
     table = O.operating_table(ev, thr)

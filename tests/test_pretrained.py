@@ -5,7 +5,7 @@ import torch
 from skimage.data import chelsea
 from torchvision.transforms.v2 import functional as F
 
-from derm_core.models import create_model, imagenet_state_dict, offline_weights_path
+from derm_core.model.networks import create_model, imagenet_state_dict, offline_weights_path
 
 CATS = {281, 282, 283, 284, 285, 287}  # tabby, tiger cat, Persian, Siamese, Egyptian cat, lynx
 

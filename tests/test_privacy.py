@@ -21,17 +21,18 @@ from pathlib import Path
 import pytest
 import torch
 from netguard import is_loopback
-from conftest import CLASS_COLOURS, GPS_TEXT, ROOT, exif_photo, lesion_image, page_text, tiny_card, write_dataset
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from derm_core import profiles as P
-from derm_core.checkpoint import DEFAULT_MODEL, ModelError, load_model, read_card, save_model
-from derm_core.images import MAX_BYTES, MAX_PIXELS, load_image, strip_metadata
-from derm_core.models import create_model
-from derm_core.predictor import Predictor
-from derm_core.report import DISCLAIMER
-from derm_core.taxonomy import load_taxonomy
+from conftest import CLASS_COLOURS, GPS_TEXT, ROOT, exif_photo, lesion_image, page_text, tiny_card, write_dataset
+from derm_core.data.images import MAX_BYTES, MAX_PIXELS, load_image, strip_metadata
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.model.checkpoint import ModelError, load_model, read_card, save_model
+from derm_core.model.networks import create_model
+from derm_core.model.predictor import Predictor
+from derm_core.settings import SHIPPED_MODEL
+from derm_core.triage import profiles as P
+from derm_core.triage.report import DISCLAIMER
 
 PAGES = re.findall(r'st\.Page\(\s*"([^"]+)"', (ROOT / "app.py").read_text())
 
@@ -258,7 +259,7 @@ def test_reader_study_offline_and_cases_shown_without_exif(app_env, offline, med
     at.radio(key="rs_section").set_value("Results").run()
     assert not at.exception, at.exception
     # the study database keeps answers and image paths, never the photos or their metadata
-    from derm_core.study_store import study_db_path
+    from derm_core.study.store import study_db_path
     raw = b"".join(p.read_bytes() for p in study_db_path().parent.glob(study_db_path().name + "*"))
     assert raw
     for marker in (b"\xff\xd8\xff", b"Exif\0\0", *(t.encode() for t in GPS_TEXT)):
@@ -274,7 +275,7 @@ def test_model_files_are_never_unpickled(app_env, monkeypatch):
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
     monkeypatch.setattr(torch, "load", refuse)
-    for card in (app_env["card"], DEFAULT_MODEL):
+    for card in (app_env["card"], SHIPPED_MODEL):
         pred = Predictor.from_path(card, device=torch.device("cpu"))
         res = pred.predict(lesion_image(CLASS_COLOURS["nv"], (200, 150)))
         assert sum(res.probs.values()) == pytest.approx(1.0)
@@ -333,7 +334,7 @@ def test_broken_model_from_the_environment_falls_back_to_the_shipped_model(app_e
     errors = " ".join(e.value for e in at.error)
     assert f"Model {path} was refused" in errors and re.search(BROKEN[kind], errors), errors
     assert "Using the shipped default model instead" in errors
-    shipped = read_card(DEFAULT_MODEL)
+    shipped = read_card(SHIPPED_MODEL)
     assert f"Model **{shipped.name}**" in page_text(at), "the page runs on the shipped model"
     assert DISCLAIMER in [w.value for w in at.warning]
 

@@ -5,12 +5,12 @@ import threading
 import pytest
 import torch
 
-from derm_core import profiles as P
-from derm_core.checkpoint import ModelCard, atomic_write_json, read_card, save_model
-from derm_core.models import create_model
-from derm_core.taxonomy import load_taxonomy
-from derm_core.triage import Thresholds
 from conftest import tiny_card
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.model.checkpoint import ModelCard, atomic_write_json, read_card, save_model
+from derm_core.model.networks import create_model
+from derm_core.triage import profiles as P
+from derm_core.triage.rules import Thresholds
 
 
 def _model(tmp_path, name, taxonomy, seed=0, temperature=1.0):
@@ -97,7 +97,7 @@ def test_invalid_files_are_refused_with_a_reason(tmp_path, card):
 
 def test_crash_mid_save_leaves_no_profile(tmp_path, card, monkeypatch):
     folder = tmp_path / "profiles"
-    import derm_core.checkpoint as C
+    import derm_core.model.checkpoint as C
     real_replace = C.os.replace
 
     def crash(*a, **kw):

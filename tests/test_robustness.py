@@ -25,24 +25,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CLASS_COLOURS, ROOT, lesion_image, tiny_card, write_dataset
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms
 
-from derm_core import explain as E
-from derm_core import jobs
-from derm_core import profiles as P
-from derm_core.calibration import softmax
-from derm_core.checkpoint import ModelError, atomic_write_json, load_model, read_card, save_model
-from derm_core.clinical import Clinical
-from derm_core.data import DataError, LesionDataset, load_table
-from derm_core.images import MAX_BYTES, MAX_PIXELS, MIN_SIDE, ImageError, load_image
-from derm_core.models import create_model
-from derm_core.taxonomy import load_taxonomy
-from derm_core.train_config import TrainConfig
-from derm_core.transforms import eval_transform
-from derm_core.triage import Thresholds, assign_tiers, tier_scores, triage
+from conftest import CLASS_COLOURS, ROOT, lesion_image, tiny_card, write_dataset
+from derm_core.data.clinical import Clinical
+from derm_core.data.dataset import DataError, LesionDataset, load_table
+from derm_core.data.images import MAX_BYTES, MAX_PIXELS, MIN_SIDE, ImageError, load_image
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.explain import maps as E
+from derm_core.fit import jobs
+from derm_core.fit.config import TrainConfig
+from derm_core.model.calibration import softmax
+from derm_core.model.checkpoint import ModelError, atomic_write_json, load_model, read_card, save_model
+from derm_core.model.networks import create_model
+from derm_core.model.transforms import eval_transform
+from derm_core.triage import profiles as P
+from derm_core.triage.rules import Thresholds, assign_tiers, tier_scores, triage
 
 WHITE = (255, 255, 255)
 
@@ -585,7 +585,7 @@ def _cut(*a, **kw):
 
 
 def test_interrupted_card_rewrite_leaves_the_previous_model(tmp_path, ham7, monkeypatch):
-    import derm_core.checkpoint as C
+    import derm_core.model.checkpoint as C
     torch.manual_seed(0)
     model = create_model("tiny_test", 7, True, pretrained="none").eval()
     path = save_model(model, tiny_card(ham7), tmp_path / "m" / "model")
@@ -612,7 +612,7 @@ def test_interrupted_card_rewrite_leaves_the_previous_model(tmp_path, ham7, monk
 
 
 def test_interrupted_profile_save_leaves_the_previous_version(tmp_path, ham7, monkeypatch):
-    import derm_core.checkpoint as C
+    import derm_core.model.checkpoint as C
     torch.manual_seed(0)
     card = read_card(save_model(create_model("tiny_test", 7, True, pretrained="none"), tiny_card(ham7),
                                 tmp_path / "m" / "model"))

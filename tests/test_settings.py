@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CLASS_COLOURS, lesion_image
-from derm_core import errors, settings as S
+from derm_core import errors
+from derm_core import settings as S
 from derm_core.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,10 +21,10 @@ def clean_env(monkeypatch):
 
 def store_paths():
     """Where each module puts its store now."""
-    from derm_core.embedding import cache_root
-    from derm_core.jobs import runs_root
-    from derm_core.profiles import profiles_dir
-    from derm_core.study_store import study_db_path
+    from derm_core.evaluate.embedding import cache_root
+    from derm_core.fit.jobs import runs_root
+    from derm_core.study.store import study_db_path
+    from derm_core.triage.profiles import profiles_dir
     return {"runs": runs_root(), "profiles": profiles_dir(), "cache": cache_root(), "study_db": study_db_path()}
 
 
@@ -71,26 +72,35 @@ def test_read_on_every_call_and_empty_means_unset(monkeypatch, tmp_path):
     assert S.settings().runs == ROOT / "runs"
 
 
-def test_invalid_value_is_a_config_error_naming_the_variable(monkeypatch):
+def test_invalid_value_is_a_config_error_naming_the_variable_where_it_is_used(monkeypatch, tmp_path):
     monkeypatch.setenv(S.ENV_NICE, "low")
+    monkeypatch.setenv(S.ENV_HOME, str(tmp_path))
+    s = S.settings()                                                   # every other setting still reads
+    assert s.runs == tmp_path / "runs" and s.job_nice is None
     with pytest.raises(errors.ConfigError, match="DERMTRIAGE_JOB_NICE"):
-        S.settings()
+        s.require("job_nice")
+    assert s.require("runs") == tmp_path / "runs"
     row = next(r for r in S.describe() if r["env"] == S.ENV_NICE)      # describe reports it instead
     assert row["value"] is None and "invalid" in row["source"]
 
 
-def test_old_names_are_defined_once_in_settings():
-    from derm_core import data, embedding, inference, jobs, profiles, study_store
-    assert (jobs.ENV_RUNS, jobs.ENV_NICE, jobs.ROOT) == (S.ENV_RUNS, S.ENV_NICE, S.ROOT)
-    assert (study_store.ENV_HOME, study_store.ENV_STUDY_DB, study_store.DB_NAME) == (S.ENV_HOME, S.ENV_STUDY_DB,
-                                                                                     S.DB_NAME)
-    assert (profiles.ENV_PROFILES, data.ENV_DATA, embedding.ENV_CACHE, inference.ENV_FAST_PATH) == (
-        S.ENV_PROFILES, S.ENV_DATA, S.ENV_CACHE, S.ENV_FAST_PATH)
-    assert len({v.env for v in S.VARIABLES}) == len(S.VARIABLES) == len(S.Settings.__dataclass_fields__)
+def test_each_variable_is_named_once_and_read_only_in_settings():
+    """Every DERMTRIAGE_* variable has one row in VARIABLES, and no other module reads the environment."""
+    assert len({v.env for v in S.VARIABLES}) == len(S.VARIABLES) == len(S.Settings.__dataclass_fields__) - 1
+    reads = re.compile(r"(environ|getenv)[^\n]*(DERMTRIAGE_|ENV_)")
+    readers = [str(p.relative_to(S.ROOT)) for p in [*S.ROOT.glob("derm_core/**/*.py"), *S.ROOT.glob("pages/*.py")]
+               if p.name != "settings.py" and reads.search(p.read_text(encoding="utf-8"))]
+    assert readers == []
 
 
 def test_every_user_error_has_one_base_and_keeps_its_historical_one():
-    from derm_core import conformal, data, images, jobs, profiles, study, study_store
+    from derm_core.data import dataset as data
+    from derm_core.data import images
+    from derm_core.fit import jobs
+    from derm_core.model import conformal
+    from derm_core.study import cases as study
+    from derm_core.study import store as study_store
+    from derm_core.triage import profiles
     expected = {(data, "DataError"): ValueError, (images, "ImageError"): ValueError,
                 (profiles, "ProfileError"): ValueError, (study, "StudyError"): ValueError,
                 (study_store, "StudyStoreError"): RuntimeError, (study_store, "StudyIntegrityError"): RuntimeError,

@@ -3,13 +3,14 @@ import json
 
 import pytest
 
-from derm_core.checkpoint import DEFAULT_MODEL, load_model
 from derm_core.cli import main
+from derm_core.model.checkpoint import load_model
+from derm_core.settings import SHIPPED_MODEL
 
 
 def test_default_model_loads_and_card_is_complete():
     model, card = load_model()  # no path: the shipped default
-    assert card.path == DEFAULT_MODEL
+    assert card.path == SHIPPED_MODEL
     d = card.to_json()
     assert d["arch"] == "tf_efficientnet_lite0" and len(card.classes) == 7
     assert d["training"]["command"].startswith("python -m derm_core train")

@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from derm_core import embedding, similar
-from derm_core.checkpoint import read_card, save_model
-from derm_core.data import load_table
-from derm_core.images import load_image
-from derm_core.models import create_model
-from derm_core.predictor import Predictor
-from derm_core.splits import make_splits
+from derm_core.data.clinical import Clinical
+from derm_core.data.dataset import load_table
+from derm_core.data.images import load_image
+from derm_core.data.splits import make_splits
+from derm_core.evaluate import embedding
+from derm_core.explain import similar
+from derm_core.model.checkpoint import read_card, save_model
+from derm_core.model.networks import create_model
+from derm_core.model.predictor import Predictor
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def test_a_training_image_is_its_own_nearest_neighbour(setup):
         assert len(hits) == 3 and hits[0].similarity >= hits[1].similarity >= hits[2].similarity
         # the clinical branch of the fusion model does not change who is similar
         other = similar.similar_cases(pred, load_image(row["path"]), idx, k=3,
-                                      clinical=__import__("derm_core.clinical").clinical.Clinical(80, "male", "face"))
+                                      clinical=Clinical(80, "male", "face"))
         assert [h.image_id for h in other] == [h.image_id for h in hits]
     first = table.iloc[int(np.flatnonzero(split == "train")[0])]["image_id"]
     emb = similar.similar_cases(pred, load_image(table.iloc[int(np.flatnonzero(split == "train")[0])]["path"]), idx, 1)

@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from derm_core import jobs
-from derm_core import profiles as P
+from derm_core.fit import jobs
 from derm_core.slugs import slugify
+from derm_core.triage import profiles as P
 
 
 def _old_profile_slug(name: str) -> str:

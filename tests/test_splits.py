@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from derm_core.data import load_table
-from derm_core.splits import get_splits, load_splits, make_splits
+from derm_core.data.dataset import load_table
+from derm_core.data.splits import get_splits, load_splits, make_splits
 
 
 def _assert_grouped(table, split):
@@ -40,7 +40,7 @@ def test_ham10000_split_is_lesion_disjoint_and_stratified(ham_dir, ham7):
 
 
 def test_split_rows_picks_one_split_numbered_from_zero(synthetic_data, ham7, tmp_path):
-    from derm_core.splits import split_rows
+    from derm_core.data.splits import split_rows
     t = load_table(synthetic_data, ham7)
     f = tmp_path / "split.csv"
     s = get_splits(t, f, seed=1)

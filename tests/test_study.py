@@ -7,19 +7,31 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from derm_core import study_results as R
-from derm_core.checkpoint import ModelCard
-from derm_core.clinical import Clinical
-from derm_core.data import clinical_of, load_table
-from derm_core.images import load_image
-from derm_core.study import (BENIGN, MALIGNANT, Study, StudyError, StudySpec, answer_rank, choices,
-                             create_study, draw_cases, model_answer, same_model, seconds_left, truth_of)
-from derm_core.splits import held_out_cases
-from derm_core.figures import reader_roc_figure
-from derm_core.study_store import StudyStore
-from derm_core.taxonomy import load_taxonomy
-from derm_core.triage import Thresholds, triage
 from conftest import tiny_card, write_dataset
+from derm_core.data.clinical import Clinical
+from derm_core.data.dataset import clinical_of, load_table
+from derm_core.data.images import load_image
+from derm_core.data.splits import held_out_cases
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.evaluate.figures import reader_roc_figure
+from derm_core.study import results as R
+from derm_core.study.cases import (
+    BENIGN,
+    MALIGNANT,
+    Study,
+    StudyError,
+    StudySpec,
+    answer_rank,
+    choices,
+    create_study,
+    draw_cases,
+    model_answer,
+    same_model,
+    seconds_left,
+    truth_of,
+)
+from derm_core.study.store import StudyStore
+from derm_core.triage.rules import Thresholds, triage
 
 
 # ---------------------------------------------------------------------- questions

@@ -9,8 +9,16 @@ import threading
 import pandas as pd
 import pytest
 
-from derm_core.study_store import (ENV_HOME, ENV_STUDY_DB, MIGRATIONS, SCHEMA_VERSION, AlreadyAnswered,
-                                   StudyIntegrityError, StudyStore, StudyStoreError, study_db_path)
+from derm_core.settings import ENV_HOME, ENV_STUDY_DB
+from derm_core.study.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    AlreadyAnswered,
+    StudyIntegrityError,
+    StudyStore,
+    StudyStoreError,
+    study_db_path,
+)
 
 CHOICES = ["benign", "malignant"]
 
@@ -116,7 +124,9 @@ def test_a_locked_database_gives_a_clear_error_and_writes_nothing(tmp_path):
 
 
 def test_constraints_reject_impossible_rows(tmp_path):
-    from derm_core.study import LEVELS     # imported here: spawned writer processes import this module, keep it light
+    from derm_core.study.cases import (
+        LEVELS,  # imported here: spawned writer processes import this module, keep it light
+    )
     store = StudyStore(tmp_path / "s.db")
     sid, cases = _make(store, name="one")
     other, other_cases = _make(store, name="two")
@@ -141,7 +151,7 @@ def test_constraints_reject_impossible_rows(tmp_path):
         store.reader(sid, "Bob", "nurse")
     with pytest.raises(StudyIntegrityError):
         store.reader(sid, "   ", "student")
-    for level in LEVELS:                                   # the vocabulary of derm_core.study fits the schema
+    for level in LEVELS:                                   # the vocabulary of derm_core.study.cases fits the schema
         store.reader(sid, f"reader {level}", level)
     same = store.reader(sid, "  Ann ", "dermatologist")    # (study, name) is the identity; the first level stays
     assert same["id"] == ann["id"] and not same["new"] and same["level"] == "resident"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from derm_core.taxonomy import load_taxonomy
+from derm_core.data.taxonomy import load_taxonomy
 
 
 def test_ham7_tiers_follow_zhao(ham7):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from derm_core.checkpoint import load_model
-from derm_core.predictor import Predictor
-from derm_core.train import Stopped, TrainConfig, class_weights, train
 from conftest import CLASS_COLOURS, ROOT, lesion_image, write_dataset
+from derm_core.fit.train import Stopped, TrainConfig, class_weights, train
+from derm_core.model.checkpoint import load_model
+from derm_core.model.predictor import Predictor
 
 REQUIRED_REPORT_KEYS = {"accuracy", "balanced_accuracy", "macro_auc", "per_class", "tiers", "ece", "n_images"}
 
@@ -73,7 +73,7 @@ def test_stop_then_resume(synthetic_data, tmp_path):
 
 def test_stop_file_leaves_resumable_checkpoint(synthetic_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    import derm_core.train as T
+    import derm_core.fit.train as T
     real = T._write_progress
 
     def stop_after_first_batch(o, **kw):
@@ -125,7 +125,7 @@ def test_fine_tune_from_a_trained_model_and_monitor(synthetic_data, tmp_path):
 
 def test_checkpoint_counters_travel_with_the_weights(tmp_path):
     """A kill between the weights and the readable last.json must not pair new weights with old counters."""
-    from derm_core.train import load_checkpoint, save_checkpoint
+    from derm_core.fit.train import load_checkpoint, save_checkpoint
 
     def fresh():
         torch.manual_seed(0)

@@ -5,11 +5,11 @@ from dataclasses import asdict, fields, replace
 
 import pytest
 
-from derm_core import jobs
-from derm_core import train_config as TC
 from derm_core.cli import build_parser
-from derm_core.models import DEFAULT_ARCH, list_archs
-from derm_core.train import TrainConfig
+from derm_core.fit import config as TC
+from derm_core.fit import jobs
+from derm_core.fit.train import TrainConfig
+from derm_core.model.networks import DEFAULT_ARCH, list_archs
 
 # Not on the command line (documented as ``cli: False`` in their metadata): a job runs them at their defaults.
 NOT_CLI = {"weight_decay", "meta_dropout", "tier_sensitivity"}

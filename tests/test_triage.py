@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from derm_core.triage import Thresholds, assign_tiers, fit_thresholds, triage, true_tiers
+from derm_core.triage.rules import Thresholds, assign_tiers, fit_thresholds, triage, true_tiers
 
 
 def _th(ham7, cls=0.3, high=0.3, danger=0.2):

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, tiny_card, write_dataset
 
-from derm_core.checkpoint import save_model
-from derm_core.models import create_model
-from derm_core.taxonomy import load_taxonomy
+from conftest import ROOT, tiny_card, write_dataset
+from derm_core.data.taxonomy import load_taxonomy
+from derm_core.model.checkpoint import save_model
+from derm_core.model.networks import create_model
 
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
 REQUIRED = os.environ.get("DERMTRIAGE_E2E_REQUIRED") == "1"
@@ -93,7 +93,7 @@ def app_server(tmp_path_factory, request) -> AppServer:
     # an untrained network gives near-uniform probabilities; a low temperature spreads them, so the
     # differential read off the page is not a near-tie between classes
     card = save_model(create_model("tiny_test", 7, use_metadata=True, pretrained="none"),
-                      {**tiny_card(ham7).data, "name": "tiny-e2e", "version": "e2e", "temperature": 0.02},
+                      tiny_card(ham7).with_(name="tiny-e2e", version="e2e", temperature=0.02),
                       tmp / "model" / "model")
     data = write_dataset(tmp / "data", per_class=3, size=(200, 150))
     guard = tmp / "netguard"

@@ -16,13 +16,13 @@ from urllib.parse import urlparse
 
 import pytest
 import torch
-from conftest import GPS_TEXT, ROOT, exif_photo
 from PIL import Image
 
-from derm_core.clinical import Clinical
-from derm_core.images import load_image
-from derm_core.predictor import Predictor
-from derm_core.report import DISCLAIMER
+from conftest import GPS_TEXT, ROOT, exif_photo
+from derm_core.data.clinical import Clinical
+from derm_core.data.images import load_image
+from derm_core.model.predictor import Predictor
+from derm_core.triage.report import DISCLAIMER
 from e2e.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.e2e
@@ -240,7 +240,7 @@ def upload(page, path) -> None:
 
 @pytest.mark.parametrize("size", [(4032, 3024), (3024, 4032)], ids=["landscape", "portrait"])
 def test_a_phone_photo_is_shown_whole_in_the_cropper_and_the_box_maps_back(page, app_server, tmp_path, size):
-    from derm_core.lesion import suggest_box
+    from derm_core.explain.lesion import suggest_box
     photo = tmp_path / f"IMG_{size[0]}x{size[1]}.jpg"
     phone_photo(photo, size)
     page.goto(app_server.url)
@@ -266,8 +266,8 @@ def test_a_phone_photo_is_shown_whole_in_the_cropper_and_the_box_maps_back(page,
 # ============================================================================ model lab
 
 def test_model_lab_evaluate_and_save_a_threshold_profile(page, app_server):
-    from derm_core.checkpoint import read_card
-    from derm_core.profiles import load_profile
+    from derm_core.model.checkpoint import read_card
+    from derm_core.triage.profiles import load_profile
     go(page, "Model lab")
     disclaimer_shown(page)
     page.get_by_test_id("stRadio").get_by_text("Evaluate & tune").click()
@@ -296,7 +296,7 @@ def test_model_lab_evaluate_and_save_a_threshold_profile(page, app_server):
 
 @pytest.mark.skipif(not (ROOT / "pages" / "reader_study.py").is_file(), reason="reader study page not yet present")
 def test_reader_study_create_sign_in_and_answer(page, app_server):
-    from derm_core.study_store import StudyStore
+    from derm_core.study.store import StudyStore
     go(page, "Reader study")
     disclaimer_shown(page)
     page.get_by_role("textbox", name="Study name").fill("e2e study")

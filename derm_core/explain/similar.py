@@ -1,0 +1,162 @@
+"""Similar cases: the k nearest images of the model's training and validation split.
+
+The index holds the L2-normalised *image* part of the penultimate embedding (the clinical
+metadata branch of a fusion model is left out, so similarity is about how the lesion looks)
+of every train + validation image of a dataset folder, with its recorded diagnosis. The
+embeddings come from :func:`derm_core.evaluate.embedding.predictions`, computed once per (model,
+data) and cached on disk (keyed by the weights hash and the data table), so a changed model
+or changed data rebuilds the index and nothing else does. Nearest = highest cosine
+similarity; the test split is never offered (the example cases are drawn from it).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from derm_core.evaluate.embedding import data_key, model_key, predictions
+from derm_core.model.checkpoint import ModelCard
+
+META_WIDTH = 64        # width of DermNet's metadata branch (networks.DermNet.meta)
+SPLITS = ("train", "val")
+_MEMO: dict[tuple[str, str], "CaseIndex"] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    image_id: str
+    label: str
+    similarity: float      # cosine similarity in [-1, 1]
+    path: str
+    split: str
+
+
+@dataclass(frozen=True, eq=False)
+class CaseIndex:
+    vectors: np.ndarray            # (N, D) float32, unit rows
+    table: pd.DataFrame            # image_id, label, path, split of each row
+    model_key: str
+    data_key: str
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def query(self, embedding: np.ndarray, k: int = 5, exclude: tuple[str, ...] = ()) -> list[Neighbour]:
+        """The ``k`` most similar indexed images to one embedding (full penultimate or image part)."""
+        if not (isinstance(k, (int, np.integer)) and k >= 1):
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        v = _unit(image_part(np.atleast_2d(embedding), self.vectors.shape[1]))[0]
+        sim = self.vectors @ v
+        if exclude:
+            sim = np.where(self.table["image_id"].isin(list(exclude)).to_numpy(), -np.inf, sim)
+        k = min(int(k), int(np.isfinite(sim).sum()))
+        top = np.argpartition(-sim, k - 1)[:k] if k < len(sim) else np.arange(len(sim))
+        top = top[np.lexsort((top, -sim[top]))]
+        t = self.table
+        return [Neighbour(str(t["image_id"].iat[i]), str(t["label"].iat[i]), float(sim[i]), str(t["path"].iat[i]),
+                          str(t["split"].iat[i])) for i in top if np.isfinite(sim[i])]
+
+
+def image_part(embeddings: np.ndarray, width: int) -> np.ndarray:
+    """The first ``width`` columns: the image features before the metadata branch."""
+    e = np.asarray(embeddings, dtype=np.float32)
+    if e.shape[1] < width:
+        raise ValueError(f"embedding has {e.shape[1]} dimensions, the index {width}")
+    return e[:, :width]
+
+
+def image_width(card: ModelCard, embedding_dim: int) -> int:
+    return embedding_dim - (META_WIDTH if card.use_metadata else 0)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def index_table(table: pd.DataFrame, split) -> pd.DataFrame:
+    """The rows that may be offered as similar cases: the model's train and validation images."""
+    split = np.asarray(split)
+    keep = np.isin(split, SPLITS)
+    out = table[keep].assign(split=split[keep])
+    order = np.argsort([SPLITS.index(v) for v in out["split"]], kind="stable")   # train rows, then validation
+    return out.iloc[order].reset_index(drop=True)
+
+
+def _split_rows(rows: pd.DataFrame, s: str) -> pd.DataFrame:
+    return rows[rows["split"] == s].drop(columns=["split"]).reset_index(drop=True)
+
+
+def _split_embeddings(card, rows, s, model, callback, refresh) -> np.ndarray:
+    """One split's embeddings, cached like the Model lab's per-split evaluation (the same cache files)."""
+    return predictions(card, _split_rows(rows, s), model=model, callback=callback, refresh=refresh)["embeddings"]
+
+
+def build_index(card: ModelCard, table: pd.DataFrame, split, *, model=None, callback=None,
+                refresh: bool = False) -> CaseIndex:
+    """The similar-case index of this model on this dataset (``split``: the model's split labels for ``table``).
+
+    Built from the cached embeddings (computed on the first call, ``callback(done, total)``
+    reports progress) and memoised in memory per (model, data)."""
+    rows = index_table(table, split)
+    if rows.empty:
+        raise ValueError("no training or validation images to find similar cases in")
+    key = (model_key(card), data_key(rows))
+    with _LOCK:
+        if not refresh and key in _MEMO:
+            return _MEMO[key]
+    emb = np.concatenate([_split_embeddings(card, rows, s, model, callback, refresh) for s in SPLITS
+                          if (rows["split"] == s).any()])
+    width = image_width(card, emb.shape[1])
+    idx = CaseIndex(_unit(image_part(emb, width)), rows[["image_id", "label", "path", "split"]].copy(), *key)
+    with _LOCK:
+        _MEMO[key] = idx
+    return idx
+
+
+def cached_index(card: ModelCard, table: pd.DataFrame, split) -> CaseIndex | None:
+    """The index when its embeddings are already cached on disk (no computation), else None."""
+    from derm_core.evaluate.embedding import load_cached_predictions
+    rows = index_table(table, split)
+    if rows.empty:
+        return None
+    key = (model_key(card), data_key(rows))
+    with _LOCK:
+        if key in _MEMO:
+            return _MEMO[key]
+    if any(load_cached_predictions(card, _split_rows(rows, s)) is None for s in SPLITS
+           if (rows["split"] == s).any()):
+        return None
+    return build_index(card, table, split)
+
+
+def similar_cases(predictor, image, index: CaseIndex, k: int = 5, clinical=None) -> list[Neighbour]:
+    """The ``k`` indexed images most like ``image`` (already cropped to the lesion) under the predictor's model."""
+    _, emb = predictor.forward(predictor.preprocess([image]), clinical)
+    return index.query(emb, k)
+
+
+def folder_index(card: ModelCard, data_dir, *, build: bool = False, model=None, callback=None):
+    """(index or None, number of images it holds) for a dataset folder, when the folder is the model's
+    own dataset (its split file covers every image); ``build=False`` only reads the cache.
+
+    Raises:
+        ValueError: the folder is not the model's dataset, or the model has no split file.
+    """
+    from derm_core.data.dataset import load_table
+    from derm_core.data.splits import load_splits
+    sf = card.split_file
+    if sf is None or not sf.is_file():
+        raise ValueError("this model has no split file, so its training images are unknown")
+    table = load_table(data_dir, card.taxonomy)
+    try:
+        split = load_splits(table, sf).to_numpy()
+    except ValueError:
+        raise ValueError("the dataset folder is not this model's training dataset (its split file does not "
+                         "list these images)") from None
+    n = int(np.isin(split, SPLITS).sum())
+    idx = build_index(card, table, split, model=model, callback=callback) if build else cached_index(card, table, split)
+    return idx, n

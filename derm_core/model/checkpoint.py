@@ -1,0 +1,174 @@
+"""Model files: safetensors weights plus a JSON model card; never a pickle.
+
+``weights/<name>.safetensors`` holds the tensors, ``weights/<name>.json`` the card
+(:class:`~derm_core.model.card.ModelCard`, written only by :func:`write_card` and
+:func:`save_model`). Every write goes to a temporary file first and is renamed into place,
+so a crash never leaves a half-written model. Training checkpoints (for resuming) use the
+same format: optimizer and RNG state are tensors in safetensors, the rest JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from derm_core.errors import ModelError
+from derm_core.model.card import ModelCard
+from derm_core.model.networks import DermNet, create_model
+from derm_core.settings import SHIPPED_MODEL
+
+__all__ = ["ModelCard", "ModelError", "atomic_save_tensors",
+           "atomic_write_bytes", "atomic_write_json", "load_model", "model_stamp", "read_card", "save_model", "write_card"]
+
+
+def _stage_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` completely (fsynced) to a hidden temporary file beside ``path``; returns its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _stage_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> str:
+    """Like :func:`_stage_bytes` for a safetensors file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:     # writable: Windows refuses to fsync a read-only handle
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _publish(*pairs: tuple[str, Path]) -> None:
+    """Rename staged files into place (one ``os.replace`` each); on failure remove what is left."""
+    try:
+        for tmp, path in pairs:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in pairs:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    _publish((_stage_bytes(path, data), path))
+
+
+def _json_bytes(obj) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=False).encode("utf-8")
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, _json_bytes(obj))
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    _publish((_stage_tensors(path, tensors, metadata), path))
+
+
+def _card_paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.json"
+    if p.suffix == ".safetensors":
+        p = p.with_suffix(".json")
+    if p.suffix != ".json":
+        raise ModelError(f"{path}: give a model card (.json), its .safetensors, or a run folder")
+    return p, p.with_suffix(".safetensors")
+
+
+def write_card(card: ModelCard, path: str | Path | None = None) -> Path:
+    """The one writer of model cards: ``card.to_json()`` to ``path`` (default: where it was read), atomically."""
+    target = Path(path) if path is not None else card.path
+    if target is None:
+        raise ModelError("the model card has no file to be written to")
+    atomic_write_json(target, card.to_json())
+    return target
+
+
+def save_model(model: DermNet, card: ModelCard, path: str | Path) -> Path:
+    """Write ``<path>.safetensors`` then ``<path>.json`` (the card last: it marks completeness)."""
+    card_path, weights_path = _card_paths(Path(path).with_suffix(".json"))
+    card = card.with_(weights_file=weights_path.name)
+    # Both files are written in full before either replaces anything, so a failure while
+    # writing (a card that is not JSON-serialisable, a full disk, a kill) leaves any previous
+    # model in this place intact rather than new weights under the old card.
+    card_bytes = _json_bytes(card.to_json())
+    staged_weights = _stage_tensors(weights_path, model.state_dict(), {"arch": model.arch})
+    try:
+        staged_card = _stage_bytes(card_path, card_bytes)
+    except BaseException:
+        Path(staged_weights).unlink(missing_ok=True)
+        raise
+    _publish((staged_weights, weights_path), (staged_card, card_path))
+    return card_path
+
+
+def model_stamp(path: str | Path | None = None) -> tuple:
+    """(modification time, size) of a model's card and weights: a cache key that changes when
+    either file is rewritten (a recalibrated or edited card), so a cached model is not reused."""
+    try:
+        card_path, weights = _card_paths(path or SHIPPED_MODEL)
+    except ModelError:
+        return ()
+    return tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None for p in (card_path, weights))
+
+
+def read_card(path: str | Path | None = None) -> ModelCard:
+    card_path, _ = _card_paths(path or SHIPPED_MODEL)
+    if not card_path.is_file():
+        raise ModelError(f"model card not found: {card_path}")
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"model card {card_path} is not valid JSON ({e})") from None
+    return ModelCard.from_json(data, card_path)
+
+
+def load_model(path: str | Path | None = None) -> tuple[DermNet, ModelCard]:
+    """Load weights + card (default: the shipped model), refusing anything inconsistent.
+
+    Raises:
+        ModelError: missing/truncated files, wrong classes, wrong tensor names or shapes.
+    """
+    card = read_card(path)
+    weights = card.weights_path
+    if weights.parent != card.path.parent or not weights.is_file():
+        raise ModelError(f"weights file not found next to {card.path}: {weights.name}")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"{weights} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    model = create_model(card.arch, len(card.classes), card.use_metadata, pretrained="none")
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise ModelError(f"{weights} does not match a {card.arch} with {len(card.classes)} classes "
+                         f"(metadata={card.use_metadata}): missing {missing[:3]}, unexpected {extra[:3]}")
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        k = bad[0]
+        raise ModelError(f"{weights}: tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(own[k].shape)} "
+                         f"(the card says {len(card.classes)} classes)")
+    model.load_state_dict(state)
+    model.eval()
+    return model, card

@@ -1,0 +1,4 @@
+"""Reader studies: drawing cases, the SQLite store, and the results against the model's ROC.
+
+Clinicians read with and without the AI.
+"""
