@@ -237,14 +237,15 @@ def test_lime_classifier_matches_the_predictor(predictor, tta_predictor, photo):
     """LIME sees the triage's calibrated probabilities: from the single un-flipped view by
     default (one pass per image), exactly the predictor's forward with ``tta=True``."""
     preview = np.stack([np.asarray(to_pil_preview(photo, INPUT))] * 2)
-    tta_predictor.runner.eager = True   # count passes on the eager network (the frozen copy runs no Python hooks)
+    tta_predictor.runner.eager = True   # count the images each backbone pass sees (per photo of the batch of 2) on
+    # the eager network (the frozen copy runs no Python hooks): 1 view per photo, or the 4 flips
     passes = []
-    hook = predictor.model.backbone.register_forward_hook(lambda *_: passes.append(1))
+    hook = predictor.model.backbone.register_forward_hook(lambda m, inp, out: passes.append(len(inp[0]) // 2))
     try:
         single = E._classifier_fn(tta_predictor, None)(preview)
-        n_single = len(passes)
+        n_single = sum(passes)
         full = E._classifier_fn(tta_predictor, None, tta=True)(preview)
-        n_full = len(passes) - n_single
+        n_full = sum(passes) - n_single
         expect_single, expect_full = predictor.probabilities([photo]), tta_predictor.probabilities([photo])
     finally:
         hook.remove()

@@ -70,8 +70,9 @@ class _Cast(nn.Sequential):
 
 class TTAForward(nn.Module):
     """(logits, penultimate embeddings) of a DermNet, averaged over the four flips when
-    ``tta`` (lesions have no up or left). Each view is one pass of the batch through the
-    backbone; the head is linear, so averaging embeddings equals averaging logits.
+    ``tta`` (lesions have no up or left). The views go through the backbone as one batch
+    (faster than four passes on a CPU); the head is linear, so averaging embeddings equals
+    averaging logits.
     ``backbone`` may be a faster copy of the model's own (frozen, bf16); the metadata branch
     and the head always run in fp32, where bf16 rounding of the logits would move
     probabilities most. A model that is not DermNet-shaped (a test model: ``model(x, meta)
@@ -85,12 +86,15 @@ class TTAForward(nn.Module):
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None,
                 tta: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         tta = self.tta if tta is None else tta
-        views = (x, x.flip(3), x.flip(2), x.flip(2, 3)) if tta else (x,)
+        n = 4 if tta else 1
+        if tta:
+            x = torch.cat([x, x.flip(3), x.flip(2), x.flip(2, 3)])
+            meta = None if meta is None else meta.repeat(4, 1)
         if not is_dermnet(self.model):
-            z = torch.stack([self.model(v, meta) for v in views]).mean(0)
+            z = self.model(x, meta).unflatten(0, (n, -1)).mean(0)
             return z, z
         backbone = self.model.backbone if self.backbone is None else self.backbone
-        e = torch.stack([self.model.fuse(backbone(v).float(), meta) for v in views]).mean(0)
+        e = self.model.fuse(backbone(x).float(), meta).unflatten(0, (n, -1)).mean(0)
         return self.model.head(e), e
 
 
