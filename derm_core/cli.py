@@ -80,8 +80,8 @@ def _parse_crop(text: str):
 
 def _crop_photo(photo, crop):
     """(cropped photo, crop box used, how it was chosen) for ``--crop``."""
-    from derm_core.data.images import MAX_ASPECT, MIN_SIDE
-    from derm_core.errors import ConfigError
+    from derm_core.data.images import crop_photo
+    from derm_core.errors import ConfigError, ImageError
     w, h = photo.size
     if crop == "none":
         return photo, (0, 0, w, h), "none (the whole photo)"
@@ -91,15 +91,10 @@ def _crop_photo(photo, crop):
         how = "auto (the suggested lesion crop, as on the triage page)"
     else:
         box, how = crop, "given"
-        x0, y0, x1, y1 = box
-        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-            raise ConfigError(f"--crop {x0},{y0},{x1},{y1} is not inside the {w}x{h} photo "
-                              f"(0 <= x0 < x1 <= {w}, 0 <= y0 < y1 <= {h})")
-        bw, bh = x1 - x0, y1 - y0
-        if min(bw, bh) < MIN_SIDE or max(bw, bh) / min(bw, bh) > MAX_ASPECT:
-            raise ConfigError(f"--crop {x0},{y0},{x1},{y1} is {bw}x{bh} pixels: at least {MIN_SIDE}x{MIN_SIDE} and at "
-                              f"most {MAX_ASPECT:.0f}:1 are needed")
-    return photo.crop(box), box, how
+    try:
+        return crop_photo(photo, box), box, how
+    except ImageError as e:
+        raise ConfigError(f"--crop {','.join(map(str, box))}: {e}") from None
 
 
 def _json_safe(obj, path: str = "", undefined: dict | None = None):

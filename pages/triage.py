@@ -9,7 +9,7 @@ import streamlit as st
 
 from derm_core.data.clinical import SEXES, SITES, Clinical
 from derm_core.data.dataset import DataError
-from derm_core.data.images import UPLOAD_EXTENSIONS, ImageError, load_image, load_mask
+from derm_core.data.images import UPLOAD_EXTENSIONS, ImageError, crop_photo, load_image, load_mask
 from derm_core.evaluate.figures import differential_chart, mark_biopsy, tier_chart
 from derm_core.explain import lesion, mapquality, similar
 from derm_core.explain import maps as explain
@@ -97,9 +97,10 @@ with left:
     if st.button("Reset crop to the suggested box", key="reset_crop", icon=":material/crop_free:"):
         st.session_state["crop_resets"] = resets + 1
         st.rerun()
-    crop = photo.crop(box)
-    if min(crop.size) < 16:
-        st.error("The crop is too small: draw a larger box around the lesion.")
+    try:
+        crop = crop_photo(photo, box)
+    except ImageError as e:
+        st.error(f"The crop cannot be used: {e}. Draw a larger box around the lesion.")
         st.stop()
 
 with right:

@@ -691,3 +691,15 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
     assert [h["epoch"] for h in history] == list(range(1, k + 2))
     assert history[:k] == saved["history"], "finished epochs are kept, not re-run"
     load_model(run / "model.json")
+
+
+def test_a_crop_box_is_checked_by_one_rule():
+    """The triage page's crop box and ``predict --crop`` go through ``crop_photo``: inside the photo,
+    at least MIN_SIDE on each side, no strip."""
+    from derm_core.data.images import MAX_ASPECT, MIN_SIDE, crop_photo
+    photo = Image.new("RGB", (200, 150), (200, 150, 140))
+    assert crop_photo(photo, (10, 20, 110, 100)).size == (100, 80)
+    for box in [(0, 0, MIN_SIDE - 1, 50), (-1, 0, 50, 50), (0, 0, 201, 50), (50, 50, 40, 60),
+                (0, 0, int(MIN_SIDE * (MAX_ASPECT + 1)), MIN_SIDE)]:
+        with pytest.raises(ImageError, match="crop"):
+            crop_photo(photo, box)

@@ -145,14 +145,27 @@ def _open(source) -> Image.Image:
     return img
 
 
-def _check_shape(w: int, h: int) -> None:
+def _check_shape(w: int, h: int, what: str = "the image") -> None:
     """Refuse what cannot show a lesion before any pixel is decoded or resized."""
     if min(w, h) < MIN_SIDE:
-        raise ImageError(f"the image is only {w}x{h} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
+        raise ImageError(f"{what} is only {w}x{h} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
     ratio = max(w, h) / min(w, h)
     if ratio > MAX_ASPECT:
-        raise ImageError(f"the image is {w}x{h} pixels, a {ratio:.0f}:1 strip; photos up to {MAX_ASPECT:.0f}:1 are "
+        raise ImageError(f"{what} is {w}x{h} pixels, a {ratio:.0f}:1 strip; photos up to {MAX_ASPECT:.0f}:1 are "
                          f"accepted: crop it around the lesion first")
+
+
+def crop_photo(photo: Image.Image, box) -> Image.Image:
+    """The lesion crop ``box`` = (x0, y0, x1, y1) of ``photo`` (its pixels; right and bottom
+    exclusive), refused with the reason when it cannot show a lesion (too small, a strip) or
+    leaves the photo: the one rule for the triage page's crop box and ``predict --crop``."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    w, h = photo.size
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise ImageError(f"the crop {x0},{y0},{x1},{y1} is not inside the {w}x{h} photo "
+                         f"(0 <= x0 < x1 <= {w}, 0 <= y0 < y1 <= {h})")
+    _check_shape(x1 - x0, y1 - y0, "the crop")
+    return photo.crop((x0, y0, x1, y1))
 
 
 def _value_range(arr: np.ndarray, is_float: bool) -> tuple[float, float]:
