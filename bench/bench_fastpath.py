@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from derm_core.data.dataset import load_table  # noqa: E402
 from derm_core.data.images import load_image  # noqa: E402
-from derm_core.data.splits import load_splits  # noqa: E402
+from derm_core.data.splits import split_rows  # noqa: E402
 from derm_core.model.calibration import softmax  # noqa: E402
 from derm_core.model.checkpoint import load_model  # noqa: E402
 from derm_core.model.inference import fast_path  # noqa: E402
@@ -40,7 +40,7 @@ def main() -> None:
     model, card = load_model(a.model)
     table = load_table(a.data, card.taxonomy)
     if a.split != "all":
-        table = table[(load_splits(table, card.split_file) == a.split).to_numpy()].reset_index(drop=True)
+        table = split_rows(table, card.split_file, a.split)
     if a.limit:
         table = table.iloc[: a.limit].reset_index(drop=True)
     cpu = torch.device("cpu")

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from derm_core.data.dataset import load_table  # noqa: E402
 from derm_core.data.images import load_image  # noqa: E402
-from derm_core.data.splits import load_splits  # noqa: E402
+from derm_core.data.splits import split_rows  # noqa: E402
 from derm_core.explain import mapquality as Q  # noqa: E402
 from derm_core.explain import maps as E  # noqa: E402
 from derm_core.model.predictor import Predictor  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> int:
             "all layers randomised": Q.randomised_copy(pred.model, seed=1)}
     rand = {k: Predictor(v, pred.card, pred.device) for k, v in nets.items()}
     table = load_table(a.data, pred.taxonomy)
-    test = table[(load_splits(table, pred.card.split_file) == "test").to_numpy()].reset_index(drop=True)
+    test = split_rows(table, pred.card.split_file, "test")
     rows = test.sample(n=min(a.n, len(test)), random_state=0)
     res = {m: {k: [] for k in ("del", "rdel", "ins", "inside", "area", "faithful", "road", "sim_head", "sim_all", "sec")}
            for m in ("gradcam", "lime")}

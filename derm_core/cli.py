@@ -165,7 +165,7 @@ def _headline(card_path) -> dict:
 
 def cmd_evaluate(a) -> int:
     from derm_core.data.dataset import load_table
-    from derm_core.data.splits import load_splits
+    from derm_core.data.splits import split_rows
     from derm_core.evaluate.evaluation import build_report, isic_predictions
     from derm_core.model.calibration import softmax
     from derm_core.model.checkpoint import atomic_write_json, load_model
@@ -178,7 +178,7 @@ def cmd_evaluate(a) -> int:
     table = load_table(a.data, tax, a.csv)
     if a.split:
         sf = Path(a.split_file) if a.split_file else card.split_file
-        table = table[(load_splits(table, sf) == a.split).to_numpy()].reset_index(drop=True)
+        table = split_rows(table, sf, a.split)
     t0 = time.time()
     pred = Predictor(model, card).predict_table(table, batch_size=a.batch_size, use_metadata=not a.no_metadata)
     rep = build_report(table["y"].to_numpy(), pred["logits"], card.temperature, card.thresholds, tax, table,
@@ -243,13 +243,12 @@ def cmd_explain(a) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = {"image": a.image, "model": pred.card.name, "method": a.method}
-    # the whole photo is explained: its crop box is the photo, and points are mapped as the triage page maps them
-    box, outline = (0, 0, *photo.size), suggest_mask(photo)
+    outline = suggest_mask(photo)   # the whole photo is explained: points map to it as on the triage page
     if a.method == "lime":
         lime = E.lime_explanation(pred, photo, clinical=clinical, num_samples=E.LIME_SAMPLES if a.samples is None else a.samples,
                                   seed=a.seed)
         site = biopsy_site(lime, outline, "the automatic lesion outline")   # the triage page's rule
-        x, y = lime.geometry.point_to_photo(site.x, site.y, box)
+        x, y = lime.geometry.point_to_photo(site.x, site.y)
         lime.overlay(photo).save(out / "lime.png")
         result.update(target=pred.taxonomy.classes[lime.target],
                       biopsy_site={"x": x, "y": y, "note": site.note} if site.suggested else None,
@@ -261,7 +260,7 @@ def cmd_explain(a) -> int:
                   file=sys.stderr)
         cam = E.cam_heatmap(pred, photo, method=a.method, clinical=clinical)
         cam.overlay(photo).save(out / f"{a.method}.png")
-        x, y = cam.geometry.point_to_photo(*E.cam_peak(cam.heatmap), box)
+        x, y = cam.geometry.point_to_photo(*E.cam_peak(cam.heatmap))
         result.update(target=pred.taxonomy.classes[cam.target], cam_peak={"x": x, "y": y},
                       files=[str(out / f"{a.method}.png")])
     result["seconds"] = round(time.perf_counter() - t0, 3)

@@ -146,7 +146,8 @@ def roc_layout(n_entries: int, title: str, width: int | None = None, side: int =
     side = min(side, plot_w)
     half = side / plot_w / 2
     bottom = ROC_AXIS_ROOM_PX + LEGEND_ROW_PX * max(n_entries, 0) + 10
-    return dict(**({"width": int(width)} if width else {}), xaxis=dict(title=dict(text="1 - specificity"), range=ROC_RANGE, domain=[0.5 - half, 0.5 + half],
+    return dict(**({"width": int(width)} if width else {}),
+                xaxis=dict(title=dict(text="1 - specificity"), range=ROC_RANGE, domain=[0.5 - half, 0.5 + half],
                            automargin=False),
                 yaxis=dict(title=dict(text="sensitivity"), range=ROC_RANGE, automargin=False),
                 height=int(top + side + bottom), margin=dict(**ROC_MARGIN, t=top, b=bottom),

@@ -104,7 +104,8 @@ def settings(cfg) -> dict:
     from derm_core.model.networks import get_arch
     s = {k: v for k, v in asdict(cfg).items() if k not in MAY_CHANGE}
     s["image_size"] = list(cfg.image_size) if cfg.image_size else list(get_arch(cfg.arch).input_size)
-    data = cfg.data or (str(environment().data) if environment().data else None)
+    env_data = environment().data
+    data = cfg.data or (str(env_data) if env_data else None)
     s["data"] = os.path.abspath(os.path.expanduser(data)) if data else None
     s["tier_sensitivity"] = dict(sorted((cfg.tier_sensitivity or {}).items()))
     return json.loads(json.dumps(s))

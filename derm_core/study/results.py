@@ -152,6 +152,11 @@ def confusion(answers: pd.DataFrame, study: Study) -> np.ndarray:
     return confusion_matrix(df["truth"].map(index).to_numpy(), df["given"].map(index).to_numpy(), len(index))
 
 
+def in_phase(rows: pd.DataFrame, phase: str | None) -> pd.DataFrame:
+    """The answers or cases of the part ``phase`` (None: of every part)."""
+    return rows if phase is None else rows[rows["phase"] == phase]
+
+
 def answered_phases(answers: pd.DataFrame, study: Study) -> list[str]:
     """The study's parts that have answers, in the study's order."""
     given = set(answers["phase"]) if len(answers) else set()
@@ -182,7 +187,7 @@ def answers_for(answers: pd.DataFrame, choice: str = ALL_READERS, phase: str | N
     Raises:
         ValueError: ``choice`` names no level or reader of these answers.
     """
-    sub = answers if phase is None else answers[answers["phase"] == phase]
+    sub = in_phase(answers, phase)
     if choice == ALL_READERS:
         return sub
     level = choice[len(LEVEL_CHOICE):] if choice.startswith(LEVEL_CHOICE) else None
@@ -250,7 +255,7 @@ def reader_points(answers: pd.DataFrame, study: Study, target: str, phase: str |
     cols = _KEYS + ["n_positive", "n_negative", "sensitivity", "specificity", "fpr"]
     if target not in targets(study):
         raise ValueError(f"target {target!r} does not fit a {study.question} question; choose from {targets(study)}")
-    df = scored(answers if phase is None else answers[answers["phase"] == phase])
+    df = scored(in_phase(answers, phase))
     df = df[df["given"].notna()]
     rows = []
     for key, g in df.groupby(_KEYS, sort=False):
@@ -279,8 +284,7 @@ def level_points(points: pd.DataFrame) -> pd.DataFrame:
 def eval_set(cases: pd.DataFrame, study: Study, phase: str | None = None) -> EvalSet | None:
     """The model's frozen probabilities on these cases (only the part ``phase`` when given) as an
     EvalSet (ROC, AUC with CI); None without them."""
-    if phase is not None:
-        cases = cases[cases["phase"] == phase]
+    cases = in_phase(cases, phase)
     if not len(cases) or cases["model_probs"].isna().any():
         return None
     tax = study.taxonomy
