@@ -212,16 +212,22 @@ def cmd_predict(a) -> int:
     photo = load_image(a.image)
     pred = Predictor.from_path(_model(a))
     crop, box, how = _crop_photo(photo, a.crop)
-    res = pred.predict(crop, clinical)
+    res = pred.predict(crop, clinical, anyway=a.anyway)
     out = {"image": a.image, "model": pred.card.name, "photo_size": list(photo.size),
            "crop": {"box": list(box), "mode": how}, **res.to_dict()}
     from derm_core.model.conformal import predict_fields  # issue 12: conformal prediction set at --level
-    out.update(predict_fields(pred.card, res.probs, a.level))
+    out.update(predict_fields(pred.card, res.probs, a.level) if not res.withheld else
+               {"prediction_set": None, "level": a.level, "prediction_set_note": "no prediction set: the photo was not triaged"})
     if a.json:
         print(json.dumps(_json_safe(out), indent=2))
+    elif res.withheld:
+        print(f"crop: x0,y0,x1,y1 = {','.join(map(str, box))} of {photo.width}x{photo.height} ({how})")
+        print(f"not triaged (out of scope): {res.withheld}")
+        print("no risk tier or differential is given; pass --anyway to triage it regardless")
     else:
         print(f"crop: x0,y0,x1,y1 = {','.join(map(str, box))} of {photo.width}x{photo.height} ({how})")
         print(f"risk tier: {res.tier}: {res.action}")
+        print(f"  because {res.tier_reason}")
         if out["prediction_set"] is not None:
             print(f"prediction set ({out['level']:.0%}): {', '.join(out['prediction_set']) or 'empty'}")
         for c, p in res.differential:
@@ -243,6 +249,12 @@ def cmd_explain(a) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = {"image": a.image, "model": pred.card.name, "method": a.method}
+    gate = pred.predict(photo, clinical, anyway=a.anyway)   # no biopsy site or map for an out-of-scope photo
+    if gate.withheld:
+        result.update(withheld=gate.withheld, files=[])
+        print(json.dumps(result, indent=2) if a.json else
+              f"not explained (out of scope): {gate.withheld}; pass --anyway to explain it regardless")
+        return 0
     outline = suggest_mask(photo)   # the whole photo is explained: points map to it as on the triage page
     if a.method == "lime":
         lime = E.lime_explanation(pred, photo, clinical=clinical, num_samples=E.LIME_SAMPLES if a.samples is None else a.samples,
@@ -291,6 +303,13 @@ def cmd_recalibrate(a) -> int:
                                       {"command": _command(a), "time": time.strftime("%Y-%m-%d %H:%M:%S")}))
     path = finish(model, card, table, split, card.path.with_suffix(""), targets, progress=print)
     print(json.dumps(_headline(path), indent=2))
+    return 0
+
+
+def cmd_release(a) -> int:
+    from derm_core.fit.release import release
+    path = release(a.run, a.data, a.out, _command(a))
+    print(json.dumps({"card": str(path), **_headline(path)}, indent=2))
     return 0
 
 
@@ -381,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=float, default=0.9,
                    help="coverage level of the conformal prediction set (default 0.9: the true diagnosis is in the "
                         "set 90%% of the time on photos like the validation set)")
+    p.add_argument("--anyway", action="store_true", help="triage a photo the out-of-scope check refuses (the result "
+                   "is marked and may mean nothing)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_predict)
     x = sub.add_parser("explain", help="Grad-CAM or LIME + biopsy site for one photo")
@@ -391,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=int, default=0, help="LIME sampling seed (the same seed gives the same weights)")
     _add_clinical(x)
     _add_model(x)
+    x.add_argument("--anyway", action="store_true", help="explain a photo the out-of-scope check refuses")
     x.add_argument("--json", action="store_true")
     x.set_defaults(fn=cmd_explain)
 
@@ -403,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--target", nargs=2, action="append", metavar=("TIER", "SENSITIVITY"),
                    help="tier sensitivity target on validation, e.g. --target dangerous 0.95")
     r.set_defaults(fn=cmd_recalibrate)
+
+    rl = sub.add_parser("release", help="make every shipped artifact of a finished run in one go: weights, card, "
+                                       "calibration, prediction sets, out-of-scope gate, reports and MODEL.md")
+    rl.add_argument("run", help="the finished run: its folder or model card")
+    rl.add_argument("--data", help="the run's dataset folder; default $DERMTRIAGE_DATA")
+    rl.add_argument("--out", required=True, help="the bundle's folder, e.g. weights/default (may be the run's own)")
+    rl.set_defaults(fn=cmd_release)
 
     o = sub.add_parser("fit-ood", help="(re)fit a model's out-of-scope detector on its own split")
     o.add_argument("--data", help="the model's training dataset folder; default $DERMTRIAGE_DATA")

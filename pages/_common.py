@@ -68,7 +68,8 @@ def crop_widget(photo, digest: str, box: tuple[int, int, int, int], key: str, co
     from derm_core.explain.lesion import DisplayScale
     width = column_width(f"{key}-column")
     box = st.session_state.get(f"{key}-box", box)     # kept when the column's width (and so the widget) changes
-    scale = DisplayScale.fit(photo.size, width, max_height=max(DEFAULT_COLUMN_PX, width))
+    # small photos are scaled up to the column too, so the box and its corners are easy to grab
+    scale = DisplayScale.fit(photo.size, width, max_height=max(DEFAULT_COLUMN_PX, width), enlarge=True)
     rect = scale.box_to_shown(box)
     w, h = scale.shown
     value = cropper(canvasWidth=w, canvasHeight=h, realtimeUpdate=True, strokeWidth=CROP_STROKE,

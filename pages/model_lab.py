@@ -85,8 +85,9 @@ def monitor(run: Path) -> None:
         c = st.columns(4)
         c[0].metric("Elapsed", fmt_s(s.elapsed_s))
         c[1].metric("Remaining", fmt_s(s.eta_s) if s.active else "—")
-        c[2].metric("Epoch", f"{s.epoch}/{s.epochs}" if s.epochs else "—")
-        c[3].metric("Loss", f"{s.loss:.3f}" if s.loss is not None else "—")
+        c[2].metric("Epoch", s.epoch_text, help="The epoch in progress while training, else the last finished one.")
+        c[3].metric("Loss", s.loss_text, help="Training loss: the last batches' while an epoch runs, else the last "
+                    "finished epoch's.")
         if s.history:
             st.plotly_chart(training_figure(s.history), key=f"curves-{run.name}")
         if s.active:
@@ -136,8 +137,16 @@ def train_section() -> None:
         st.session_state["lab_run"] = str(active[0].path)   # a reload or another tab re-attaches
     st.subheader("Train or fine-tune a model")
     a, b = st.columns(2)
-    data = a.text_input("Dataset folder", value=default_data, key="lab_train_data",
-                        help="HAM10000 layout (metadata.csv + images/) or generic layout (labels.csv + images/).")
+    # the sidebar's dataset folder, followed when it changes; a folder typed here is kept (own key:
+    # Streamlit drops a widget's state while another section is shown)
+    if st.session_state.get("lab_train_for") != default_data:
+        st.session_state["lab_train_for"] = st.session_state["lab_train_value"] = default_data
+    st.session_state["lab_train_data"] = st.session_state.get("lab_train_value", default_data)
+    data = a.text_input("Dataset folder", key="lab_train_data", placeholder="the sidebar's dataset folder",
+                        on_change=lambda: st.session_state.update(lab_train_value=st.session_state["lab_train_data"]),
+                        help="Starts at the sidebar's dataset folder. HAM10000 layout (metadata.csv + images/) or "
+                             "generic layout (labels.csv + images/).")
+    data = data.strip() or default_data
     name = b.text_input("Run name", key="lab_run_name", placeholder="automatic: architecture and time")
     arch = setting_select(a, "Architecture", "arch", "lab_arch",
                           format_func=lambda n: f"{n}" + (f" — {get_arch(n).paper}" if get_arch(n).paper else ""))
@@ -167,9 +176,13 @@ def train_section() -> None:
         pretrained = setting_select(e[1], "ImageNet weights", "pretrained", "lab_pretrained",
                                     help="offline: from an installed package; none: random start; hub: download")
         workers = setting_number(e[2], "Data-loader workers", "workers", "lab_workers")
-        tta = e[3].checkbox("Flip test-time augmentation", TC.default("tta"), key="lab_tta")
-    if st.button("Start training", type="primary", key="lab_start", disabled=bool(active)):
-        cfg = TC.TrainConfig(data=data.strip(), arch=arch, epochs=int(epochs), lr=float(lr), metadata=metadata,
+        tta = e[3].checkbox("Flip TTA", TC.default("tta"), key="lab_tta",
+                            help="Test-time augmentation: average the predictions of the photo and its mirror images.")
+    go = st.button("Start training", type="primary", key="lab_start", disabled=bool(active))
+    if go and not data:
+        st.error("Cannot start training: choose the dataset folder in the sidebar (or type one above).")
+    elif go:
+        cfg = TC.TrainConfig(data=data, arch=arch, epochs=int(epochs), lr=float(lr), metadata=metadata,
                              image_size=(int(h or h0), int(w or w0)) if (h or w) else None, batch_size=int(batch),
                              taxonomy=taxonomy, limit=int(limit) or None, patience=int(patience),
                              pretrained=pretrained, workers=int(workers), tta=tta,
@@ -315,16 +328,20 @@ def tune(card, res: dict, folder: str, split: str) -> None:
         set_thresholds(card, Thresholds(saved["classes"], saved["tiers"], saved.get("name", "")))
 
     st.subheader("Operating thresholds")
-    p = st.columns([1, 1, 1.4, 1.2, 1])
-    target = p[4].number_input("Preset target", 0.5, 0.999, 0.95, step=0.01, key="lab_preset_target",
-                               help="Sensitivity for screening, specificity for high-specificity.")
-    p[0].button("Model's own", key="lab_p_model", on_click=apply_preset, args=(card, ev, "model", target))
-    p[1].button("Youden-optimal", key="lab_p_youden", on_click=apply_preset, args=(card, ev, "youden", target))
-    p[2].button(f"High-sensitivity screening (≥{target:.0%})", key="lab_p_screening", on_click=apply_preset,
-                args=(card, ev, "screening", target),
-                help="Every tier above the lowest, and each class in one, flagged with at least this sensitivity.")
-    p[3].button(f"High-specificity (≥{target:.0%})", key="lab_p_specific", on_click=apply_preset,
-                args=(card, ev, "specific", target))
+    # one row that wraps (each button as wide as its label), so no label is cut in a narrow window
+    p = st.container(horizontal=True, vertical_alignment="bottom", key="lab_presets")
+    target = p.number_input("Preset target", 0.5, 0.999, 0.95, step=0.01, key="lab_preset_target", width=130,
+                            help="The sensitivity of the screening preset, the specificity of the high-specificity one.")
+    p.button("Model's own", key="lab_p_model", on_click=apply_preset, args=(card, ev, "model", target),
+             help="The thresholds stored with the model.")
+    p.button("Youden", key="lab_p_youden", on_click=apply_preset, args=(card, ev, "youden", target),
+             help="Youden-optimal: each threshold maximises sensitivity + specificity.")
+    p.button(f"Screening ≥{target:.0%}", key="lab_p_screening", on_click=apply_preset,
+             args=(card, ev, "screening", target),
+             help="High-sensitivity screening: every tier above the lowest, and each class in one, flagged with at "
+                  "least the target sensitivity.")
+    p.button(f"Specificity ≥{target:.0%}", key="lab_p_specific", on_click=apply_preset,
+             args=(card, ev, "specific", target), help="High-specificity: at least the target specificity.")
     cols = st.columns(3)
     for i, (t, k) in enumerate(reversed(list(tk.items()))):
         cols[i % 3].slider(f"Tier: {t} or more urgent", 0.0, 1.0, step=STEP, key=k, format="%.3f",
@@ -384,7 +401,11 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     else:
         st.caption(f"Sensitivity to PPV columns: {ev.target_label(tgt)} at the current thresholds. Small groups "
                    "give unstable numbers: read them with their sizes.")
-        st.dataframe(sub, hide_index=True, key="lab_subgroups", column_config=number_format(sub))
+        shown, text_cols, undefined = L.display_table(sub)
+        st.dataframe(shown, hide_index=True, key="lab_subgroups",
+                     column_config={c: st.column_config.TextColumn(alignment="right") for c in text_cols})
+        if undefined:
+            st.caption(L.SUBGROUP_FOOTNOTE)
 
     embedding_view(card, res, folder, split, thr)
     save_profile_form(card, ev, thr, folder, split, res["key"])
@@ -575,8 +596,11 @@ def conformal_view(card, ev: O.EvalSet, folder: str, split: str) -> None:
         c1.plotly_chart(coverage_figure(C.coverage_curve(cal, ev.y, ev.probs), target_colours(ev)),
                         key="lab_conformal_coverage")
         c2.plotly_chart(set_size_figure(r["set_size_counts"], level), key="lab_conformal_sizes")
-        st.caption("Per class: " + " · ".join(f"{c} {v['coverage']:.0%} (n={v['n']})" for c, v in r["per_class"].items()
-                                               if v["n"]) + f". Calibration photos per class: {cal.n}.")
+        st.dataframe(C.per_class_rows(r), hide_index=True, key="lab_conformal_classes",
+                     column_config={"coverage": st.column_config.NumberColumn(format="percent")})
+        if cal.pooled:
+            st.caption(f"{', '.join(cal.pooled)}: fewer than {cal.min_class_n} calibration photos, so scored against "
+                       "all classes' photos; their coverage is the average guarantee, not their own.")
 
 
 def threshold_free(ev: O.EvalSet) -> None:

@@ -33,10 +33,23 @@ from derm_core.study.cases import (
     seconds_left,
 )
 from derm_core.study.store import AlreadyAnswered, StudyStore, StudyStoreError
-from pages._common import active_thresholds, cached_cases, column_width, data_dir_setting, disclaimer, get_predictor
+from pages._common import (
+    active_thresholds,
+    cached_cases,
+    column_width,
+    data_dir_setting,
+    disclaimer,
+    get_predictor,
+    two_columns,
+)
 
 SECTIONS = ["Set up", "Read", "Results"]
 PHASE_TITLE = {"unassisted": "Part 1: unassisted", "assisted": "AI-assisted"}
+CASE_PHOTO_PX, GRADCAM_PX = 480, 300   # at most; less where the column is narrower
+SIDE_BY_SIDE_PX = 760                  # case photo and model output side by side from this main-area width
+CM_CELL_PX = 48                        # the confusion matrix's cells (at least)
+EXPORTS = {"answers": "Answers", "readers": "Readers", "levels": "Levels", "per-class": "Per answer option",
+           "model-answers": "Model's answers"}   # export kind (file name) -> button label
 
 st.title(":material/school: Reader study")
 disclaimer()
@@ -166,7 +179,7 @@ def sign_in(study: Study) -> dict | None:
     return None
 
 
-def show_model_output(study: Study, case: dict) -> None:
+def show_model_output(study: Study, case: dict, width: int) -> None:
     tax = study.taxonomy
     st.markdown("**DermTriage's output**")
     tier = case["model_tier"]
@@ -188,7 +201,7 @@ def show_model_output(study: Study, case: dict) -> None:
     except (ImageError, OSError, RuntimeError) as e:
         st.caption(f"Grad-CAM unavailable: {e}")
         return
-    st.image(overlay, width=300, caption=f"Grad-CAM for {tax.display_names[tax.classes[top]]}")
+    st.image(overlay, width=min(GRADCAM_PX, width), caption=f"Grad-CAM for {tax.display_names[tax.classes[top]]}")
 
 
 def read_section() -> None:
@@ -237,11 +250,12 @@ def read_section() -> None:
         @st.fragment(run_every=1.0 if left > 0 else None)
         def countdown() -> None:
             remaining = seconds_left(shown_at, limit, time.time())
-            st.progress(remaining / limit, text=f"⏱️ {remaining:.0f} s left" if remaining > 0 else
-                        "⏱️ Time is up: your answer will be recorded as timed out.")
+            st.progress(remaining / limit, text=f":material/timer: {remaining:.0f} s left" if remaining > 0 else
+                        ":material/timer: Time is up: your answer will be recorded as timed out.")
         countdown()
 
-    left_col, right_col = st.columns([3, 2])
+    # side by side where the main area is wide enough, else the model's output under the photo
+    left_col, right_col, col_px = two_columns("rs-case-row", min_width=SIDE_BY_SIDE_PX)
     with left_col:
         try:
             image = strip_metadata(load_image(case["image_path"]))
@@ -249,13 +263,13 @@ def read_section() -> None:
             st.error(f"The case image {case['image_path']} cannot be shown: {e}. Ask the teacher to restore the "
                      "dataset folder.")
             st.stop()
-        st.image(image, caption=f"Case {case['position'] + 1}", width=480)
+        st.image(image, caption=f"Case {case['position'] + 1}", width=min(CASE_PHOTO_PX, col_px))
         if study.spec.show_clinical:
             age = "unknown" if pd.isna(case["age"]) else f"{case['age']:.0f}"
             st.markdown(f"Age **{age}** · sex **{case['sex'] or 'unknown'}** · site **{case['site'] or 'unknown'}**")
     with right_col:
         if phase == "assisted":
-            show_model_output(study, case)
+            show_model_output(study, case, col_px)
     answer = st.radio(f"Your answer: {QUESTIONS[study.question].lower()}", list(study.choices), index=None,
                       format_func=study.label, key=f"rs_answer_{case['id']}")
     if st.button("Submit answer", type="primary", key="rs_submit"):
@@ -309,23 +323,21 @@ def results_section() -> None:
     st.dataframe(levels, hide_index=True, key="rs_levels")
 
     st.subheader("Readers on the model's ROC curve")
-    c1, c2 = st.columns(2)
-    phase = c1.radio("Part", phases, horizontal=True, key="rs_res_phase") if len(phases) > 1 else phases[0]
-    target = c2.selectbox("Positive class", R.targets(study), key="rs_res_target",
+    phase = st.radio("Part", phases, horizontal=True, key="rs_res_phase") if len(phases) > 1 else phases[0]
+    target = st.selectbox("Positive class", R.targets(study), key="rs_res_target",   # full width: long labels
                           format_func=lambda t: R.target_label(study, t))
     points = R.reader_points(answers, study, target, phase)
     ev = R.eval_set(cases, study, phase)
     mpt = R.model_point(ev, thr, target) if ev is not None and thr is not None else None
-    roc_col, note_col = st.columns([3, 2])
-    with roc_col:
-        width = column_width("rs-roc-figure")
+    roc_col, note_col, width = two_columns("rs-roc-row")
     fig = reader_roc_figure(ev, target, f"{R.target_label(study, target)} · {phase} part · {len(points)} readers",
                             points, R.level_points(points), mpt, f"model at {thr.name}" if thr else "model",
-                            width=width)
+                            width=width, answers_pt=R.model_answer_point(model, study, target, phase),
+                            answers_label="model's top diagnosis")
     roc_col.plotly_chart(fig, width="content", key="rs_roc")
     note_col.caption("Each small dot is one reader's (1 - specificity, sensitivity) for this positive class, coloured "
-                     "by experience level; diamonds are the level averages and the star is the model at the active "
-                     "thresholds. Points above and left of the curve beat the model.")
+                     "by experience level; diamonds are the level averages. Points above and left of the curve beat "
+                     "the model. " + R.model_point_note(study, target, mpt, thr.name if thr else "—"))
 
     st.subheader("Per answer option: sensitivity and specificity")
     classes = R.class_table(answers, study)
@@ -336,8 +348,10 @@ def results_section() -> None:
     st.subheader("Confusion matrix")
     pick = st.selectbox("Readers", R.reader_choices(readers), key="rs_res_cm")
     sub = R.answers_for(answers, pick, phase)
+    cm_width = column_width("rs-cm-width")
     st.plotly_chart(confusion_figure(R.confusion(sub, study), list(study.choices), axis_names=("correct", "answered"),
-                                     title=f"{pick}, {phase} part"), key="rs_cm")
+                                     title=f"{pick}, {phase} part", cell_px=CM_CELL_PX, width=cm_width),
+                    width="content", key="rs_cm")
 
     if study.spec.mode == "both":
         st.subheader("AI-assisted vs unassisted")
@@ -362,10 +376,11 @@ def results_section() -> None:
     st.subheader("Export")
     files = {"answers": R.answers_export(answers, study), "readers": table, "levels": levels,
              "per-class": classes, "model-answers": R.answers_export(model, study) if len(model) else None}
-    cols = st.columns(len(files))
-    for col, (kind, df) in zip(cols, files.items()):
+    st.caption("Each button downloads one CSV file.")
+    row = st.container(horizontal=True, wrap=True)     # buttons at their own width, onto a new row when narrow
+    for kind, df in files.items():
         if df is not None:
-            col.download_button(f"{kind} (CSV)", df.to_csv(index=False).encode(),
+            row.download_button(EXPORTS[kind], df.to_csv(index=False).encode(), icon=":material/download:",
                                 file_name=R.export_file_name(study, kind), mime="text/csv", key=f"rs_csv_{kind}")
 
 

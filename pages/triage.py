@@ -14,17 +14,18 @@ from derm_core.evaluate.figures import differential_chart, mark_biopsy, tier_cha
 from derm_core.explain import lesion, mapquality, similar
 from derm_core.explain import maps as explain
 from derm_core.model import conformal
-from derm_core.settings import settings
 from derm_core.triage.report import case_report_html, case_report_pdf
+from derm_core.triage.rules import describe_tier_rule
 from pages._common import (
     ACTIVE_PROFILE,
     active_thresholds,
-    column_width,
     crop_widget,
+    data_dir_setting,
     disclaimer,
     example_cases,
     get_predictor,
     model_caption,
+    two_columns,
 )
 
 if TYPE_CHECKING:
@@ -112,13 +113,34 @@ with right:
     st.image(crop, caption=f"Model input: crop {crop.size[0]}x{crop.size[1]} px of a {photo.size[0]}x{photo.size[1]} photo")
 
 # ---------------------------------------------------------------- 3. results
-result = pred.predict(crop, clinical, thresholds)
+anyway_key = f"anyway-{digest}-{box}"   # "triage anyway" holds for this photo and crop only
+result = pred.predict(crop, clinical, thresholds, anyway=st.session_state.get(anyway_key, False))
 st.divider()
+if result.withheld:
+    st.error(f"**Not triaged: out of scope.** DermTriage gives no risk tier, differential or biopsy site because "
+             f"{result.withheld}. Upload a dermatoscopic photo of a skin lesion, or draw the crop box tightly around "
+             "the lesion.", icon=":material/block:")
+    report_args = dict(crop=crop, result=result, taxonomy=pred.taxonomy, thresholds=thresholds,
+                       model_name=pred.card.name, model_version=pred.card.version,
+                       clinical={"age": clinical.age, "sex": clinical.sex, "site": clinical.site},
+                       extra={"crop box": box})
+    d1, d2, d3 = st.columns([1, 1, 1])
+    if d1.button("Triage anyway", key="triage_anyway", icon=":material/warning:", type="secondary",
+                 help="Only for a photo you know shows a skin lesion: the model was trained on dermatoscopic photos "
+                      "only, so its output on this photo may mean nothing."):
+        st.session_state[anyway_key] = True
+        st.rerun()
+    d2.download_button("Report (HTML)", case_report_html(**report_args), file_name="dermtriage-report.html",
+                       mime="text/html", key="report_withheld", icon=":material/download:")
+    d3.download_button("Report (PDF)", case_report_pdf(**report_args), file_name="dermtriage-report.pdf",
+                       mime="application/pdf", key="report_pdf_withheld", icon=":material/picture_as_pdf:")
+    st.stop()
 if result.out_of_scope:
-    st.warning("**Out of scope?** This photo does not look like the dermatoscopic lesion images the model was "
-               f"trained on (score {result.ood_score:.2f}). The output below is unreliable.", icon=":material/report:")
+    st.warning("**Triaged anyway.** The out-of-scope check flagged this photo as unlike the dermatoscopic lesion "
+               "photos the model was trained on; the output below may mean nothing.", icon=":material/report:")
 tier_rank = pred.taxonomy.tiers[result.tier].rank
 TIER_BOX[min(tier_rank, 2)](f"**Risk tier: {result.tier}** — {result.action}")
+st.markdown(f"**Why this tier:** {result.tier_reason}")
 for note in result.notes:
     st.caption(note)
 
@@ -145,7 +167,7 @@ with c1:
     except conformal.ConformalError as e:
         cal, cal_error = None, str(e)
     else:
-        cal_error = "this model has no conformal calibration yet (bench/eval_conformal.py --save)"
+        cal_error = "this model has no conformal calibration yet (made by `python -m derm_core release` or recalibrate)"
     if cal is None:
         pset = None
         st.caption(f"No prediction set: {cal_error}.")
@@ -154,8 +176,9 @@ with c1:
         st.markdown(" · ".join(f"**{pred.taxonomy.display_names[c]}** ({c})" for c in pset) or "**(empty set)**")
         st.caption(conformal.describe(pset, level, pred.taxonomy.display_names))
 with c2:
-    st.subheader("Risk-tier probability")
+    st.subheader("Probability of each tier")
     st.plotly_chart(tier_chart(result, pred.taxonomy), key="tier_chart")
+    st.caption(describe_tier_rule(pred.taxonomy, thresholds.tiers))
 
 # ---------------------------------------------------------------- 4. explanations
 st.divider()
@@ -223,11 +246,14 @@ with lime_tab:
     geo = lime_res.geometry
     region = geo.mask_to_original(site_.region)
     point = geo.point_to_original(site_.x, site_.y)
-    x1, x2 = st.columns(2)
-    x1.image(lime_res.overlay(crop), width="stretch",
-             caption=f"Green supports, red opposes {pred.taxonomy.display_names[classes[lime_res.target]]}")
+    # both pictures show the crop box, drawn for the width they are shown at (measured above the columns, so
+    # the two start at the same height)
+    x1, x2, shown_w = two_columns("lime-row", min_width=0)
+    lime_img = lime_res.overlay_on_image(crop, width=2 * shown_w)
+    x1.image(lime_img, width="stretch",
+             caption=f"Green supports, red opposes {pred.taxonomy.display_names[classes[lime_res.target]]}"
+                     + ("; greyed: outside the model's centre crop" if lime_res.cut_away else ""))
     with x2:
-        shown_w = column_width("biopsy-column", 360)
         biopsy_img = mark_biopsy(crop, region, point, shown_w, mask) if site_.suggested else crop
         st.image(biopsy_img, width="stretch",
                  caption=f"Suggested biopsy site (cyan: point and region) inside {mask_src} (yellow)"
@@ -249,27 +275,45 @@ st.subheader("Similar cases from the training data")
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def similar_index(network_key: str, data_dir: str, build: bool):
-    return similar.folder_index(pred.card, data_dir, build=build)
+def similar_index(network_key: str, data_dir: str):
+    """(index or None, images to index): only reads what is cached; cleared once a build finishes."""
+    return similar.folder_index(pred.card, data_dir, build=False)
 
 
-sim_dir = st.session_state.get("data_dir_value") or str(settings().data or "")
+# the dataset folder field is in the sidebar in both modes (drawn by example_cases in example mode)
+sim_dir = data_dir_setting() if source == "Upload a photo" else st.session_state.get("data_dir_value", "")
 if not sim_dir:
     st.caption("Set the dataset folder in the sidebar (the model's own training data) to see similar cases.")
 else:
     network = pred.card.identity().network_key
     try:
-        index, n_index = similar_index(network, sim_dir, False)
+        index, n_index = similar_index(network, sim_dir)
+        build = similar.index_build(pred.card, sim_dir) if index is None and n_index else None
+        if build is not None and not build.running and build.error is None:
+            similar_index.clear(network, sim_dir)      # built since this answer was cached (here or in another tab)
+            index, n_index = similar_index(network, sim_dir)
     except (ValueError, DataError, OSError) as e:
-        index, n_index = None, 0
+        index, n_index, build = None, 0, None
         st.caption(f"No similar cases: {e}.")
     if index is None and n_index:
-        st.caption(f"The {n_index} training and validation images of this model are not indexed yet (once per model "
-                   "and data; a few minutes on a CPU).")
-        if st.button(f"Index {n_index} images", key="similar_build"):
-            with st.spinner("Embedding the training and validation images ..."):
-                similar_index.clear()
-                index, _ = similar_index(network, sim_dir, True)
+        if build is None or not build.running:
+            st.caption(f"The {n_index} training and validation images of this model are not indexed yet (once per "
+                       "model and data; a few minutes on a CPU).")
+            if build is not None and build.error:
+                st.error(f"Indexing failed: {build.error}")
+            if st.button(f"Index {n_index} images", key="similar_build", icon=":material/manage_search:"):
+                build = similar.start_index_build(pred.card, sim_dir, n_index)
+        if build is not None and build.running:     # runs in the background: a rerun or another tab picks it up
+            bar = st.progress(build.fraction, text="Indexing the training and validation images ...")
+            while not build.wait(0.5):
+                bar.progress(build.fraction, text=f"Indexing the training and validation images: {build.done} of "
+                                                  f"{build.total} ...")
+            bar.empty()
+            if build.error:
+                st.error(f"Indexing failed: {build.error}")
+            else:
+                similar_index.clear(network, sim_dir)
+                index = build.index
     if index is not None:
         k_sim = st.slider("Cases", 3, 12, 6, key="similar_k")
         hits = similar.similar_cases(pred, crop, index, k_sim, clinical)
@@ -282,13 +326,13 @@ else:
 report_args = dict(
     crop=crop, result=result, taxonomy=pred.taxonomy, thresholds=thresholds, model_name=pred.card.name,
     model_version=pred.card.version,
-    figures={f"{cam.method} heat map": cam.overlay(crop), "LIME (green supports, red opposes)": lime_res.overlay(crop),
+    figures={f"{cam.method} heat map": cam.overlay(crop), "LIME (green supports, red opposes)": lime_img,
              "Suggested biopsy site": biopsy_img},
     clinical={"age": clinical.age, "sex": clinical.sex, "site": clinical.site},
     extra={**({f"prediction set ({level:.0%})": ", ".join(pset) or "empty"} if pset is not None else {}),
            f"map check, {cam.method}": cam_quality.summary(), "map check, LIME": lime_quality.summary(),
            "biopsy site (original pixels)": f"x={ox}, y={oy}" if site_.suggested else site_.note, "crop box": box})
-d1, d2, _ = st.columns([1, 1, 2])
+d1, d2 = st.columns(2)     # wide enough for the labels at a 1024-px window
 d1.download_button("Download case report (HTML)", case_report_html(**report_args), file_name="dermtriage-report.html",
                    mime="text/html", key="report", icon=":material/download:")
 d2.download_button("Download case report (PDF)", case_report_pdf(**report_args), file_name="dermtriage-report.pdf",

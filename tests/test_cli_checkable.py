@@ -10,6 +10,8 @@ from derm_core.model import conformal as C
 from derm_core.model.checkpoint import read_card
 
 
+# A gate fitted on a few dozen synthetic photos refuses much of anything else; these tests are about the
+# prediction sets and maps, so they triage with --anyway (the gate has its own tests: test_ood_gate.py).
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli12")
@@ -31,7 +33,7 @@ def test_predict_json_has_a_prediction_set_once_calibrated(trained, tmp_path, ca
     model = str(root / "run" / "model.json")
     card = read_card(model)
     C.calibration_path(card).unlink(missing_ok=True)
-    assert main(["predict", str(img), "--model", model, "--json"]) == 0
+    assert main(["predict", str(img), "--model", model, "--anyway", "--json"]) == 0
     out = _json(capsys)
     assert out["prediction_set"] is None and out["level"] == 0.9 and "no conformal calibration" in out["prediction_set_note"]
     # calibrate on the run's validation split, then the set is there, ordered by probability
@@ -40,7 +42,7 @@ def test_predict_json_has_a_prediction_set_once_calibrated(trained, tmp_path, ca
     table = load_table(data, card.taxonomy)
     cal = C.fit_for_model(card, table, load_splits(table, card.split_file).to_numpy())
     for level in ("0.5", "0.95"):
-        assert main(["predict", str(img), "--model", model, "--json", "--level", level]) == 0
+        assert main(["predict", str(img), "--model", model, "--anyway", "--json", "--level", level]) == 0
         out = _json(capsys)
         assert out["level"] == float(level)
         expected = cal.prediction_set(out["probabilities"], float(level))
@@ -49,7 +51,7 @@ def test_predict_json_has_a_prediction_set_once_calibrated(trained, tmp_path, ca
         assert probs == sorted(probs, reverse=True)
         if expected:
             assert f"{float(level):.0%} of the time" in out["prediction_set_note"]
-    assert main(["predict", str(img), "--model", model, "--json", "--level", "1.5"]) == 2
+    assert main(["predict", str(img), "--model", model, "--anyway", "--json", "--level", "1.5"]) == 2
     assert "level" in capsys.readouterr().err
 
 
@@ -77,7 +79,7 @@ def test_explain_seed_and_map_quality(trained, tmp_path, capsys):
     lesion_image(CLASS_COLOURS["bkl"], (120, 90), seed=4).save(img)
     runs = {}
     for seed in (0, 0, 7):
-        assert main(["explain", str(img), "--method", "lime", "--samples", "40", "--seed", str(seed),
+        assert main(["explain", str(img), "--anyway", "--method", "lime", "--samples", "40", "--seed", str(seed),
                      "--model", str(root / "run"), "--out", str(tmp_path / f"o{seed}"), "--json"]) == 0
         out = _json(capsys)
         runs.setdefault(seed, []).append(out["superpixel_weights"])
@@ -86,7 +88,7 @@ def test_explain_seed_and_map_quality(trained, tmp_path, capsys):
         assert "faithful" in q["summary"]
     assert runs[0][0] == runs[0][1]                     # same seed, same weights
     assert runs[7][0] != runs[0][0]                     # another seed, another sample
-    assert main(["explain", str(img), "--method", "gradcam", "--model", str(root / "run"),
+    assert main(["explain", str(img), "--anyway", "--method", "gradcam", "--model", str(root / "run"),
                  "--out", str(tmp_path / "g"), "--json"]) == 0
     q = _json(capsys)["map_quality"]
     assert q["method"] == "gradcam" and np.isfinite(q["deletion_auc"])

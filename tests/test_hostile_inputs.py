@@ -270,30 +270,35 @@ def test_a_valid_card_and_the_shipped_card_still_load(tmp_path, ham7):
 
 
 def test_truncated_ood_file_says_the_warning_is_unavailable(tmp_path, ham7):
+    from derm_core.model import ood
     from derm_core.model.checkpoint import atomic_save_tensors
-    from derm_core.model.ood import detector_path
     path = _saved(tmp_path, ham7)
     photo = lesion_image(CLASS_COLOURS["nv"], (64, 48))
     plain = Predictor.from_path(path, device=torch.device("cpu"))
     assert plain.ood is None and plain.ood_note is None            # no detector named: nothing to say
-    dim = plain.forward(plain.preprocess([photo]))[1].shape[1]
+    feats = ood.features([lesion_image(CLASS_COLOURS["nv"], (64, 48), seed=k) for k in range(12)])
+    det = ood.fit_detector(feats, feats)
     d = json.loads(path.read_text())
-    d["out_of_scope"] = {"score": "feature", "threshold": 0.2, "file": detector_path(path).name}
+    d["out_of_scope"] = {"score": ood.SCORE, "threshold": det.threshold, "file": ood.detector_path(path).name}
     path.write_text(json.dumps(d))
-    atomic_save_tensors(detector_path(path), {"centroids": torch.randn(7, dim)})
+    atomic_save_tensors(ood.detector_path(path), det.tensors())
     ok = Predictor.from_path(path, device=torch.device("cpu"))
     assert ok.ood is not None and ok.predict(photo).out_of_scope is not None
-    good = detector_path(path).read_bytes()
+    good = ood.detector_path(path).read_bytes()
     for broken, why in ((good[: len(good) // 2], "cannot be read"), (None, "is missing")):
         if broken is None:
-            detector_path(path).unlink()
+            ood.detector_path(path).unlink()
         else:
-            detector_path(path).write_bytes(broken)
+            ood.detector_path(path).write_bytes(broken)
         pred = Predictor.from_path(path, device=torch.device("cpu"))
         res = pred.predict(photo)
-        assert res.out_of_scope is None
-        note = [n for n in res.notes if "out-of-scope warning is unavailable" in n]
+        assert res.out_of_scope is None and not res.withheld     # no gate: triaged, with the reason noted
+        note = [n for n in res.notes if "out-of-scope check is unavailable" in n]
         assert note and why in note[0] and "fit-ood" in note[0], res.notes
+    d["out_of_scope"] = {"score": "feature", "threshold": 0.2, "file": ood.detector_path(path).name}   # an older kind
+    path.write_text(json.dumps(d))
+    res = Predictor.from_path(path, device=torch.device("cpu")).predict(photo)
+    assert any("older kind" in n for n in res.notes), res.notes
 
 
 # =========================================================================== threshold profiles

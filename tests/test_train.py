@@ -29,7 +29,8 @@ def test_train_save_load_predict_round_trip(synthetic_data, tmp_path):
     assert card["temperature"] > 0 and set(card["thresholds"]["classes"]) == set(CLASS_COLOURS)
     assert set(card["metrics"]["test"]) >= {"accuracy", "balanced_accuracy", "macro_auc"}
     ood = card["out_of_scope"]
-    assert ood["score"] == "feature" and 0 <= ood["report"]["auroc_feature"] <= 1
+    assert ood["score"] == "imagenet_texture" and 0 <= ood["report"]["auroc"] <= 1
+    assert ood["report"]["non_lesion_flagged"] > 0.5      # even a gate fitted on 70 synthetic photos refuses most
     assert (tmp_path / "run" / "model.ood.safetensors").is_file()
     for split in ("val", "test"):
         assert REQUIRED_REPORT_KEYS <= set(json.loads((tmp_path / "run" / f"report_{split}.json").read_text()))
@@ -41,7 +42,7 @@ def test_train_save_load_predict_round_trip(synthetic_data, tmp_path):
 
     model, loaded = load_model(card_path)
     p = Predictor(model, loaded, device=torch.device("cpu"))
-    res = p.predict(lesion_image(CLASS_COLOURS["mel"]))
+    res = p.predict(lesion_image(CLASS_COLOURS["mel"]), anyway=True)   # a gate fitted on 50 photos is strict
     assert abs(sum(res.probs.values()) - 1) < 1e-5
     assert res.out_of_scope is not None and res.ood_score is not None
     assert res.tier in ("low-risk", "high-risk", "dangerous") and res.differential

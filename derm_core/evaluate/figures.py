@@ -14,22 +14,41 @@ from derm_core.triage.rules import Thresholds, TriageResult
 
 
 def differential_chart(result: TriageResult, taxonomy: Taxonomy, thresholds: Thresholds) -> go.Figure:
-    """Calibrated probability of every class, its operating threshold marked; classes in the
-    differential are coloured by their risk tier, the others grey."""
+    """Calibrated probability of every class, its operating threshold marked (a black tick);
+    classes in the differential are coloured by their risk tier, the others grey, with a key
+    below. Each value is written right of both its bar and its tick, so it never covers the tick."""
     order = sorted(taxonomy.classes, key=lambda c: result.probs[c])
     in_diff = {c for c, _ in result.differential}
-    colours = [taxonomy.tiers[taxonomy.class_tier[c]].colour if c in in_diff else "#b0b0b0" for c in order]
+    colours = [taxonomy.tiers[taxonomy.class_tier[c]].colour if c in in_diff else NOT_IN_DIFFERENTIAL for c in order]
     names = list(order)   # short class codes on the axis, so the bars keep the width in narrow columns
-    fig = go.Figure(go.Bar(x=[result.probs[c] for c in order], y=names, orientation="h", marker_color=colours,
-                           text=[f"{result.probs[c]:.1%}" for c in order], textposition="outside",
+    probs = [result.probs[c] for c in order]
+    ticks = [thresholds.classes[c] for c in order]
+    fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", marker_color=colours, showlegend=False,
                            customdata=[taxonomy.display_names[c] for c in order],
                            hovertemplate="%{customdata} (%{y}): %{x:.1%}<extra></extra>", name="probability"))
-    fig.add_trace(go.Scatter(x=[thresholds.classes[c] for c in order], y=names, mode="markers", name="threshold",
+    fig.add_trace(go.Scatter(x=ticks, y=names, mode="markers", name="threshold",
                              marker=dict(symbol="line-ns", size=18, line=dict(width=3, color="black")),
                              hovertemplate="threshold %{x:.2f}<extra></extra>"))
-    fig.update_layout(xaxis=dict(range=[0, 1.12], tickformat=".0%", title="calibrated probability"),
-                      height=60 + 34 * len(order), margin=dict(l=10, r=10, t=10, b=40), showlegend=False)
+    fig.add_trace(go.Scatter(x=[max(p, t) + LABEL_PAD for p, t in zip(probs, ticks)], y=names, mode="text",
+                             text=[f"{p:.1%}" for p in probs], textposition="middle right", showlegend=False,
+                             hoverinfo="skip", cliponaxis=False))
+    key = [(t, taxonomy.tiers[t].colour) for t in taxonomy.tier_names]
+    for label, colour in [*key, ("not in the differential", NOT_IN_DIFFERENTIAL)]:   # the bar colours' key
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label, hoverinfo="skip",
+                                 marker=dict(symbol="square", size=12, color=colour)))
+    rows = 3                             # the key's rows in a narrow column (plotly wraps it as it needs)
+    fig.update_layout(xaxis=dict(range=[0, 1.2], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%",
+                                 title="calibrated probability"),
+                      yaxis=dict(range=[-0.6, len(order) - 0.4]),
+                      height=60 + 34 * len(order) + 30 + LEGEND_ROW_PX * rows, margin=dict(l=10, r=10, t=10, b=40),
+                      legend={**legend_below(len(key) + 2), "entrywidth": 0, "entrywidthmode": "pixels",
+                              "title": dict(text="Bar colour: risk tier of a class in the differential", side="top",
+                                            font=dict(size=11))})
     return fig
+
+
+NOT_IN_DIFFERENTIAL = "#b0b0b0"
+LABEL_PAD = 0.02     # the gap between a bar (or its threshold tick) and its value, in probability units
 
 
 def tier_chart(result: TriageResult, taxonomy: Taxonomy) -> go.Figure:
@@ -166,7 +185,17 @@ def target_colours(ev) -> dict[str, str]:
     return out
 
 
-def roc_figure(ev, table, targets: list[str], width: int | None = None, side: int = PLOT_SIDE_PX) -> go.Figure:
+def roc_title(targets: list[str]) -> str:
+    """The title of an ROC figure of these targets: per risk tier, per class, or both."""
+    from derm_core.evaluate.operating import TIER_PREFIX
+    tiers = sum(1 for t in targets if t.startswith(TIER_PREFIX))
+    what = ("ROC per risk tier" if tiers == len(targets) else "ROC per class" if not tiers
+            else "ROC per risk tier and class")
+    return f"{what} (dot: current threshold)"
+
+
+def roc_figure(ev, table, targets: list[str], width: int | None = None, side: int = PLOT_SIDE_PX,
+               title: str | None = None) -> go.Figure:
     """ROC curve of each target with its AUC (95% bootstrap CI) and the current operating point.
 
     The axes stay the unit square with equal aspect (see :func:`roc_layout`); the legend (one
@@ -176,6 +205,7 @@ def roc_figure(ev, table, targets: list[str], width: int | None = None, side: in
         ev: the :class:`~derm_core.evaluate.operating.EvalSet`.
         table: :func:`derm_core.evaluate.operating.operating_table` at the current thresholds.
         width: the figure's width as laid out (CSS px), for an exact square.
+        title: default :func:`roc_title` (which says whether it shows classes or tiers).
     """
     colours = target_colours(ev)
     rows = table.set_index("target")
@@ -197,18 +227,35 @@ def roc_figure(ev, table, targets: list[str], width: int | None = None, side: in
                          hovertemplate=(f"{t} at threshold {r['threshold']:.3f}<br>sensitivity %{{y:.3f}}<br>"
                                         f"specificity {r['specificity']:.3f}<extra></extra>")))
     n_entries = sum(1 for d in data if d.get("name"))
-    return _figure(data, roc_layout(n_entries, "ROC (dot: current operating point)", width, side))
+    return _figure(data, roc_layout(n_entries, roc_title(targets) if title is None else title, width, side))
 
 
-def sens_spec_figure(ev, table, targets: list[str], cols: int = 3, height_per_row: int = 210) -> go.Figure:
+SENS_SPEC_TITLE_PX = 26     # above each panel: its title
+SENS_SPEC_AXIS_PX = 52      # below each panel: the x tick labels and the x-axis title, and a gap
+SENS_SPEC_MARGIN = dict(l=48, r=18, t=30, b=30)  # left: the y tick labels; top: the mode bar; bottom: the legend
+
+
+def sens_spec_panel_title(ev, target: str) -> str:
+    """A short panel title: a class's code (its full name is the title's hover text); a tier's label
+    (tier names are short)."""
+    from derm_core.evaluate.operating import TIER_PREFIX
+    return ev.target_label(target) if target.startswith(TIER_PREFIX) else target
+
+
+def sens_spec_figure(ev, table, targets: list[str], cols: int = 3, height_per_row: int = 230) -> go.Figure:
     """Sensitivity and specificity against the threshold for each target (Han et al. 2018),
     the current threshold (solid line) and the Youden-optimal one (dotted) marked.
 
-    Small multiples laid out by hand (``make_subplots`` alone costs more than a slider's budget)."""
+    Small multiples laid out by hand (``make_subplots`` alone costs more than a slider's budget):
+    each row ``height_per_row`` px high, of which :data:`SENS_SPEC_TITLE_PX` above the panel hold
+    its title (short: :func:`sens_spec_panel_title`; the full label on hover) and
+    :data:`SENS_SPEC_AXIS_PX` below hold its tick labels and the x-axis title "threshold"."""
     from derm_core.evaluate.operating import GRID
     n_rows = max(1, -(-len(targets) // cols))
     rows = table.set_index("target")
     gap_x = 0.05
+    m = SENS_SPEC_MARGIN
+    height = m["t"] + m["b"] + height_per_row * n_rows
     px = 1.0 / (height_per_row * n_rows)              # one pixel of the plotting area, in paper units
     layout: dict = {"annotations": []}
     data = []
@@ -216,13 +263,16 @@ def sens_spec_figure(ev, table, targets: list[str], cols: int = 3, height_per_ro
         r, c = divmod(i, cols)
         ax = "" if i == 0 else str(i + 1)
         x0, x1 = c / cols + (gap_x / 2 if c else 0), (c + 1) / cols - (gap_x / 2 if c < cols - 1 else 0)
-        y1 = 1 - r / n_rows - (24 * px if r else 0)     # room for the panel title above
-        y0 = 1 - (r + 1) / n_rows + (22 * px if r < n_rows - 1 else 0)   # and tick labels below
-        layout["xaxis" + ax] = dict(domain=[x0, x1], anchor="y" + ax, range=[0, 1], tickformat=".1f")
+        y1 = 1 - r / n_rows - SENS_SPEC_TITLE_PX * px         # room for the panel title above
+        y0 = 1 - (r + 1) / n_rows + SENS_SPEC_AXIS_PX * px    # and tick labels and axis title below
+        layout["xaxis" + ax] = dict(domain=[x0, x1], anchor="y" + ax, range=[0, 1], tickformat=".1f", tick0=0,
+                                    dtick=0.5, automargin=False,     # few ticks: none under the axis title
+                                    title=dict(text="threshold", standoff=4, font=dict(size=11)))
         layout["yaxis" + ax] = dict(domain=[y0, y1], anchor="x" + ax, range=[0, 1.02], tickformat=".0%",
-                                    showticklabels=c == 0)
-        layout["annotations"].append(dict(text=ev.target_label(t), x=(x0 + x1) / 2, y=y1, xref="paper", yref="paper",
-                                          xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=11)))
+                                    showticklabels=c == 0, automargin=False)
+        layout["annotations"].append(dict(text=sens_spec_panel_title(ev, t), hovertext=ev.target_label(t),
+                                          x=(x0 + x1) / 2, y=y1 + 4 * px, xref="paper", yref="paper",
+                                          xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=12)))
         sens, spec = ev.sens_spec_curves[t]
         thr, yj = float(rows.loc[t, "threshold"]), ev.youden[t]
         first = i == 0
@@ -237,15 +287,25 @@ def sens_spec_figure(ev, table, targets: list[str], cols: int = 3, height_per_ro
             data.append(dict(**common, x=[yj, yj], y=[0, 1], name="Youden-optimal", legendgroup="youden",
                              showlegend=first, line=dict(color="#2e7d32", width=1.5, dash="dot"),
                              hovertemplate=f"Youden {yj:.3f}<extra></extra>"))
-    height = 70 + height_per_row * n_rows
-    layout.update(height=height, margin=dict(l=10, r=10, t=50, b=30),
-                  legend=dict(orientation="h", x=0, y=1 + 45 / height, yanchor="bottom"))
+    layout.update(height=height, margin=dict(m),
+                  legend=dict(orientation="h", x=0, xref="container", y=0, yref="container", yanchor="bottom"))
     return _figure(data, layout)
 
 
+CM_CHAR_PX = 7          # a tick label's character (font size 12), to size margins and cells from the labels
+CM_MIN_SIDE_PX = 150    # the square plot area of a sized confusion matrix: at least this high, even 2 x 2
+
+
 def confusion_figure(cm: np.ndarray, labels: list[str], normalise: bool = False, title: str = "",
-                     axis_names: tuple[str, str] = ("true", "predicted")) -> go.Figure:
-    """Confusion-matrix heat map: counts, or rows normalised to 1 (each row: where that true class went)."""
+                     axis_names: tuple[str, str] = ("true", "predicted"), *, cell_px: int | None = None,
+                     width: int | None = None) -> go.Figure:
+    """Confusion-matrix heat map: counts, or rows normalised to 1 (each row: where that true class went).
+
+    With ``cell_px`` the figure has its own size (show it at ``width="content"``): a square plot
+    area of square cells at least ``cell_px`` wide (and wide enough for their labels), at least
+    :data:`CM_MIN_SIDE_PX` high, no wider than ``width`` CSS px in all; fixed margins made from
+    the labels' lengths, the title wrapped to the figure. Without it (the Model lab) the figure
+    stretches to its column, its height growing with the number of classes."""
     cm = np.asarray(cm, dtype=float)
     if normalise:
         z = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -263,6 +323,21 @@ def confusion_figure(cm: np.ndarray, labels: list[str], normalise: bool = False,
                   height=80 + 38 * len(labels), margin=dict(l=10, r=10, t=30 if title else 10, b=40))
     if title:
         layout["title"] = dict(text=title, font=dict(size=14))
+    if cell_px:
+        n, longest = max(len(labels), 1), max((len(str(lb)) for lb in labels), default=1)
+        cell = max(int(cell_px), CM_CHAR_PX * longest + 12)          # an x tick label fits under its cell
+        left, right, bottom = 36 + CM_CHAR_PX * longest, 10, 64
+        side = max(cell * n, CM_MIN_SIDE_PX)
+        if width:
+            side = max(min(side, int(width) - left - right), 100)
+        lines = wrap_title(title, left + side + right - 16) if title else []
+        top = 14 + TITLE_LINE_PX * len(lines)
+        layout.update(width=left + side + right, height=top + side + bottom,
+                      margin=dict(l=left, r=right, t=top, b=bottom))
+        layout["xaxis"].update(automargin=False, tickangle=0)
+        layout["yaxis"].update(automargin=False)
+        if lines:
+            layout["title"]["text"] = "<br>".join(lines)
     return _figure([trace], layout)
 
 
@@ -362,17 +437,46 @@ def _ok(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
+READER_ROC_RANGE = [-0.03, 1.03]   # reader ROC axes: the unit square with room for markers on its edges
+TITLE_FONT_PX, TITLE_LINE_PX = 14, 18
+
+
+def wrap_title(title: str, width_px: float, font_px: int = TITLE_FONT_PX) -> list[str]:
+    """``title`` broken into lines that fit ``width_px`` (at about 0.56 em a character): at its
+    " · " separators where it can, else between words."""
+    import textwrap
+    per_line = max(12, int(width_px / (0.56 * font_px)))
+    lines: list[str] = []
+    for part in title.split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= per_line:
+            lines[-1] += " · " + part
+        else:
+            lines.extend(textwrap.wrap(part, per_line) or [""])
+    return lines
+
+
+def _same_point(a: dict, b: dict | None) -> bool:
+    return bool(b) and all(_ok(b.get(k)) and abs(a[k] - b[k]) < 1e-9 for k in ("fpr", "sensitivity"))
+
+
 def reader_roc_figure(ev, target: str, title: str, points: pd.DataFrame, averages: pd.DataFrame,
                       model_pt: dict | None = None, model_label: str = "model", side: int = PLOT_SIDE_PX,
-                      width: int | None = None) -> go.Figure:
+                      width: int | None = None, answers_pt: dict | None = None,
+                      answers_label: str = "model's answers") -> go.Figure:
     """The model's ROC curve for ``target`` on the study's cases, each reader's
     (1 - specificity, sensitivity) point coloured by experience level, each level's average
-    (large diamond, outlined) and the model's own operating point (black star).
+    (large diamond, outlined), the model's own operating point (black star) and, where it
+    differs, the model's answers scored like a reader's (open star).
+
+    The axes run :data:`READER_ROC_RANGE` and markers are not clipped, so a point on the unit
+    square's edge (a reader who called nothing positive, at (0, 0)) is drawn whole; the title is
+    wrapped to the figure's width.
 
     Args:
         ev: the model's probabilities on the same cases (None: no model curve).
         points, averages: :func:`~derm_core.study.results.reader_points` and
             :func:`~derm_core.study.results.level_points` for one part of the study.
+        answers_pt: :func:`~derm_core.study.results.model_answer_point` (None: not drawn).
     """
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbbbbb", dash="dot", width=1),
@@ -410,15 +514,26 @@ def reader_roc_figure(ev, target: str, title: str, points: pd.DataFrame, average
                                  marker=dict(color="black", size=16, symbol="star"),
                                  hovertemplate=model_label + "<br>1-specificity %{x:.3f}<br>sensitivity %{y:.3f}"
                                                "<extra></extra>"))
+    if answers_pt and _ok(answers_pt.get("fpr")) and _ok(answers_pt.get("sensitivity")) \
+            and not _same_point(answers_pt, model_pt):
+        fig.add_trace(go.Scatter(x=[answers_pt["fpr"]], y=[answers_pt["sensitivity"]], mode="markers",
+                                 name=answers_label, marker=dict(color="black", size=16, symbol="star-open",
+                                                                 line=dict(color="black", width=2)),
+                                 hovertemplate=answers_label + "<br>1-specificity %{x:.3f}<br>sensitivity %{y:.3f}"
+                                               "<extra></extra>"))
+    fig.update_traces(cliponaxis=False, selector=dict(mode="markers"))
     n_entries = sum(1 for d in fig.data if d.name and d.showlegend is not False)
-    fig.update_layout(**roc_layout(n_entries, title, width, side, top=40))
+    lines = wrap_title(title, (width or side + ROC_MARGIN["l"] + ROC_MARGIN["r"]) - 16)
+    fig.update_layout(**roc_layout(n_entries, "<br>".join(lines), width, side, top=22 + TITLE_LINE_PX * len(lines)))
+    fig.update_layout(xaxis_range=READER_ROC_RANGE, yaxis_range=READER_ROC_RANGE)
     return fig
 
 
 # ---------------------------------------------------------------------- conformal prediction sets (issue 12)
 def coverage_figure(curve: dict, colours: dict[str, str] | None = None) -> go.Figure:
     """Empirical coverage against the chosen level, overall and per class, with the diagonal the
-    guarantee promises (``curve``: :func:`derm_core.model.conformal.coverage_curve`)."""
+    guarantee promises (``curve``: :func:`derm_core.model.conformal.coverage_curve`). The y axis is
+    fixed at 0-1 so a class far below the level stays in view instead of off the bottom."""
     lv = curve["level"]
     data = [dict(type="scatter", x=[lv[0], lv[-1]], y=[lv[0], lv[-1]], mode="lines", name="guaranteed (coverage = level)",
                  line=dict(color="#bbbbbb", dash="dot"), hoverinfo="skip"),
@@ -431,7 +546,8 @@ def coverage_figure(curve: dict, colours: dict[str, str] | None = None) -> go.Fi
             hovertemplate=f"level %{{x:.0%}}<br>coverage %{{y:.3f}}<extra>{c}</extra>"))
     return _figure(data, dict(
         xaxis=dict(title=dict(text="chosen level"), tickformat=".0%", automargin=True),
-        yaxis=dict(title=dict(text="coverage (true diagnosis in the set)"), range=[min(lv) - 0.1, 1.01], automargin=True),
+        yaxis=dict(title=dict(text="coverage (true diagnosis in the set)"), range=[0, 1.02], tickformat=".0%",
+                   automargin=True),
         height=340 + 55 + LEGEND_ROW_PX * len(data), margin=dict(l=10, r=10, t=10, b=10), legend=legend_below(len(data))))
 
 

@@ -103,6 +103,36 @@ def card_summary(card) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------- tables
+UNDEFINED = "–"
+SUBGROUP_FOOTNOTE = (f"{UNDEFINED}: not defined for this group: no images with the condition (sensitivity), none "
+                     "without it (specificity), none flagged (PPV) or none cleared (NPV), or a single class among "
+                     "its images (macro AUC); most often a group with few images.")
+
+
+def display_table(df: pd.DataFrame, decimals: int = 3) -> tuple[pd.DataFrame, list[str], bool]:
+    """``df`` as shown: every float column as text with ``decimals`` decimals, an undefined value
+    (NaN or None: e.g. a sensitivity without positives) as :data:`UNDEFINED`, never "None".
+
+    Returns the table, the columns turned into text (to align right) and whether any value was undefined."""
+    out, cols, undefined = df.copy(), [], False
+    for c in df.columns:
+        col = df[c]
+        if col.dtype.kind == "f":
+            values = col
+        elif col.dtype == object and col.isna().any():      # numbers with None among them
+            values = pd.to_numeric(col, errors="coerce")
+            if values.notna().sum() != col.notna().sum():   # not only numbers: left as it is
+                continue
+        else:
+            continue
+        missing = values.isna()
+        undefined |= bool(missing.any())
+        out[c] = [UNDEFINED if m else f"{v:.{decimals}f}" for v, m in zip(values, missing)]
+        cols.append(c)
+    return out, cols, undefined
+
+
 # ---------------------------------------------------------------------- numbers
 def pct(v) -> str:
     """A share as a percentage with one decimal; "—" when missing (None or NaN)."""

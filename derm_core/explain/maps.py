@@ -333,6 +333,54 @@ class LimeResult:
             out[region & edges] = colour
         return Image.fromarray(np.rint(out).astype(np.uint8))
 
+    @property
+    def cut_away(self) -> bool:
+        """Whether the model's centre-crop left part of the explained image out (an image not of
+        the model input's aspect): :meth:`overlay_on_image` greys that part."""
+        g, (w, h), (H, W) = self.geometry, self.image_size, self.segments.shape
+        return round(w * g.scale_x) > W or round(h * g.scale_y) > H
+
+    def segments_on_image(self, size: tuple[int, int] | None = None) -> np.ndarray:
+        """int (h, w) superpixel label of each pixel of the explained image drawn at ``size`` (w, h)
+        (default: its own size), from the nearest model-input pixel; -1 where the model's
+        centre-crop cut the image away (the model never saw those pixels)."""
+        w, h = self.image_size
+        out_w, out_h = (int(v) for v in (size or (w, h)))
+        x, y = self.geometry.to_model((np.arange(out_w) + 0.5) * w / out_w - 0.5,
+                                      (np.arange(out_h) + 0.5) * h / out_h - 0.5)
+        H, W = self.segments.shape
+        in_x, in_y = (x >= -0.5) & (x <= W - 0.5), (y >= -0.5) & (y <= H - 0.5)
+        xi, yi = np.clip(np.rint(x), 0, W - 1).astype(int), np.clip(np.rint(y), 0, H - 1).astype(int)
+        seg = self.segments[yi[:, None], xi[None, :]].copy()
+        seg[~(in_y[:, None] & in_x[None, :])] = -1
+        return seg
+
+    def overlay_on_image(self, image: Image.Image, width: int | None = None, k: int | None = 5,
+                         alpha: float = 0.45) -> Image.Image:
+        """:meth:`overlay` over the whole explained image (the triage page's crop box) rather than
+        the model's centre-crop of it, so it shows the same area as the biopsy-site picture beside
+        it; ``width`` px wide (default: the image's own width). The parts the centre-crop cut
+        away are greyed: the model never saw them."""
+        _check_same_photo(image, self.image_size)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+        w, h = self.image_size
+        size = (int(width), max(1, round(h * int(width) / w))) if width else (w, h)
+        img = image.convert("RGB")
+        out = np.asarray(img.resize(size, Image.LANCZOS) if size != img.size else img, dtype=np.float32).copy()
+        seg = self.segments_on_image(size)
+        edges = find_boundaries(seg, mode="inner", background=-2)
+        thick = max(1, round(size[0] / self.segments.shape[1]))     # one model-input pixel wide, as in :meth:`overlay`
+        if thick > 1:
+            edges = ndimage.binary_dilation(edges, iterations=thick - 1)
+        unseen = seg < 0
+        out[unseen] = 0.4 * out[unseen] + 0.6 * 160.0
+        for ids, colour in ((self.supporting(k), GREEN), (self.opposing(k), RED)):
+            region = np.isin(seg, ids)
+            out[region] = (1 - alpha) * out[region] + alpha * colour
+            out[region & edges] = colour
+        return Image.fromarray(np.rint(out).astype(np.uint8))
+
 
 def segment(preview: np.ndarray, method: str = "slic", n_segments: int = LIME_SEGMENTS, seed: int = 0) -> np.ndarray:
     """Superpixels labelled 0..n-1 (LIME needs consecutive labels). SLIC is deterministic by

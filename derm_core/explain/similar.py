@@ -100,7 +100,7 @@ def build_index(card: ModelCard, table: pd.DataFrame, split, *, model=None, call
     """The similar-case index of this model on this dataset (``split``: the model's split labels for ``table``).
 
     Built from the cached embeddings (computed on the first call, ``callback(done, total)``
-    reports progress) and memoised in memory per (model, data)."""
+    reports progress over all the index's images) and memoised in memory per (model, data)."""
     rows = index_table(table, split)
     if rows.empty:
         raise ValueError("no training or validation images to find similar cases in")
@@ -108,8 +108,14 @@ def build_index(card: ModelCard, table: pd.DataFrame, split, *, model=None, call
     with _LOCK:
         if not refresh and key in _MEMO:
             return _MEMO[key]
-    emb = np.concatenate([_split_embeddings(card, rows, s, model, callback, refresh) for s in SPLITS
-                          if (rows["split"] == s).any()])
+    parts, done = [], 0
+    for s in SPLITS:            # progress over the whole index: the splits one after the other
+        n = int((rows["split"] == s).sum())
+        if n:
+            cb = None if callback is None else (lambda d, t, before=done: callback(before + d, len(rows)))
+            parts.append(_split_embeddings(card, rows, s, model, cb, refresh))
+            done += n
+    emb = np.concatenate(parts)
     width = image_width(card, emb.shape[1])
     idx = CaseIndex(_unit(image_part(emb, width)), rows[["image_id", "label", "path", "split"]].copy(), *key)
     with _LOCK:
@@ -160,3 +166,69 @@ def folder_index(card: ModelCard, data_dir, *, build: bool = False, model=None, 
     n = int(np.isin(split, SPLITS).sum())
     idx = build_index(card, table, split, model=model, callback=callback) if build else cached_index(card, table, split)
     return idx, n
+
+
+# ------------------------------------------------------------------ building the index in the background
+@dataclass(eq=False)
+class IndexBuild:
+    """A dataset folder's similar-case index being built in a background thread, so a page can
+    show its progress, survive a rerun (a click elsewhere) and let other sessions see it too."""
+
+    total: int                       # images to embed
+    done: int = 0
+    index: CaseIndex | None = None   # set when finished
+    error: str | None = None         # set when it failed
+
+    def __post_init__(self):
+        self._finished = threading.Event()
+
+    @property
+    def running(self) -> bool:
+        return not self._finished.is_set()
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds; True once the build has finished (or failed)."""
+        return self._finished.wait(timeout)
+
+    def _run(self, card: ModelCard, data_dir) -> None:
+        try:
+            self.index, _ = folder_index(card, data_dir, build=True,
+                                         callback=lambda d, t: setattr(self, "done", min(int(d), self.total)))
+            self.done = self.total
+        except Exception as e:  # noqa: BLE001 - any failure is reported to the page, which offers to try again
+            self.error = f"{type(e).__name__}: {e}" if not isinstance(e, (ValueError, OSError)) else str(e)
+        finally:
+            self._finished.set()
+
+
+_BUILDS: dict[tuple[str, str], IndexBuild] = {}
+
+
+def _build_key(card: ModelCard, data_dir) -> tuple[str, str]:
+    from pathlib import Path
+    return model_key(card), str(Path(data_dir).expanduser().resolve())
+
+
+def index_build(card: ModelCard, data_dir) -> IndexBuild | None:
+    """The build of this model's index of ``data_dir`` started in this process (running or
+    finished), or None."""
+    with _LOCK:
+        return _BUILDS.get(_build_key(card, data_dir))
+
+
+def start_index_build(card: ModelCard, data_dir, total: int) -> IndexBuild:
+    """Start building the index in a background thread (``total``: its number of images, from
+    :func:`folder_index`); a build still running is returned instead. The embeddings already
+    cached on disk are reused, so building again after a finished build is quick."""
+    key = _build_key(card, data_dir)
+    with _LOCK:
+        build = _BUILDS.get(key)
+        if build is not None and build.running:
+            return build
+        build = _BUILDS[key] = IndexBuild(int(total))
+    threading.Thread(target=build._run, args=(card, data_dir), name="similar-index", daemon=True).start()
+    return build

@@ -41,6 +41,7 @@ STOPPED_EXIT = 3          # the CLI's exit code after a STOP
 ACTIVE = ("starting", "running", "stopping")
 _LOCAL_LOCK = threading.Lock()
 _CHILDREN: dict[int, subprocess.Popen] = {}
+_REAPERS: dict[int, threading.Thread] = {}   # pid -> the thread that records its exit code and end time
 
 
 def runs_root() -> Path:
@@ -78,27 +79,49 @@ class JobStatus:
         return self.state in ACTIVE
 
     @property
+    def in_epoch(self) -> bool:
+        """Whether ``epoch`` is an epoch in progress (a live job training); otherwise it is the
+        last finished epoch and ``loss`` that epoch's training loss (see :func:`status`)."""
+        return self.alive and self.phase == "training" and self.batches > 0
+
+    @property
     def fraction(self) -> float:
-        """0..1 progress for a bar."""
+        """0..1 progress for a bar (from the same epoch and batch the texts show)."""
         if self.state == "done":
             return 1.0
         if not self.epochs:
             return 0.0
-        if self.phase and self.phase not in ("training", "stopped"):
+        if self.active and self.phase and self.phase not in ("training", "stopped"):
             return 0.99
-        done = max(0, self.epoch - 1) + (self.batch / self.batches if self.batches else 0.0)
+        done = max(0, self.epoch - 1) + self.batch / self.batches if self.in_epoch else self.epoch
         return float(min(max(done / self.epochs, 0.0), 0.99))
+
+    @property
+    def epoch_text(self) -> str:
+        """``epoch/epochs`` ("2/2" for a finished two-epoch run), "—" when unknown."""
+        return f"{self.epoch}/{self.epochs}" if self.epochs else "—"
+
+    @property
+    def loss_text(self) -> str:
+        """The training loss shown: the running loss while an epoch trains, else the last finished epoch's."""
+        return f"{self.loss:.3f}" if isinstance(self.loss, (int, float)) else "—"
 
     def describe(self) -> str:
         if self.state == "empty":
             return "no job"
         if self.state in ("running", "stopping", "starting"):
             what = {"starting": "starting (loading data and model)", "stopping": "stopping after the current batch"}
-            text = what.get(self.state) or (f"{self.phase}: epoch {self.epoch}/{self.epochs}, batch "
-                                            f"{self.batch}/{self.batches}" if self.phase == "training" else self.phase)
+            text = what.get(self.state) or (f"{self.phase}: epoch {self.epoch_text}, batch "
+                                            f"{self.batch}/{self.batches}" if self.in_epoch else
+                                            f"{self.phase} (after epoch {self.epoch_text})")
             return text
-        return {"done": "finished", "stopped": "stopped (resumable)" if self.resumable else "stopped",
-                "failed": "failed" + (" (resumable)" if self.resumable else "")}.get(self.state, self.state)
+        if self.state == "done":
+            early = 0 < self.epoch < self.epochs
+            return (f"finished after epoch {self.epoch_text} (early stopping)" if early else
+                    f"finished: epoch {self.epoch_text}" if self.epochs else "finished")
+        after = f" after epoch {self.epoch_text}" if self.epoch else ""
+        return {"stopped": f"stopped{after}" + (" (resumable)" if self.resumable else ""),
+                "failed": f"failed{after}" + (" (resumable)" if self.resumable else "")}.get(self.state, self.state)
 
 
 # ---------------------------------------------------------------------- process identity
@@ -174,6 +197,13 @@ def readable_error(tail: str) -> str | None:
     return lines[-1] if lines else None
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _history(run: Path, progress: dict | None) -> list[dict]:
     hist = (progress or {}).get("history")
     if hist:
@@ -204,6 +234,9 @@ def status(run: str | Path) -> JobStatus:
             child_rc = child.wait(timeout=2)
         except subprocess.TimeoutExpired:
             pass
+    reaper = _REAPERS.get(pid)
+    if not alive and reaper is not None:
+        reaper.join(timeout=2)                 # let it write exit.json (with the end time) first
     ext = _read_json(run / EXIT_FILE)          # read after: the reaper writes it before forgetting the child
     if ext is not None and ext.get("pid") != pid:
         ext = None
@@ -224,8 +257,22 @@ def status(run: str | Path) -> JobStatus:
             st.eta_s = max(0.0, fresh["eta_s"] - (time.time() - fresh.get("time", time.time())))
     if not st.epochs and st.request:
         st.epochs = int(st.request.get("epochs") or 0)
+    if not st.in_epoch:
+        # no epoch in progress (starting, calibrating, finished, stopped, crashed): the epoch and
+        # loss shown are the last finished epoch's, from the same history the curves draw
+        last = st.history[-1] if st.history else {}
+        st.epoch, st.batch, st.batches = int(last.get("epoch") or 0), 0, 0
+        st.loss = last.get("train_loss")
+        st.epochs = st.epochs or st.epoch
+    # elapsed: the job's own wall clock, from its start to now (alive) or to its end; never
+    # the trainer's clock, which starts later (after imports and data loading)
+    if started and alive:
+        st.elapsed_s = time.time() - started
+    elif started:
+        ended = (ext or {}).get("ended_at") or max(
+            [(fresh or {}).get("time") or 0.0, *(_mtime(run / f) for f in (LOG_FILE, "progress.json"))])
+        st.elapsed_s = max(ended - started, st.elapsed_s or 0.0) if ended >= started else st.elapsed_s
     if alive:
-        st.elapsed_s = time.time() - started if started else st.elapsed_s
         st.state = "stopping" if (run / STOP_FILE).exists() else ("running" if fresh else "starting")
         return st
     finished = model.is_file() and (st.returncode == 0 or (fresh or {}).get("state") == "done"
@@ -275,6 +322,7 @@ def _reap(proc: subprocess.Popen, run: Path) -> None:
     except OSError:
         pass
     _CHILDREN.pop(proc.pid, None)
+    _REAPERS.pop(proc.pid, None)
 
 
 def start(run: str | Path, config: TrainConfig, *, python: str | None = None, env: dict | None = None,
@@ -324,7 +372,9 @@ def start(run: str | Path, config: TrainConfig, *, python: str | None = None, en
         atomic_write_json(run / JOB_FILE, {"pid": proc.pid, "proc_start": _proc_start(proc.pid),
                                            "started_at": time.time(), "argv": argv, "request": asdict(config),
                                            "host": os.uname().nodename if hasattr(os, "uname") else ""})
-        threading.Thread(target=_reap, args=(proc, run), daemon=True, name=f"reap-{proc.pid}").start()
+        reaper = threading.Thread(target=_reap, args=(proc, run), daemon=True, name=f"reap-{proc.pid}")
+        _REAPERS[proc.pid] = reaper
+        reaper.start()
     return status(run)
 
 

@@ -381,9 +381,12 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
 
 def finish(model, card: ModelCard, table, split, path: Path, tier_sensitivity: dict, device=None,
            progress=None) -> Path:
-    """Calibrate on the validation split (temperature, Youden class thresholds, tier thresholds
-    for the target sensitivities), report validation and test, save the model and its card,
-    and fit the out-of-scope detector. Used at the end of training and by ``recalibrate``."""
+    """Every artifact of a finished model from one set of predictions: calibrate on the validation
+    split (temperature, Youden class thresholds, tier thresholds for the target sensitivities,
+    balanced rule, conformal prediction sets), report validation and test, save the model and
+    its card, and fit the out-of-scope gate. Used at the end of training, by ``recalibrate``
+    and by ``release``."""
+    from derm_core.model import conformal
     progress = progress or (lambda state: None)
     tax = card.taxonomy
     net = Predictor(model, card, device=device, out_of_scope=False)
@@ -395,19 +398,26 @@ def finish(model, card: ModelCard, table, split, path: Path, tier_sensitivity: d
     thresholds = fit_thresholds(softmax(pv["logits"], temperature), yv, tax, tier_sensitivity)
     prior = class_prior(table["y"].to_numpy()[(split == "train").to_numpy()], len(tax.classes))
     rule = BalancedRule.fit(softmax(pv["logits"], temperature), yv, prior)
-    reports = {"val": build_report(yv, pv["logits"], temperature, thresholds, tax, parts["val"], rule)}
+    outputs = {"val": (yv, pv["logits"])}
     if len(parts["test"]):
         progress("evaluating the test split")
-        pt = net.predict_table(parts["test"], progress=False)
-        reports["test"] = build_report(parts["test"]["y"].to_numpy(), pt["logits"], temperature, thresholds, tax,
-                                       parts["test"], rule)
-    for name, rep in reports.items():
-        atomic_write_json(path.parent / f"report_{name}.json", rep)
+        outputs["test"] = (parts["test"]["y"].to_numpy(), net.predict_table(parts["test"], progress=False)["logits"])
+    reports = {name: build_report(y, z, temperature, thresholds, tax, parts[name], rule) for name, (y, z) in outputs.items()}
     card = card.with_(temperature=temperature, thresholds=thresholds, tier_sensitivity_targets=dict(tier_sensitivity),
                       balanced_rule=rule, metrics={name: _headline(rep) for name, rep in reports.items()},
                       out_of_scope=None)
     card_path = save_model(model, card, path)
-    progress("fitting the out-of-scope detector")
+    identity = read_card(card_path).identity()
+    cal = conformal.Calibration.fit(yv, softmax(pv["logits"], temperature), tax.classes,
+                                    {"split": "validation", "n_images": int(len(yv)), "temperature": float(temperature),
+                                     "weights_sha256": identity.weights_sha256})
+    atomic_write_json(conformal.calibration_path(read_card(card_path)), cal.to_dict())
+    for name, rep in reports.items():   # each report says which weights and calibration made it
+        y, z = outputs[name]
+        rep["conformal"] = conformal.report_block(y, softmax(z, temperature), cal)
+        rep["model_identity"] = {"weights_sha256": identity.weights_sha256, "temperature": float(temperature)}
+        atomic_write_json(path.parent / f"report_{name}.json", rep)
+    progress("fitting the out-of-scope gate")
     fit_for_model(model, read_card(card_path), table, split, progress=False)
     return card_path
 

@@ -1,23 +1,30 @@
-"""Conformal prediction sets: a differential with a coverage guarantee.
+"""Conformal prediction sets: a differential with a coverage guarantee that reads as a differential.
 
 Class-conditional (Mondrian) split conformal prediction (Vovk et al. 2005; Angelopoulos &
-Bates 2021, section 4.5). The nonconformity of class ``k`` for a photo is ``1 - p_k`` (the
-calibrated probability the model gives it). On the calibration photos (the model's
-validation split) the scores of each class's *own* photos are kept, sorted. For a new photo,
-class ``k``'s p-value is::
+Bates 2021, section 4.5) with an APS-type score (Romano et al. 2020), non-randomised:
 
-    p_k = (#{validation photos of class k with score >= 1 - p_k} + 1) / (n_k + 1)
+* the nonconformity of class ``k`` for a photo is the total probability of the classes *more*
+  probable than ``k`` (0 for the most probable class). On the calibration photos (the model's
+  validation split) the scores of each class's *own* photos are kept, sorted;
+* class ``k``'s p-value for a new photo is the exact finite-sample one,
+  ``(#{calibration photos of class k with score >= the photo's} + 1) / (n_k + 1)``;
+* the set is then closed upward: a class enters when it, or any less probable class, passes
+  ``p >= 1 - L``. A set therefore never leaves out a class more probable than one it holds
+  (the old score ``1 - p`` gave {mel, bkl, df, vasc} without nevus at 46%). Closing only
+  enlarges sets, so the guarantee stays: if a new photo is exchangeable with the validation
+  photos of its true class, the true class is in the set with probability at least ``L``,
+  separately *for every class* (the common naevi cannot carry the average for the melanomas);
+* a class with fewer than :data:`MIN_CLASS_N` calibration photos (dermatofibroma and vascular
+  lesions in HAM10000's validation split) is scored against *all* calibration photos: with 15
+  photos a 90% threshold is just the largest score, noisy enough to put that class, and by the
+  closure everything above it, in most sets. For those classes the guarantee is the pooled,
+  average one, not their own (:attr:`Calibration.pooled` names them; the Model lab shows them).
 
-and the prediction set at level ``L`` holds every class with ``p_k >= 1 - L``. If the new
-photo is exchangeable with the validation photos of its true class, the true class is in the
-set with probability at least ``L``: separately *for every class*, so the rare classes keep
-their coverage (a pooled threshold lets the common naevi carry the average while melanomas
-miss out). A class with fewer than ``1 / (1 - L) - 1`` calibration photos is always in the set.
-A set can be empty: no class is plausible at that level (an unusual photo).
-
-``tests/test_conformal.py`` checks the sets against crepes' Mondrian conformal classifier.
-The calibration is kept beside the model (``model.conformal.json``) and with threshold
-profiles; it is tied to the model's weights and temperature, and refused for any other.
+The most probable class always scores 0, so sets from this method are never empty. Everything
+is deterministic (no randomised tie-breaking). ``tests/test_conformal.py`` checks the p-values
+against crepes' conformal classifiers. The calibration is kept beside the model
+(``model.conformal.json``) and with threshold profiles; it is tied to the model's weights,
+temperature and classes and to this method, and refused otherwise.
 """
 from __future__ import annotations
 
@@ -34,6 +41,10 @@ DEFAULT_LEVEL = 0.90
 PAGE_LEVELS = (0.8, 0.85, 0.9, 0.95, 0.99)        # the triage page's level choices
 LEVELS = tuple(round(x, 2) for x in np.arange(0.50, 0.991, 0.01))   # the Model lab's coverage curve
 FORMAT = "dermtriage-conformal"
+METHOD = "class-conditional APS (probability of the more probable classes), closed upward, small classes pooled"
+OLD_METHODS = (None, "class-conditional split conformal, score 1 - p")   # refused: re-fit
+MIN_CLASS_N = 30            # fewer calibration photos than this: the class is scored against all of them
+LONG_SET = 4                # describe(): a set this long says the photo is uncertain
 
 
 def _check_level(level: float) -> float:
@@ -44,8 +55,21 @@ def _check_level(level: float) -> float:
 
 
 def nonconformity(probs: np.ndarray) -> np.ndarray:
-    """Score of every (photo, class): 1 - calibrated probability (higher = less like that class)."""
-    return 1.0 - np.asarray(probs, dtype=np.float64)
+    """(N, C) score of every (photo, class): the total probability of the classes more probable than it.
+
+    Ordered by probability within a photo (a more probable class never scores higher), so the
+    sets follow the model's ranking; the most probable class scores 0."""
+    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    return (p[:, None, :] * (p[:, None, :] > p[:, :, None])).sum(-1)
+
+
+def close_upward(p_values: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each class's p-value raised to the largest p-value of the classes at most as probable as it.
+
+    Thresholding these at any level gives the upward closure of the per-class sets: nested by
+    probability (and by level), and never smaller, so every class keeps its coverage."""
+    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    return (p_values[:, None, :] * (p[:, None, :] <= p[:, :, None])).max(-1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,30 +79,43 @@ class Calibration:
     classes: tuple[str, ...]
     scores: tuple[np.ndarray, ...]             # one sorted float64 array per class
     source: dict = field(default_factory=dict)  # what it was fitted on: split, images, weights, temperature
+    min_class_n: int = MIN_CLASS_N             # classes with fewer photos are scored against all of them
 
     @classmethod
-    def fit(cls, y, probs, classes, source: dict | None = None) -> "Calibration":
+    def fit(cls, y, probs, classes, source: dict | None = None, min_class_n: int = MIN_CLASS_N) -> "Calibration":
         """Calibrate on labelled photos: ``y`` (N,) class indices, ``probs`` (N, C) calibrated probabilities."""
         y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[1] != len(classes) or len(y) != len(probs):
             raise ValueError(f"probabilities {probs.shape} do not fit {len(y)} labels and {len(classes)} classes")
         s = nonconformity(probs)[np.arange(len(y)), y] if len(y) else np.zeros(0)
-        return cls(tuple(classes), tuple(np.sort(s[y == k]) for k in range(len(classes))), dict(source or {}))
+        return cls(tuple(classes), tuple(np.sort(s[y == k]) for k in range(len(classes))), dict(source or {}),
+                   int(min_class_n))
 
     @property
     def n(self) -> dict[str, int]:
         return {c: len(s) for c, s in zip(self.classes, self.scores)}
 
-    def p_values(self, probs: np.ndarray) -> np.ndarray:
-        """(N, C) class-conditional conformal p-values of every class for every photo."""
-        a = nonconformity(np.atleast_2d(probs))
+    @property
+    def pooled(self) -> tuple[str, ...]:
+        """Classes with too few calibration photos, scored against all of them (an average guarantee only)."""
+        return tuple(c for c, s in zip(self.classes, self.scores) if len(s) < self.min_class_n)
+
+    def class_p_values(self, probs: np.ndarray) -> np.ndarray:
+        """(N, C) conformal p-values of every class before the closure (each class on its own photos)."""
+        a = nonconformity(probs)
         if a.shape[1] != len(self.classes):
             raise ValueError(f"probabilities have {a.shape[1]} classes, the calibration {len(self.classes)}")
+        everyone = np.sort(np.concatenate(self.scores)) if self.scores else np.zeros(0)
         p = np.empty_like(a)
         for k, s in enumerate(self.scores):
+            s = s if len(s) >= self.min_class_n else everyone
             at_least = len(s) - np.searchsorted(s, a[:, k], side="left")   # calibration scores >= the photo's
             p[:, k] = (at_least + 1) / (len(s) + 1)
         return p
+
+    def p_values(self, probs: np.ndarray) -> np.ndarray:
+        """(N, C) p-values the sets are cut from: :meth:`class_p_values` closed upward by probability."""
+        return close_upward(self.class_p_values(probs), probs)
 
     def sets(self, probs: np.ndarray, level: float = DEFAULT_LEVEL) -> np.ndarray:
         """(N, C) booleans: class in the photo's prediction set at this coverage level."""
@@ -94,7 +131,7 @@ class Calibration:
 
     # ------------------------------------------------------------------ storage
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "method": "class-conditional split conformal, score 1 - p",
+        return {"format": FORMAT, "method": METHOD, "min_class_n": self.min_class_n,
                 "classes": list(self.classes), "source": self.source,
                 "scores": {c: [float(v) for v in s] for c, s in zip(self.classes, self.scores)}}
 
@@ -102,14 +139,19 @@ class Calibration:
     def from_dict(cls, d: dict) -> "Calibration":
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ConformalError("not a DermTriage conformal calibration")
+        if d.get("method") != METHOD:
+            kind = "an older" if d.get("method") in OLD_METHODS else "an unknown"
+            raise ConformalError(f"the conformal calibration was made with {kind} method "
+                                 f"({d.get('method') or 'unnamed'}): re-fit it")
         try:
             classes = tuple(d["classes"])
             scores = tuple(np.sort(np.asarray(d["scores"][c], dtype=np.float64)) for c in classes)
+            min_n = int(d["min_class_n"])
         except (KeyError, TypeError, ValueError) as e:
             raise ConformalError(f"broken conformal calibration ({e})") from None
         if any(np.any(~np.isfinite(s)) for s in scores):
             raise ConformalError("conformal calibration holds non-finite scores")
-        return cls(classes, scores, dict(d.get("source") or {}))
+        return cls(classes, scores, dict(d.get("source") or {}), min_n)
 
     def check(self, card) -> None:
         """Refuse a calibration made for other classes, other weights or another temperature."""
@@ -143,8 +185,17 @@ def evaluate(calibration: Calibration, y, probs, level: float = DEFAULT_LEVEL) -
             "mean_set_size": float(size.mean()) if len(y) else None,
             "empty_sets": float((size == 0).mean()) if len(y) else None,
             "set_size_counts": np.bincount(size, minlength=len(calibration.classes) + 1).tolist(),
-            "per_class": per, "calibration_n": calibration.n,
+            "per_class": per, "calibration_n": calibration.n, "pooled": list(calibration.pooled),
             "calibrated_on": calibration.source.get("split", "validation")}
+
+
+def per_class_rows(report: dict) -> list[dict]:
+    """The Model lab's per-class table from an :func:`evaluate` block: photos, coverage, calibration photos."""
+    pooled = set(report.get("pooled") or ())
+    return [{"class": c, "photos": v["n"], "coverage": v["coverage"],
+             "calibration photos": report["calibration_n"].get(c, 0),
+             "calibrated on": "all classes (too few photos)" if c in pooled else "its own photos"}
+            for c, v in report["per_class"].items()]
 
 
 def report_block(y, probs, calibration: Calibration | None, level: float = DEFAULT_LEVEL) -> dict | None:
@@ -169,16 +220,18 @@ def coverage_curve(calibration: Calibration, y, probs, levels=LEVELS) -> dict[st
 
 
 def describe(prediction_set: list[str], level: float, display_names: dict[str, str] | None = None) -> str:
-    """The plain-words sentence the triage page and the case report show beside the set."""
+    """The plain-words sentence the triage page and the case report show beside the set: why it is
+    empty or long, then what it promises."""
     pct = f"{_check_level(level):.0%}"
     if not prediction_set:
         return (f"No diagnosis is plausible enough to enter the {pct} set: this photo is unlike the validation "
                 "photos of every class. Treat the output with extra caution.")
     names = [(display_names or {}).get(c, c) for c in prediction_set]
     one = "this diagnosis" if len(names) == 1 else f"one of these {len(names)} diagnoses"
-    return (f"On photos like the validation set, the true diagnosis is in this set {pct} of the time "
-            f"({one}: {', '.join(names)}). The guarantee holds for each diagnosis separately, on average over "
-            "photos, not for this photo alone.")
+    why = ("An uncertain photo: the model cannot narrow it down at this level. "
+           if len(names) >= LONG_SET else "")
+    return (f"{why}On photos like the validation set, the true diagnosis is in this set {pct} of the time "
+            f"({one}: {', '.join(names)}): on average over photos, not for this photo alone.")
 
 
 # ---------------------------------------------------------------------- the model's calibration
@@ -234,7 +287,7 @@ def predict_fields(card, probs: dict[str, float], level: float = DEFAULT_LEVEL,
     if cal is None:
         return {"prediction_set": None, "level": level,
                 "prediction_set_note": "this model has no conformal calibration (model.conformal.json); fit it "
-                                       "on the validation split with bench/eval_conformal.py --save"}
+                                       "with `python -m derm_core release` (or recalibrate)"}
     s = cal.prediction_set(probs, level)
     return {"prediction_set": s, "level": level, "prediction_set_note": describe(s, level, card.taxonomy.display_names)}
 

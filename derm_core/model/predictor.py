@@ -116,27 +116,34 @@ class Predictor:
         return softmax(self.forward(self.preprocess(images), clinical)[0], self.card.temperature)
 
     def predict(self, image: Image.Image, clinical: Clinical | None = None,
-                thresholds: Thresholds | None = None) -> TriageResult:
-        """Differential diagnosis and risk tier of one photo (already cropped to the lesion)."""
+                thresholds: Thresholds | None = None, anyway: bool = False) -> TriageResult:
+        """Differential diagnosis and risk tier of one photo (already cropped to the lesion).
+
+        A photo the out-of-scope gate flags (or a one-colour photo) gets no triage: the result is
+        withheld with the reason, unless ``anyway`` (the page's "triage anyway"), which marks it."""
         thresholds = thresholds or self.card.thresholds
         thresholds.check(self.taxonomy)
-        logits, emb = self.forward(self.preprocess([image]), clinical)
+        logits, _ = self.forward(self.preprocess([image]), clinical)
         probs = softmax(logits, self.card.temperature)[0]
         result = triage(probs, self.taxonomy, thresholds)
         rule = self.card.balanced_rule
         if rule is not None:
             result = replace(result, balanced=self.taxonomy.classes[int(rule.predict(probs)[0])])
-        if self.ood is not None:
-            score, flagged = self.ood(logits, emb)
+        why = None
+        if is_flat(image):
+            why = "the photo is (almost) one colour: it shows no lesion"
+            result = replace(result, out_of_scope=True)
+        elif self.ood is not None:
+            score, flagged = self.ood([image], self.device)
             result = replace(result, out_of_scope=bool(flagged[0]), ood_score=float(score[0]))
-            if flagged[0]:
-                result.notes.append("this photo does not look like the dermatoscopic lesion images the model was "
-                                    "trained on: treat the result with extra caution")
+            why = self.ood.explain(float(score[0])) if flagged[0] else None
         elif self.ood_note:
             result.notes.append(self.ood_note)
-        if is_flat(image):
-            result = replace(result, out_of_scope=True)
-            result.notes.append("the photo is (almost) one colour: it shows no lesion, so the result means nothing")
+        if why and not anyway:
+            result = result.withhold(why)
+            result.notes.append(f"no triage: {why}")
+        elif why:
+            result.notes.append(f"triaged anyway, although {why}: the result may mean nothing")
         used = (clinical or Clinical()).given()
         if self.card.use_metadata:
             result.notes.append(f"clinical data used: {', '.join(used)}" if used else "no clinical data given")

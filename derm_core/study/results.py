@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import stats
 
 from derm_core.evaluate.metrics import confusion as confusion_matrix
-from derm_core.evaluate.operating import TIER_PREFIX, EvalSet, operating_point, rates
+from derm_core.evaluate.operating import TIER_PREFIX, EvalSet, flags, operating_point, rates
 from derm_core.slugs import slugify
 from derm_core.study.cases import LEVELS, PHASES, Study, answer_rank, model_answer
 from derm_core.triage.rules import Thresholds, triage
@@ -294,9 +294,50 @@ def eval_set(cases: pd.DataFrame, study: Study, phase: str | None = None) -> Eva
 
 
 def model_point(ev: EvalSet, thresholds: Thresholds, target: str) -> dict[str, float]:
-    """The model's sensitivity and specificity for ``target`` at these thresholds."""
+    """The model's sensitivity and specificity for ``target`` at these thresholds: its triage
+    flag (the tier it assigns, for a tier target; its probability against the class's threshold,
+    for a class), i.e. the point of its ROC curve at these thresholds. Also the threshold and the
+    share of the cases it flags (``flagged``: 1.0 puts the point at (1, 1))."""
     r = operating_point(ev, thresholds, target)
-    return {"sensitivity": r["sensitivity"], "specificity": r["specificity"], "fpr": 1.0 - r["specificity"]}
+    tier = target[len(TIER_PREFIX):] if target.startswith(TIER_PREFIX) else None
+    return {"sensitivity": r["sensitivity"], "specificity": r["specificity"], "fpr": 1.0 - r["specificity"],
+            "threshold": float(thresholds.tiers[tier] if tier else thresholds.classes[target]),
+            "flagged": float(flags(ev, thresholds)[target].mean()) if len(ev) else math.nan}
+
+
+def model_answer_point(model: pd.DataFrame, study: Study, target: str, phase: str | None = None) -> dict | None:
+    """The model's own answers to the study's question (:func:`model_as_reader`) scored like a
+    reader's for ``target``; None without them. It equals :func:`model_point` for a tier or
+    benign/malignant question; for a diagnosis question the answer is the top of the model's
+    differential, whose tier can differ from the tier the model assigns."""
+    pts = reader_points(model, study, target, phase) if len(model) else model
+    if not len(pts):
+        return None
+    r = pts.iloc[0]
+    return {"sensitivity": float(r["sensitivity"]), "specificity": float(r["specificity"]), "fpr": float(r["fpr"])}
+
+
+def model_point_note(study: Study, target: str, point: dict | None, thresholds_name: str) -> str:
+    """What the model's markers on the reader ROC mean, for the page's caption; says why when
+    the star sits in a corner (every or no case flagged at these thresholds)."""
+    if not point:
+        return "No model point: the study has no model output for these cases."
+    if math.isnan(point["sensitivity"]) or math.isnan(point["fpr"]):
+        return (f"No model point: the cases of this part have no "
+                f"{'positives' if math.isnan(point['sensitivity']) else 'negatives'} for this positive class.")
+    what = ("the tier it assigns" if target.startswith(TIER_PREFIX) else "its probability for this class against "
+            "the class threshold")
+    note = (f"The black star is the model's triage at thresholds {thresholds_name}: {what} "
+            f"(threshold {point['threshold']:.3f}), a point on its ROC curve.")
+    if point.get("flagged") == 1.0:
+        note += (" It is at (1, 1) because at this threshold the model flags every case of this part: the "
+                 "referral thresholds are set for high sensitivity, so on a few cases all of them can pass.")
+    elif point.get("flagged") == 0.0:
+        note += " It is at (0, 0) because at this threshold the model flags none of the cases of this part."
+    if study.question == "diagnosis":
+        note += (" The open star scores the model's top diagnosis like a reader's answer (drawn where it differs "
+                 "from the star).")
+    return note
 
 
 # ---------------------------------------------------------------------- tests

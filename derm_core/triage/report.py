@@ -14,10 +14,14 @@ from PIL import Image
 
 from derm_core.data.images import strip_metadata
 from derm_core.data.taxonomy import Taxonomy
-from derm_core.triage.rules import Thresholds, TriageResult
+from derm_core.triage.rules import Thresholds, TriageResult, explain_tier, tier_score_name
 
 DISCLAIMER = ("DermTriage is a research and teaching tool, not a medical device. Its output is not a diagnosis "
               "and must not replace the judgement of a qualified clinician.")
+
+
+NOT_TRIAGED_COLOUR = "#616161"
+NO_DIFFERENTIAL = "No differential: the photo was not triaged."
 
 
 def _img_tag(img: Image.Image, alt: str, width: int = 320) -> str:
@@ -27,21 +31,36 @@ def _img_tag(img: Image.Image, alt: str, width: int = 320) -> str:
     return f'<figure><img alt="{html.escape(alt)}" width="{width}" src="data:image/png;base64,{b64}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
+def _plain(v):
+    """A value as a person writes it: a whole-number float (an age of 80.0) without its ``.0``."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 def _content(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy, thresholds: Thresholds, model_name: str,
              model_version: str, figures: dict[str, Image.Image] | None, clinical: dict | None,
              extra: dict | None) -> dict:
     """What a case report says, once, for the HTML and the PDF alike."""
-    tier_lines = [f"{t}: {p:.1%} (threshold {thresholds.tiers[t]:.2f})" if t in thresholds.tiers else f"{t}: {p:.1%}"
-                  for t, p in result.tier_probs.items()]
+    # each tier's own probability and, for a tier with a threshold, the score that threshold applies to
+    names = [n for n in taxonomy.tier_names if n in result.tier_probs]
+    tier_lines = [f"{t}: {result.tier_probs[t]:.1%}" + (
+        f" · {tier_score_name(taxonomy, taxonomy.tier_names.index(t))} "
+        f"{sum(result.tier_probs[u] for u in names[k:]):.1%} (threshold {thresholds.tiers[t]:.1%})"
+        if t in thresholds.tiers else "") for k, t in enumerate(names)]
     rows = [(taxonomy.display_names[c], f"{p:.1%}", f"{thresholds.classes[c]:.2f}",
              "yes" if any(c == d for d, _ in result.differential) else "")
             for c, p in sorted(result.probs.items(), key=lambda kv: -kv[1])]
-    clin = ", ".join(f"{k}: {v}" for k, v in (clinical or {}).items() if v not in (None, "")) or "none given"
+    clin = ", ".join(f"{k}: {_plain(v)}" for k, v in (clinical or {}).items() if v not in (None, "")) or "none given"
     details = [f"Clinical data: {clin}", *result.notes, *(f"{k}: {v}" for k, v in (extra or {}).items())]
+    if result.withheld:   # an out-of-scope photo: the report says why, and gives nothing clinical
+        tier, action, colour, tier_lines, rows = "Not triaged: out of scope", result.withheld, NOT_TRIAGED_COLOUR, [], []
+        reason = ""
+    else:
+        tier, action, colour = result.tier, result.action, taxonomy.tiers[result.tier].colour
+        reason = result.tier_reason or explain_tier(result.probs, taxonomy, thresholds.tiers)
     return dict(
         generated=f"Generated {time.strftime('%Y-%m-%d %H:%M')} · model {model_name} (version {model_version}) · "
                   f"thresholds: {thresholds.name}",
-        tier=result.tier, action=result.action, tier_colour=taxonomy.tiers[result.tier].colour, tier_lines=tier_lines,
+        tier=tier, action=action, tier_colour=colour, tier_reason=reason, tier_lines=tier_lines,
         low=("Low confidence: no class reached its operating threshold; the most probable class is shown."
              if result.low_confidence else ""),
         header=("Class", "Probability (calibrated)", "Threshold", "In differential"), rows=rows,
@@ -60,6 +79,7 @@ def case_report_html(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy
     figs = "".join(_img_tag(img, name) for name, img in c["images"])
     details = "".join(f"<li>{e(str(d))}</li>" for d in c["details"])
     low = f"<p><b>{e(c['low'])}</b></p>" if c["low"] else ""
+    reason = f'<p class="reason">Why this tier: {e(c["tier_reason"])}</p>' if c["tier_reason"] else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>DermTriage case report</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}}
@@ -69,9 +89,9 @@ figure{{display:inline-block;margin:0 1em 1em 0}}.tier{{padding:.6em 1em;color:w
 <h1>DermTriage case report</h1>
 <p class="disclaimer">{e(DISCLAIMER)}</p>
 <p>{e(c['generated'])}</p>
-<h2>Risk tier</h2><p class="tier"><b>{e(c['tier'])}</b> — {e(c['action'])}</p><ul>{tiers}</ul>
+<h2>Risk tier</h2><p class="tier"><b>{e(c['tier'])}</b> — {e(c['action'])}</p>{reason}<ul>{tiers}</ul>
 <h2>Differential diagnosis</h2>{low}
-<table><tr>{head}</tr>{rows}</table>
+{f"<table><tr>{head}</tr>{rows}</table>" if c["rows"] else f"<p>{e(NO_DIFFERENTIAL)}</p>"}
 <h2>Images and explanations</h2>{figs}
 <h2>Details</h2><ul>{details}</ul>
 </body></html>"""
@@ -117,8 +137,12 @@ def case_report_pdf(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy,
     pdf.set_font("Helvetica", "", 9)
     pdf.multi_cell(0, 5, t(c["generated"]), new_x="LMARGIN", new_y="NEXT")
 
-    def heading(text: str) -> None:
-        pdf.ln(3)
+    def heading(text: str, keep: float = 16) -> None:
+        """A section heading, moved to a new page unless ``keep`` mm of its section fit under it."""
+        if pdf.will_page_break(3 + 8 + keep):
+            pdf.add_page()
+        else:
+            pdf.ln(3)
         pdf.set_font("Helvetica", "B", 13)
         pdf.cell(0, 8, t(text), new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", "", 10)
@@ -128,25 +152,33 @@ def case_report_pdf(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy,
     pdf.set_text_color(255, 255, 255)
     pdf.set_font("Helvetica", "B", 11)
     pdf.multi_cell(0, 7, t(f"{c['tier']} - {c['action']}"), fill=True, padding=2, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_fill_color(255, 255, 255)    # the tier colour is for the banner only (a table fills with the current colour)
     pdf.set_text_color(0, 0, 0)
     pdf.set_font("Helvetica", "", 10)
+    if c["tier_reason"]:
+        pdf.ln(1)
+        pdf.multi_cell(0, 5, t(f"Why this tier: {c['tier_reason']}"), align="L", new_x="LMARGIN", new_y="NEXT")
     for line in c["tier_lines"]:
         pdf.cell(0, 5, t(f"- {line}"), new_x="LMARGIN", new_y="NEXT")
-    heading("Differential diagnosis")
+    heading("Differential diagnosis", keep=5 * 5.5)
     if c["low"]:
         pdf.set_font("Helvetica", "B", 10)
         pdf.multi_cell(0, 5, t(c["low"]), new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", "", 10)
-    with pdf.table(col_widths=(46, 22, 14, 18), text_align=("LEFT", "RIGHT", "RIGHT", "CENTER"),
-                   line_height=5.5, first_row_as_headings=True) as table:
-        for row in [c["header"], *c["rows"]]:
-            r = table.row()
-            for v in row:
-                r.cell(t(v))
-    heading("Images and explanations")
+    if not c["rows"]:
+        pdf.multi_cell(0, 5, t(NO_DIFFERENTIAL), new_x="LMARGIN", new_y="NEXT")
+    else:
+        with pdf.table(col_widths=(46, 22, 14, 18), text_align=("LEFT", "RIGHT", "RIGHT", "CENTER"),
+                       line_height=5.5, first_row_as_headings=True, cell_fill_color=(255, 255, 255),
+                       cell_fill_mode="ALL") as table:
+            for row in [c["header"], *c["rows"]]:
+                r = table.row()
+                for v in row:
+                    r.cell(t(v))
     per_row, gap = 3, 4.0
     img_w = (width - gap * (per_row - 1)) / per_row
     images = [(name, strip_metadata(img.convert("RGB"))) for name, img in c["images"]]
+    heading("Images and explanations", keep=max(img_w * img.height / img.width for _, img in images[:per_row]) + 12)
     for start in range(0, len(images), per_row):
         row = images[start:start + per_row]
         row_h = max(img_w * img.height / img.width for _, img in row)
@@ -160,7 +192,7 @@ def case_report_pdf(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy,
             pdf.set_font("Helvetica", "", 8)
             pdf.multi_cell(img_w, 3.5, t(name), new_x="RIGHT", new_y="TOP")
         pdf.set_xy(pdf.l_margin, y0 + row_h + 10)
-    heading("Details")
+    heading("Details", keep=3 * 5)
     for d in c["details"]:
-        pdf.multi_cell(0, 5, t(f"- {d}"), new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 5, t(f"- {d}"), align="L", new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -50,11 +50,24 @@ class TriageResult:
     ood_score: float | None = None
     most_likely: str = ""              # argmax of the calibrated probabilities (decision.RULES)
     balanced: str | None = None        # the prior-corrected rule's class; None when the model has no such rule
+    withheld: str | None = None        # why no triage is given (an out-of-scope photo); None: a normal result
+    tier_reason: str = ""              # the score and threshold that decided the tier (:func:`explain_tier`)
+
+    def withhold(self, why: str) -> "TriageResult":
+        """The same photo with nothing clinical left: no probabilities, differential, tier or action."""
+        return replace(self, probs={}, differential=[], low_confidence=False, tier="", action="", tier_probs={},
+                       most_likely="", balanced=None, withheld=why, tier_reason="")
 
     def to_dict(self) -> dict:
-        return {"probabilities": self.probs, "differential": [{"class": c, "probability": p} for c, p in self.differential],
+        if self.withheld:
+            return {"withheld": self.withheld, "probabilities": None, "differential": [], "most_likely": None,
+                    "balanced": None, "low_confidence": None, "risk_tier": None, "tier_reason": None, "action": None,
+                    "tier_probabilities": None, "thresholds": self.thresholds, "notes": self.notes,
+                    "out_of_scope": self.out_of_scope, "out_of_scope_score": self.ood_score}
+        return {"withheld": None, "probabilities": self.probs, "differential": [{"class": c, "probability": p} for c, p in self.differential],
                 "most_likely": self.most_likely, "balanced": self.balanced,
-                "low_confidence": self.low_confidence, "risk_tier": self.tier, "action": self.action,
+                "low_confidence": self.low_confidence, "risk_tier": self.tier, "tier_reason": self.tier_reason,
+                "action": self.action,
                 "tier_probabilities": self.tier_probs, "thresholds": self.thresholds, "notes": self.notes,
                 "out_of_scope": self.out_of_scope, "out_of_scope_score": self.ood_score}
 
@@ -80,6 +93,56 @@ def assign_tiers(probs: np.ndarray, taxonomy: Taxonomy, tier_thresholds: dict[st
     return out
 
 
+def _percent_pair(a: float, b: float) -> tuple[str, str]:
+    """Two probabilities as percentages, with enough decimals that unequal values never print equal."""
+    for d in (1, 2, 3, 4):
+        sa, sb = f"{a:.{d}%}", f"{b:.{d}%}"
+        if sa != sb or a == b:
+            break
+    return sa, sb
+
+
+def tier_score_name(taxonomy: Taxonomy, k: int) -> str:
+    """The name of the score tier ``k``'s threshold applies to: ``P(high-risk or worse)``, or
+    ``P(dangerous)`` for the most urgent tier."""
+    t = taxonomy.tier_names[k]
+    return f"P({t})" if k == len(taxonomy.tier_names) - 1 else f"P({t} or worse)"
+
+
+def explain_tier(probs, taxonomy: Taxonomy, tier_thresholds: dict[str, float]) -> str:
+    """One line saying which score and threshold decided the tier, e.g. ``P(high-risk or worse)
+    10.5% ≥ threshold 7.9%: high-risk (P(dangerous) 2.0% < threshold 5.0%)``; for the least
+    urgent tier, that no tier threshold was reached, with the values.
+
+    The same arithmetic as :func:`assign_tiers` (tiers checked from the most urgent; a score
+    exactly at its threshold reaches it). ``probs``: calibrated class probabilities, an array in
+    the taxonomy's class order or a dict by class."""
+    p = np.asarray([probs[c] for c in taxonomy.classes] if isinstance(probs, dict) else probs, dtype=float).ravel()
+    at = tier_at_or_above(p[None], taxonomy)[0]
+    names = taxonomy.tier_names
+    k = int(assign_tiers(p[None], taxonomy, tier_thresholds)[0])
+
+    def compare(j: int) -> str:
+        thr = float(tier_thresholds[names[j]])
+        score, limit = _percent_pair(float(at[j]), thr)
+        return f"{tier_score_name(taxonomy, j)} {score} {'≥' if at[j] >= thr else '<'} threshold {limit}"
+
+    not_reached = [compare(j) for j in range(len(names) - 1, k, -1)]   # the more urgent tiers, checked first
+    if k == 0:
+        return f"No tier threshold reached ({'; '.join(not_reached)}): {names[0]}"
+    return f"{compare(k)}: {names[k]}" + (f" ({'; '.join(not_reached)})" if not_reached else "")
+
+
+def describe_tier_rule(taxonomy: Taxonomy, tier_thresholds: dict[str, float]) -> str:
+    """What the tier chart's bars are and how the tier follows from them (a caption)."""
+    names = taxonomy.tier_names
+    limits = ", ".join(f"{tier_score_name(taxonomy, k)} ≥ {float(tier_thresholds[names[k]]):.1%}: {names[k]}"
+                       for k in range(len(names) - 1, 0, -1))
+    return (f"Bars: the probability of each tier (the summed probability of its classes). The tier is not simply "
+            f"the tallest bar: tiers are checked from the most urgent, and a tier applies when the probability of it or a "
+            f"more urgent tier reaches its threshold ({limits}; otherwise {names[0]}).")
+
+
 def true_tiers(y_true: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
     names = taxonomy.tier_names
     return np.array([names.index(taxonomy.class_tier[taxonomy.classes[i]]) for i in np.asarray(y_true)], dtype=int)
@@ -101,7 +164,7 @@ def triage(probs: np.ndarray, taxonomy: Taxonomy, thresholds: Thresholds) -> Tri
         probs={c: float(p) for c, p in zip(classes, probs)},
         differential=passing, low_confidence=low, tier=tier, action=taxonomy.tiers[tier].action,
         tier_probs={t: float(s) for t, s in zip(taxonomy.tier_names, ts)}, thresholds=thresholds.name,
-        most_likely=classes[int(np.argmax(probs))],
+        most_likely=classes[int(np.argmax(probs))], tier_reason=explain_tier(probs, taxonomy, thresholds.tiers),
     )
 
 
