@@ -86,8 +86,8 @@ def _crop_photo(photo, crop):
     if crop == "none":
         return photo, (0, 0, w, h), "none (the whole photo)"
     if crop == "auto":
-        from derm_core.explain.lesion import suggest_box
-        box = tuple(int(v) for v in suggest_box(photo, margin=0.15))
+        from derm_core.explain.lesion import suggest_crop
+        box = tuple(int(v) for v in suggest_crop(photo))
         how = "auto (the suggested lesion crop, as on the triage page)"
     else:
         box, how = crop, "given"

@@ -226,7 +226,7 @@ def runs_section() -> None:
         st.markdown(f"**Model card** `{r.path / 'model.json'}`")
         st.json(card, expanded=1)
         def evaluate_this(path=str(r.path / "model.json")):
-            st.session_state["lab_model"] = path
+            st.session_state["lab_model"] = st.session_state["lab_model_value"] = path
             st.session_state["lab_section"] = "Evaluate & tune"
         st.button("Evaluate this model", key="lab_eval_this", on_click=evaluate_this)
 
@@ -490,18 +490,24 @@ def evaluate_section() -> None:
     if not models:
         st.info("No model to evaluate: the shipped model is missing and no run has finished.")
         return
-    if st.session_state.get("lab_model") not in models:
-        st.session_state["lab_model"] = next(iter(models))
-    path = st.selectbox("Model", list(models), key="lab_model", format_func=models.get)
+    # the choice kept under its own key too: Streamlit drops a widget's state while another section is shown
+    if st.session_state.get("lab_model_value") not in models:
+        st.session_state["lab_model_value"] = next(iter(models))
+    st.session_state["lab_model"] = st.session_state["lab_model_value"]
+    path = st.selectbox("Model", list(models), key="lab_model", format_func=models.get,
+                        on_change=lambda: st.session_state.update(lab_model_value=st.session_state["lab_model"]))
     card = read_card(path)
     trained_on = card.trained_on
     own = trained_on if trained_on and Path(trained_on).is_dir() else ""
     # the sidebar's dataset folder first, else the model's own training folder; re-chosen when either changes
+    # (kept under its own key too: Streamlit drops a widget's state while another section is shown)
     if st.session_state.get("lab_eval_for") != (path, default_data):
         st.session_state["lab_eval_for"] = (path, default_data)
-        st.session_state["lab_eval_data"] = default_data or own
+        st.session_state["lab_eval_value"] = default_data or own
+    st.session_state["lab_eval_data"] = st.session_state.get("lab_eval_value", default_data or own)
     a, b = st.columns([3, 2])
     folder = a.text_input("Evaluation data folder", key="lab_eval_data",
+                          on_change=lambda: st.session_state.update(lab_eval_value=st.session_state["lab_eval_data"]),
                           help="The model's own dataset folder offers its validation and test splits.")
     if not folder:
         st.info("Set the evaluation data folder.")
@@ -538,7 +544,7 @@ def evaluate_section() -> None:
         return
     ev = res["ev"]
     h = ev.headline
-    m = st.columns(6)
+    m = [*st.columns(3), *st.columns(3)]    # two rows: six labels do not fit one row at 1024 px
     m[0].metric("Images", h["n_images"])
     m[1].metric("Accuracy", pct(h["accuracy"]))
     m[2].metric("Balanced accuracy", pct(h["balanced_accuracy"]))

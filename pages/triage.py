@@ -47,7 +47,7 @@ def decode(raw: bytes) -> Image.Image:
 
 @st.cache_data(max_entries=32, show_spinner="Finding the lesion ...")
 def suggested_box(digest: str, _photo: Image.Image) -> tuple[int, int, int, int]:
-    return lesion.suggest_box(_photo, margin=0.15)
+    return lesion.suggest_crop(_photo)   # the same rule as `predict --crop auto`
 
 
 # ---------------------------------------------------------------- 1. the photo
@@ -296,14 +296,17 @@ else:
         index, n_index, build = None, 0, None
         st.caption(f"No similar cases: {e}.")
     if index is None and n_index:
+        offer, started = st.empty(), False     # "not indexed yet" and the button, gone once the index is there
         if build is None or not build.running:
-            st.caption(f"The {n_index} training and validation images of this model are not indexed yet (once per "
-                       "model and data; a few minutes on a CPU).")
-            if build is not None and build.error:
-                st.error(f"Indexing failed: {build.error}")
-            if st.button(f"Index {n_index} images", key="similar_build", icon=":material/manage_search:"):
-                build = similar.start_index_build(pred.card, sim_dir, n_index)
-        if build is not None and build.running:     # runs in the background: a rerun or another tab picks it up
+            with offer.container():
+                st.caption(f"The {n_index} training and validation images of this model are not indexed yet (once "
+                           "per model and data; a few minutes on a CPU).")
+                if build is not None and build.error:
+                    st.error(f"Indexing failed: {build.error}")
+                if st.button(f"Index {n_index} images", key="similar_build", icon=":material/manage_search:"):
+                    build, started = similar.start_index_build(pred.card, sim_dir, n_index), True
+        if build is not None and (build.running or started):   # in the background: a rerun or another tab follows it
+            offer.empty()
             bar = st.progress(build.fraction, text="Indexing the training and validation images ...")
             while not build.wait(0.5):
                 bar.progress(build.fraction, text=f"Indexing the training and validation images: {build.done} of "

@@ -212,3 +212,60 @@ def test_roc_layouts_keep_the_unit_square_and_put_the_legend_below(ham7):
     assert lay.height >= F.PLOT_SIDE_PX + F.LEGEND_ROW_PX * len(names)     # room for the legend under the square
     few = F.roc_figure(ev, table, ev.target_names()[:1])
     assert few.layout.height < lay.height
+
+
+# ----------------------------------------------------------------------------- issue 17
+def test_a_small_photo_is_enlarged_to_the_column_and_the_box_still_maps_to_its_own_pixels():
+    scale = DisplayScale.fit((200, 150), 676, max_height=676, enlarge=True)
+    assert scale.shown == (676, 507) and scale.scale[0] > 3
+    box = (40, 30, 160, 120)
+    assert scale.rect_to_original(scale.box_to_shown(box)) == box
+    # a drag of 10 screen pixels moves the box by 10 / 3.38 photo pixels, rounded
+    rect = {**scale.box_to_shown(box), "left": scale.box_to_shown(box)["left"] + 10.0}
+    assert scale.rect_to_original(rect)[0] == 40 + round(10 / scale.scale[0])
+    assert scale.rect_to_original({"left": -5, "top": -5, "width": 2000, "height": 2000}) == (0, 0, 200, 150)
+    assert scale.resize(Image.new("RGB", (200, 150))).size == (676, 507)
+    portrait = DisplayScale.fit((150, 200), 676, max_height=676, enlarge=True)
+    assert portrait.shown == (507, 676)                        # the height limit holds too
+    big = DisplayScale.fit((4032, 3024), 676, max_height=676, enlarge=True)
+    assert big == DisplayScale.fit((4032, 3024), 676, max_height=676)      # a large photo: the same either way
+
+
+def test_lime_overlay_covers_the_whole_crop_like_the_biopsy_picture():
+    """A crop wider than the model input: the overlay spans the crop (as the biopsy-site picture
+    beside it does), with the parts the model's centre-crop cut away greyed and untinted."""
+    from derm_core.explain.maps import CoverGeometry
+    crop = Image.new("RGB", (400, 150), (200, 120, 100))        # 8:3, the model input is 4:3
+    g = CoverGeometry.of(crop.size, (60, 80))
+    seg = np.zeros((60, 80), int)
+    seg[:, 40:] = 1                                              # right half of the model input
+    lime = LimeResult(seg, {0: -1.0, 1: 1.0}, target=0, seconds=0.0, num_samples=10, image_size=crop.size)
+    assert lime.cut_away
+    on = lime.segments_on_image()
+    assert on.shape == (150, 400)
+    seen = g.mask_to_original(np.ones((60, 80), bool))
+    assert ((on >= 0) == seen).mean() > 0.99                     # the model's view, as CoverGeometry maps it
+    assert (on[:, :90] == -1).all() and (on[:, 310:] == -1).all()
+    assert (on[:, 110:190] == 0).all() and (on[:, 210:290] == 1).all()
+    img = np.asarray(lime.overlay_on_image(crop, width=800), dtype=int)
+    assert img.shape == (300, 800, 3)                            # the crop's aspect, drawn at the asked width
+    assert img[150, 500, 1] > img[150, 500, 0]                   # right half: green (supports)
+    assert img[150, 300, 0] > 200 and img[150, 300, 1] < 100     # left half: red (opposes)
+    grey = img[150, 50]
+    assert abs(grey[0] - grey[1]) < 40                            # cut away: greyed, not tinted
+    assert not LimeResult(seg, {}, 0, 0.0, 10, (80, 60)).cut_away
+
+
+def test_differential_chart_has_a_key_and_values_clear_of_the_threshold_ticks(ham7):
+    from derm_core.triage.rules import Thresholds, triage
+    thr = Thresholds({**{c: 0.1 for c in ham7.classes}, "mel": 0.05, "vasc": 1.0}, {"high-risk": 0.3, "dangerous": 0.2})
+    probs = np.array([0.01, 0.06, 0.08, 0.02, 0.04, 0.78, 0.01])
+    fig = F.differential_chart(triage(probs, ham7, thr), ham7, thr)
+    labels = next(t for t in fig.data if getattr(t, "mode", None) == "text")
+    by_class = dict(zip(labels.y, labels.x))
+    for c, p in zip(ham7.classes, probs):
+        assert by_class[c] >= max(p, thr.classes[c]) + F.LABEL_PAD - 1e-9     # right of both the bar and the tick
+    assert max(by_class.values()) <= fig.layout.xaxis.range[1] - 0.15     # room for the text inside the plot
+    legend = [t.name for t in fig.data if t.showlegend is not False]
+    assert "threshold" in legend and set(ham7.tier_names) <= set(legend) and "not in the differential" in legend
+    assert "risk tier" in fig.layout.legend.title.text

@@ -139,6 +139,9 @@ def test_train_from_the_page_watch_reattach_and_list(lab):
     assert st.state == "done", (st.error, st.log_tail)
     at.run()
     assert "Finished: model card" in page_text(at)
+    shown = {m.label: m.value for m in at.metric}                  # issue 17: every line tells the same story
+    assert at.get("progress")[0].proto.text == f"finished: epoch {st.epochs}/{st.epochs} · 100%"
+    assert shown["Epoch"] == f"{st.epochs}/{st.epochs}" and shown["Loss"] == f"{st.history[-1]['train_loss']:.3f}"
     assert not at.button(key="lab_start").disabled
     at.radio(key="lab_section").set_value("Runs").run()
     assert not at.exception, at.exception
@@ -172,6 +175,9 @@ def test_evaluation_folder_follows_the_sidebar_and_the_page_names_folder_and_spl
     assert any(f"of `{other}` (the sidebar's dataset folder)" in i.value for i in at.info)
     at.text_input(key="lab_eval_data").set_value(str(lab["data"])).run()         # a folder typed here is named so
     assert any(f"of `{lab['data']}` (a folder typed here)" in i.value for i in at.info)
+    at.radio(key="lab_section").set_value("Runs").run()                         # kept across sections (issue 17)
+    at.radio(key="lab_section").set_value("Evaluate & tune").run()
+    assert at.text_input(key="lab_eval_data").value == str(lab["data"])
 
 
 def test_the_training_form_starts_at_trainconfigs_defaults(lab):
@@ -189,3 +195,60 @@ def test_the_training_form_starts_at_trainconfigs_defaults(lab):
         assert box.value == getattr(cfg, name) and options == TC.choices(name), key
     assert at.checkbox(key="lab_meta").value == cfg.metadata and at.checkbox(key="lab_tta").value == cfg.tta
     assert at.text_input(key="lab_tax").value == cfg.taxonomy and at.number_input(key="lab_limit").value == 0
+
+
+# ---------------------------------------------------------------------- issue 17
+def test_train_uses_the_sidebar_folder_and_says_so_when_there_is_none(lab, tmp_path):
+    other = write_dataset(tmp_path / "other", per_class=2)
+    at = _lab()
+    assert not at.exception, at.exception
+    assert at.text_input(key="lab_train_data").value == str(lab["data"])      # the sidebar's, from $DERMTRIAGE_DATA
+    at.sidebar.text_input(key="data_dir").set_value(str(other)).run()
+    assert at.text_input(key="lab_train_data").value == str(other)             # followed when the sidebar changes
+    at.radio(key="lab_section").set_value("Runs").run()                       # kept across sections
+    at.radio(key="lab_section").set_value("Train").run()
+    assert at.text_input(key="lab_train_data").value == str(other)
+    at.sidebar.text_input(key="data_dir").set_value("").run()
+    at.button(key="lab_start").click().run()
+    assert not at.exception, at.exception
+    errors = "\n".join(e.value for e in at.error)
+    assert "choose the dataset folder in the sidebar" in errors
+    assert "--data" not in page_text(at) and "DERMTRIAGE_DATA" not in errors   # no command-line wording
+    assert not jobs.list_runs()
+
+
+def test_a_finished_run_reads_the_same_in_every_line(lab):
+    import time
+
+    from test_jobs import HISTORY, _finished_run
+    t0 = time.time() - 60
+    run = _finished_run(jobs.runs_root() / "done-run", t0, t0 + 12.0, 9.0)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.switch_page("pages/model_lab.py")
+    at.session_state["lab_run"] = str(run)
+    at.run()
+    assert not at.exception, at.exception
+    bar = at.get("progress")[0].proto.text
+    metrics = {m.label: m.value for m in at.metric}
+    assert bar == "finished: epoch 2/2 · 100%"
+    assert metrics["Epoch"] == "2/2" and metrics["Loss"] == f"{HISTORY[-1]['train_loss']:.3f}"
+    assert metrics["Elapsed"] == "0:12"                       # the job's start to its end, not the trainer's 0:09
+
+
+def test_evaluation_views_have_distinct_roc_titles_and_no_none_cells(lab):
+    import json
+    at = _lab()
+    at.radio(key="lab_section").set_value("Evaluate & tune").run()
+    at.selectbox(key="lab_model").set_value(str(lab["card"])).run()
+    at.button(key="lab_evaluate").click().run()
+    assert not at.exception, at.exception
+    titles = [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", "") for c in at.get("plotly_chart")]
+    rocs = [t for t in titles if t.startswith("ROC")]
+    assert len(rocs) == 2 and len(set(rocs)) == 2, titles
+    grid = next(json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")
+                if "threshold" in json.dumps(json.loads(c.proto.spec)["layout"].get("xaxis", {})))
+    assert grid["xaxis"]["title"]["text"] == "threshold"
+    sub = next(d.value for d in at.dataframe if "grouping" in d.value.columns)
+    assert not sub.isna().any().any() and "None" not in sub.astype(str).to_string()
+    if (sub == "–").any().any():
+        assert any(c.value.startswith("–: not defined") for c in at.caption)

@@ -74,7 +74,17 @@ def _answer(at, choose):
     return case_id
 
 
-def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_roc(env):
+def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_roc(env, monkeypatch):
+    import streamlit
+    image_widths = []                                 # every st.image width the page asks for
+    real_image = streamlit.image
+
+    def image(*args, **kw):
+        image_widths.append(kw.get("width"))
+        return real_image(*args, **kw)
+    monkeypatch.setattr(streamlit, "image", image)
+    # the browser reports a 300 px wide main area (a narrow window): the case row stacks, images fit it
+    monkeypatch.setattr("pages._common.column_width", lambda key, default=320: 300)
     teacher = _page()
     assert not teacher.exception, teacher.exception
     assert "not a medical device" in page_text(teacher) and str(env["db"]) in page_text(teacher)
@@ -95,6 +105,8 @@ def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_r
     _sign_in(ann, "Ann", "dermatologist")
     _sign_in(bob, "Bob", "student")
     assert "45 s left" in page_text(ann)                 # the countdown of a timed study
+    # a Material icon, not an emoji (no emoji font on an offline machine: it showed as an empty box)
+    assert ":material/timer: 45 s left" in page_text(ann) and "⏱" not in page_text(ann)
     seen = {"Ann": [], "Bob": []}
     for step in range(6):                             # interleaved: each answers, then the other
         seen["Ann"].append(_answer(ann, lambda cid: truth[cid]))
@@ -102,6 +114,7 @@ def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_r
         if step == 2:                                 # after three cases: the AI-assisted part, a different set
             assert "Part 2: AI-assisted" in page_text(ann) and "DermTriage's output" in page_text(ann)
             assert len(ann.get("image")) == 2         # the case and its Grad-CAM
+            assert image_widths and all(isinstance(w, int) and w <= 300 for w in image_widths), image_widths
     assert seen["Ann"] == seen["Bob"] and len(set(seen["Ann"])) == 6   # same frozen cases, same order
     assert "All 6 cases answered" in page_text(ann) and "accuracy **100%**" in page_text(ann)
 
@@ -130,8 +143,18 @@ def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_r
     assert (_values(bob_pt["x"]), _values(bob_pt["y"])) == ([0.0], [0.0])
     assert {"dermatologist average", "student average"} <= set(traces)
     assert any((n or "").startswith("model at") for n in traces)
+    spec = json.loads(roc.proto.spec)
+    assert spec["layout"]["xaxis"]["range"][0] < 0 and spec["layout"]["yaxis"]["range"][1] > 1   # edge markers whole
+    assert all(t.get("cliponaxis") is False for t in spec["data"] if t.get("mode") == "markers")
+    assert "black star is the model's triage" in page_text(res)
+    cm = json.loads(next(c for c in res.get("plotly_chart") if '"answered"' in c.proto.spec).proto.spec)["layout"]
+    m = cm["margin"]
+    plot_w, plot_h = cm["width"] - m["l"] - m["r"], cm["height"] - m["t"] - m["b"]
+    assert plot_w == plot_h >= 100                    # square cells, a usable plot area (was 64 px high)
     assert "Wilcoxon" in page_text(res)
-    assert len(res.get("download_button")) == 5
+    buttons = res.get("download_button")
+    labels = [b.proto.label for b in buttons]
+    assert len(buttons) == 5 and all(len(lb) <= 17 and "CSV" not in lb for lb in labels), labels   # fit at 1024 px
 
 
 def test_reload_continues_late_answer_is_timed_out(env, ham7):

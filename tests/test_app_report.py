@@ -146,3 +146,94 @@ def test_pdf_text_outside_latin1_is_kept_readable(case):
     case["extra"] = {"note": "Ünïcode ✓ 中文"}
     text = re.sub(r"\s+", " ", pdf_text(pdf_objects(case_report_pdf(**case))))
     assert "scalp >= 2 cm -> ear" in text and "Ünïcode ? ??" in text
+
+
+# ----------------------------------------------------------------------------- issue 17
+def pdf_page_texts(objs) -> list[list[str]]:
+    """Each page's text pieces (Tj operators) in drawing order."""
+    pages = []
+    for head, _ in objs.values():
+        if re.search(rb"/Type\s*/Page\b", head) and b"/Kids" not in head:
+            ref = re.search(rb"/Contents (\d+) 0 R", head)
+            stream = objs[int(ref.group(1))][1]
+            pages.append([re.sub(rb"\\(.)", rb"\1", lit).decode("latin-1")
+                          for lit in re.findall(rb"\(((?:\\.|[^\\)])*)\)\s*Tj", stream)])
+    return pages
+
+
+def _render(data: bytes, tmp_path) -> list[np.ndarray]:
+    """The PDF's pages as RGB arrays (pdftoppm at 60 dpi), or a skip when poppler is missing."""
+    import shutil
+    import subprocess
+    if not shutil.which("pdftoppm"):
+        pytest.skip("pdftoppm (poppler-utils) is not installed")
+    (tmp_path / "r.pdf").write_bytes(data)
+    subprocess.run(["pdftoppm", "-png", "-r", "60", str(tmp_path / "r.pdf"), str(tmp_path / "page")], check=True)
+    return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(tmp_path.glob("page*.png"))]
+
+
+@pytest.mark.parametrize("tier", ["high-risk", "low-risk"])   # (the dangerous red is also the disclaimer's border)
+def test_pdf_table_is_plain_white_and_the_tier_colour_is_only_the_banner(case, tmp_path, tier):
+    tax = case["taxonomy"]
+    case["result"] = TriageResult(**{**case["result"].__dict__, "tier": tier, "action": tax.tiers[tier].action})
+    want = np.array([int(tax.tiers[tier].colour.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)])
+    page = _render(case_report_pdf(**case), tmp_path)[0].astype(int)
+    tinted = np.flatnonzero((np.abs(page - want).sum(axis=2) < 40).mean(axis=1) > 0.3)   # rows in the tier colour
+    assert len(tinted) and tinted[-1] - tinted[0] < 40, f"tier colour on rows {tinted}: more than the banner"
+    # under the banner, the table's cells are white between their (grey) lines
+    table = page[tinted[-1] + 40:tinted[-1] + 160, 40:-40]
+    assert (np.abs(table - want).sum(axis=2) < 60).mean() < 0.005
+    assert (table.min(axis=2) > 235).mean() > 0.8
+
+
+def test_pdf_never_leaves_a_heading_alone_at_the_bottom_of_a_page(case):
+    headings = {"Risk tier", "Differential diagnosis", "Images and explanations", "Details"}
+    seen_two_pages = False
+    for h in range(20, 420, 12):   # figures of growing height move "Details" down over page 1's bottom
+        case["figures"] = {"a": Image.new("RGB", (80, h), "gray"), "b": Image.new("RGB", (80, h // 2), "gray")}
+        pages = pdf_page_texts(pdf_objects(case_report_pdf(**case)))
+        seen_two_pages |= len(pages) > 1
+        for n, texts in enumerate(pages):
+            assert texts and texts[-1] not in headings, (h, n, texts[-3:])
+        details = [n for n, texts in enumerate(pages) if "Details" in texts]
+        assert len(details) == 1 and pages[details[0]].index("Details") + 1 < len(pages[details[0]]), h
+    assert seen_two_pages
+
+
+def test_report_prints_a_whole_age_as_an_integer(case):
+    case["clinical"] = {"age": 80.0, "sex": "male", "site": "back"}
+    html = case_report_html(**case)
+    text = re.sub(r"\s+", " ", pdf_text(pdf_objects(case_report_pdf(**case))))
+    for out in (html, text):
+        assert "age: 80, sex: male, site: back" in out and "80.0" not in out
+    case["clinical"] = {"age": 42.5}
+    assert "age: 42.5" in case_report_html(**case)
+
+
+@pytest.mark.parametrize("probs, tier", [({"mel": 0.5}, "dangerous"), ({"mel": 0.125}, "dangerous"),
+                                         ({"bcc": 0.25}, "high-risk"), ({"bcc": 0.0625}, "low-risk")])
+def test_reports_say_why_the_tier(case, probs, tier):
+    from html import escape
+
+    from derm_core.triage.report import _pdf_text
+    from derm_core.triage.rules import triage
+    tax = case["taxonomy"]
+    thr = Thresholds({c: 0.1 for c in tax.classes}, {"high-risk": 0.25, "dangerous": 0.125}, "test thresholds")
+    p = np.array([probs.get(c, 0.0) for c in tax.classes])
+    p[tax.classes.index("nv")] = 1 - p.sum()
+    case.update(result=triage(p, tax, thr), thresholds=thr)
+    reason = case["result"].tier_reason
+    assert case["result"].tier == tier and reason.endswith(tier) or f": {tier} (" in reason
+    assert f"Why this tier: {escape(reason)}" in case_report_html(**case)
+    text = re.sub(r"\s+", " ", pdf_text(pdf_objects(case_report_pdf(**case))))
+    assert f"Why this tier: {_pdf_text(reason)}" in text
+    # a result made without the reason (an older caller) gets it from the same rule
+    bare = TriageResult(**{**case["result"].__dict__, "tier_reason": ""})
+    assert f"Why this tier: {escape(reason)}" in case_report_html(**{**case, "result": bare})
+
+
+def test_a_withheld_report_gives_no_tier_reason(case):
+    case["result"] = case["result"].withhold("the photo does not look like a skin lesion")
+    html = case_report_html(**case)
+    text = pdf_text(pdf_objects(case_report_pdf(**case)))
+    assert "Not triaged: out of scope" in html and "Why this tier" not in html and "Why this tier" not in text

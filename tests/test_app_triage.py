@@ -129,3 +129,92 @@ def test_broken_model_falls_back_with_message(tiny_model, monkeypatch, tmp_path)
     at.session_state["model_path"] = str(bad)
     at.run()
     assert "was refused" in " ".join(e.value for e in at.error)
+
+
+# ----------------------------------------------------------------------------- issue 17
+@pytest.mark.parametrize("tiers, tier", [({"high-risk": 1.0, "dangerous": 0.0}, "dangerous"),
+                                         ({"high-risk": 0.0, "dangerous": 1.0}, "high-risk"),
+                                         ({"high-risk": 1.0, "dangerous": 1.0}, "low-risk")])
+def test_the_tier_says_why_under_its_banner(tiny_model, ham7, tiers, tier):
+    from derm_core.triage.rules import Thresholds, describe_tier_rule
+    card = tiny_card(ham7)
+    model = create_model("tiny_test", 7, use_metadata=True, pretrained="none")
+    save_model(model, card.with_(thresholds=Thresholds(dict(card.thresholds.classes), tiers, "test")),
+               tiny_model.with_suffix(""))          # the page's model, with these tier thresholds
+    at = _app().run()
+    at.file_uploader[0].set_value(("lesion.png", _png(lesion_image(CLASS_COLOURS["mel"], (200, 150))), "image/png"))
+    at.run()
+    assert not at.exception, at.exception
+    md = [m.value for m in at.markdown]
+    i = next(k for k, m in enumerate(md) if m.startswith("**Why this tier:**"))
+    reason = md[i].removeprefix("**Why this tier:** ")
+    assert f"**Risk tier: {tier}**" in " ".join(e.value for e in [*at.success, *at.warning, *at.error])
+    assert reason.endswith(f": {tier}") or f": {tier} (" in reason
+    assert ("No tier threshold reached" in reason) == (tier == "low-risk")
+    assert describe_tier_rule(ham7, tiers) in page_text(at)          # the tier chart's caption: what the bars are
+
+
+@pytest.fixture
+def indexed_setup(tmp_path, ham7, monkeypatch):
+    """A tiny model with a split file over a tiny synthetic dataset (so it has training images to index)."""
+    from derm_core.data.dataset import load_table
+    from derm_core.data.splits import make_splits, save_splits
+    from derm_core.model.checkpoint import read_card
+    torch.manual_seed(0)
+    model = create_model("tiny_test", 7, use_metadata=True, pretrained="none")
+    path = save_model(model, tiny_card(ham7), tmp_path / "model" / "model")
+    data = write_dataset(tmp_path / "data", per_class=3, size=(80, 60))
+    card = read_card(path)
+    table = load_table(data, card.taxonomy)
+    split = make_splits(table, seed=0)
+    save_splits(table, split, card.split_file)
+    monkeypatch.setenv("DERMTRIAGE_MODEL", str(path))
+    monkeypatch.setenv("DERMTRIAGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DERMTRIAGE_DATA", raising=False)
+    return card, data, int(split.isin(["train", "val"]).sum())
+
+
+def _thumbnails(at) -> list[str]:
+    return [i.caption for e in at.get("image") for i in e.proto.imgs if "similarity" in str(i.caption)]
+
+
+def test_similar_cases_appear_in_the_same_session_right_after_indexing(indexed_setup):
+    card, data, n = indexed_setup
+    at = _app().run()
+    at.file_uploader[0].set_value(("lesion.png", _png(lesion_image(CLASS_COLOURS["mel"], (200, 150))), "image/png"))
+    at.run()
+    assert not at.exception, at.exception
+    assert "Set the dataset folder in the sidebar" in page_text(at)
+    at.text_input(key="data_dir").set_value(str(data)).run()     # the field is in the sidebar in upload mode too
+    assert not at.exception, at.exception
+    assert "not indexed yet" in page_text(at) and f"Index {n} images" in [b.label for b in at.button]
+    at.button(key="similar_build").click().run()
+    assert not at.exception, at.exception
+    assert len(_thumbnails(at)) == 6
+    assert "not indexed yet" not in page_text(at) and "similar_build" not in [b.key for b in at.button]
+    at.slider(key="similar_k").set_value(4).run()                 # any later run: still there, no Index button
+    assert len(_thumbnails(at)) == 4 and "not indexed yet" not in page_text(at)
+    again = _app()                                                # a new session too
+    again.session_state["data_dir_value"] = str(data)
+    again.run()
+    again.file_uploader[0].set_value(("l.png", _png(lesion_image(CLASS_COLOURS["nv"], (200, 150))), "image/png"))
+    again.run()
+    assert len(_thumbnails(again)) == 6
+
+
+def test_an_index_built_by_another_session_shows_on_the_next_run(indexed_setup):
+    from derm_core.explain import similar
+    card, data, n = indexed_setup
+    at = _app()
+    at.session_state["data_dir_value"] = str(data)
+    at.run()
+    at.file_uploader[0].set_value(("lesion.png", _png(lesion_image(CLASS_COLOURS["mel"], (200, 150))), "image/png"))
+    at.run()
+    assert "not indexed yet" in page_text(at)            # this answer is now cached for the model and folder
+    build = similar.start_index_build(card, data, n)     # another tab clicks "Index"
+    assert build.wait(120) and build.error is None and build.done == build.total == n
+    assert similar.start_index_build(card, data, n) is not build          # a finished build can be redone
+    similar.index_build(card, data).wait(120)
+    at.run()
+    assert not at.exception, at.exception
+    assert len(_thumbnails(at)) == 6 and "not indexed yet" not in page_text(at)

@@ -48,11 +48,11 @@ def test_predict_json(trained, tmp_path, capsys):
     img = tmp_path / "x.png"
     lesion_image(CLASS_COLOURS["bcc"]).save(img)
     assert main(["predict", str(img), "--age", "60", "--sex", "female", "--site", "face",
-                 "--model", str(root / "run"), "--json"]) == 0
+                 "--model", str(root / "run"), "--anyway", "--json"]) == 0   # past the tiny run's strict gate
     out = json.loads(capsys.readouterr().out)
     assert abs(sum(out["probabilities"].values()) - 1) < 1e-5
     assert out["risk_tier"] in ("low-risk", "high-risk", "dangerous") and out["action"]
-    assert out["differential"] and "age, sex, site" in out["notes"][0]
+    assert out["differential"] and any("age, sex, site" in n for n in out["notes"])
 
 
 def test_clear_errors(trained, tmp_path, capsys):
@@ -77,7 +77,7 @@ def test_recalibrate_updates_card_and_records_command(trained):
     assert after["preprocessing"]["tta"] is False
     assert after["thresholds"]["tier_sensitivity_targets"]["dangerous"] == 0.99
     assert "recalibrate" in after["recalibrations"][-1]["command"]
-    assert after["out_of_scope"]["report"]["n_out"] > 0
+    assert after["out_of_scope"]["report"]["n_non_lesion"] > 0
 
 
 @pytest.mark.parametrize("method", ["gradcam", "lime"])
@@ -86,7 +86,7 @@ def test_explain_writes_overlay_and_biopsy_site(trained, tmp_path, capsys, metho
     img = tmp_path / "x.png"
     lesion_image(CLASS_COLOURS["mel"], (200, 150)).save(img)
     assert main(["explain", str(img), "--method", method, "--out", str(tmp_path / "out"), "--samples", "40",
-                 "--model", str(root / "run"), "--json"]) == 0
+                 "--model", str(root / "run"), "--anyway", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert all((tmp_path / "out" / p.split("/")[-1]).is_file() for p in out["files"]) and out["seconds"] > 0
     if method == "lime":
@@ -111,7 +111,7 @@ def test_explain_maps_the_biopsy_site_as_the_triage_page_does(trained, tmp_path,
     crop = photo.crop(box)
     crop.save(tmp_path / "crop.png")
     assert main(["explain", str(tmp_path / "crop.png"), "--method", "lime", "--out", str(tmp_path / "out"),
-                 "--samples", "40", "--seed", "0", "--model", str(root / "run"), "--json"]) == 0
+                 "--samples", "40", "--seed", "0", "--model", str(root / "run"), "--anyway", "--json"]) == 0
     cli = json.loads(capsys.readouterr().out)["biopsy_site"]
     pred = Predictor.from_path(root / "run")                  # what pages/triage.py does with the crop
     lime = E.lime_explanation(pred, crop, num_samples=40, seed=0, clinical=Clinical.parse(None, None, None))

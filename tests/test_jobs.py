@@ -78,6 +78,7 @@ def test_start_progress_reattach_stop_resume_finish(tmp_path):
     assert st.state in ("stopping", "stopped")
     st = jobs.wait(run, timeout=240)
     assert st.state == "stopped" and st.resumable and not st.alive, (st.state, st.log_tail)
+    assert st.epoch == len(st.history) and st.describe().startswith("stopped")   # the last finished epoch
     assert st.returncode in (None, jobs.STOPPED_EXIT)
     stopped_at = json.loads((run / "last.json").read_text())["epoch"]
 
@@ -86,6 +87,7 @@ def test_start_progress_reattach_stop_resume_finish(tmp_path):
     st = jobs.wait(run, timeout=300)
     assert st.state == "done", (st.error, st.log_tail)
     assert st.model == run / "model.json" and st.fraction == 1.0
+    assert st.epoch == st.epochs == stopped_at + 1 and st.loss == st.history[-1]["train_loss"]   # issue 17
     card = json.loads((run / "model.json").read_text())
     assert card["training"]["command"].startswith("python -m derm_core train ")
     assert [h["epoch"] for h in card["training"]["history"]][-1] == stopped_at + 1
@@ -118,3 +120,94 @@ def test_stop_while_starting_and_force_stop(tmp_path):
     assert not st.alive and st.state == "stopped"
     with pytest.raises(jobs.JobError):
         jobs.resume(tmp_path / "runs" / "never-started")
+
+
+# ---------------------------------------------------------------------- issue 17: one story per run
+HISTORY = [{"epoch": 1, "train_loss": 1.9, "val_loss": 2.0, "seconds": 1.0},
+           {"epoch": 2, "train_loss": 1.7, "val_loss": 1.8, "seconds": 1.0}]
+
+
+def _finished_run(run, started, ended, trainer_elapsed, history=HISTORY, epochs=2):
+    """A run folder as a finished Model-lab job leaves it: the trainer's last progress.json
+    ("done": no epoch, batch or loss, its own clock), the reaper's exit.json, a model card."""
+    run.mkdir(parents=True)
+    (run / "job.json").write_text(json.dumps({"pid": 2 ** 22 + 17, "proc_start": 1, "started_at": started,
+                                              "request": {"epochs": epochs}}))
+    (run / "exit.json").write_text(json.dumps({"pid": 2 ** 22 + 17, "returncode": 0, "ended_at": ended}))
+    (run / "progress.json").write_text(json.dumps({"time": ended - 0.5, "state": "done", "history": history,
+                                                   "elapsed_s": trainer_elapsed}))
+    (run / "model.json").write_text("{}")
+    return run
+
+
+def test_a_finished_run_reads_the_same_everywhere(tmp_path):
+    t0 = time.time() - 100
+    st = jobs.status(_finished_run(tmp_path / "r", t0, t0 + 12.0, 9.0))
+    assert st.state == "done" and st.fraction == 1.0
+    # the last epoch N/N and its loss, as the curves (history) show them; not "Epoch 0/2", "Loss —"
+    assert (st.epoch, st.epochs, st.epoch_text) == (2, 2, "2/2")
+    assert st.loss == HISTORY[-1]["train_loss"] and st.loss_text == "1.700"
+    assert st.describe() == "finished: epoch 2/2"
+    # elapsed: the job's start to its end (what was counting while it ran), not the trainer's shorter clock
+    assert st.elapsed_s == pytest.approx(12.0)
+    early = jobs.status(_finished_run(tmp_path / "early", t0, t0 + 5, 4, HISTORY[:1], epochs=10))
+    assert early.epoch_text == "1/10" and early.describe() == "finished after epoch 1/10 (early stopping)"
+
+
+def test_status_texts_follow_the_state():
+    from pathlib import Path
+    live = jobs.JobStatus(Path("r"), "running", phase="training", alive=True, epoch=2, epochs=4, batch=5, batches=10,
+                          loss=0.5)
+    assert live.in_epoch and live.describe() == "training: epoch 2/4, batch 5/10"
+    assert live.fraction == pytest.approx(1.5 / 4)
+    after = jobs.JobStatus(Path("r"), "running", phase="calibrating", alive=True, epoch=4, epochs=4)
+    assert not after.in_epoch and after.describe() == "calibrating (after epoch 4/4)" and after.fraction == 0.99
+    stopped = jobs.JobStatus(Path("r"), "stopped", epoch=1, epochs=4, resumable=True, loss=0.7)
+    assert stopped.describe() == "stopped after epoch 1/4 (resumable)" and stopped.fraction == 0.25
+    assert jobs.JobStatus(Path("r"), "stopped", epochs=4).describe() == "stopped"
+    failed = jobs.JobStatus(Path("r"), "failed")
+    assert failed.epoch_text == "—" and failed.loss_text == "—"
+
+
+def _fake_trainer(tmp_path, seconds: float) -> str:
+    """An executable standing in for the python that runs ``derm_core.fit.jobs train``: it writes what
+    a finished training writes (progress.json "done" with its own, later-started clock, a card) and
+    exits after ``seconds``."""
+    import sys
+    script = tmp_path / "fake-python"
+    script.write_text(f"""#!{sys.executable}
+import json, sys, time
+out = sys.argv[sys.argv.index("--out") + 1]
+time.sleep(0.5)                       # imports and data loading: the trainer's clock starts after
+t0 = time.time()
+history = {json.dumps(HISTORY)}
+json.dump({{"time": time.time(), "state": "training", "epoch": 2, "epochs": 2, "batch": 1, "batches": 1,
+           "loss": 1.75, "elapsed_s": 0.0, "eta_s": 0.1, "history": history[:1]}}, open(out + "/progress.json", "w"))
+time.sleep({seconds})
+open(out + "/log.jsonl", "w").write(json.dumps(history[1]) + "\\n")
+open(out + "/model.json", "w").write("{{}}")
+json.dump({{"time": time.time(), "state": "done", "history": history, "elapsed_s": time.time() - t0}},
+          open(out + "/progress.json", "w"))
+time.sleep(0.3)
+""")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_elapsed_never_decreases_and_the_end_agrees(tmp_path):
+    run = tmp_path / "runs" / "fake"
+    jobs.start(run, _request(tmp_path), python=_fake_trainer(tmp_path, 1.0), nice=0)
+    seen = []
+    while True:
+        st = jobs.status(run)
+        seen.append((st.state, st.elapsed_s, st.epoch_text, st.loss_text, st.describe()))
+        if not st.active:
+            break
+        time.sleep(0.05)
+    elapsed = [e for _, e, *_ in seen if e is not None]
+    assert elapsed == sorted(elapsed), seen                  # never shrinks, at the end included
+    assert seen[-1][0] == "done" and seen[-1][2:] == ("2/2", "1.700", "finished: epoch 2/2"), seen
+    assert any(s[2:4] == ("2/2", "1.750") for s in seen if s[0] == "running"), seen   # the running loss meanwhile
+    ended = json.loads((run / "exit.json").read_text())["ended_at"]
+    assert seen[-1][1] == pytest.approx(ended - json.loads((run / "job.json").read_text())["started_at"])
+    assert jobs.status(run).elapsed_s == seen[-1][1]         # read again later: the same

@@ -92,3 +92,22 @@ def test_number_formats_and_clamps():
     assert (L.unit_interval(-0.2), L.unit_interval(1.5), L.unit_interval(0.3)) == (0.0, 1.0, 0.3)
     assert L.prevalence_percent(0.0004) == 0.1 and L.prevalence_percent(0.12345) == 12.3
     assert L.prevalence_percent(1.0) == 99.9
+
+
+def test_undefined_values_show_as_a_dash_never_none(ev, ham7):
+    df = pd.DataFrame({"group": ["a", "b"], "n": [3, 1], "sensitivity": [0.5, math.nan],
+                       "macro_auc": pd.Series([0.81234, None], dtype=object)})
+    shown, cols, undefined = L.display_table(df)
+    assert shown["sensitivity"].tolist() == ["0.500", L.UNDEFINED] and shown["macro_auc"].tolist() == ["0.812", "–"]
+    assert shown["n"].tolist() == [3, 1] and shown["group"].tolist() == ["a", "b"]
+    assert cols == ["sensitivity", "macro_auc"] and undefined
+    assert L.display_table(df.iloc[:1])[2] is False
+    # a subgroup table of few images has undefined cells (groups without the condition, ...)
+    from test_operating import _eval
+    small = _eval(ham7, n=24, seed=3)
+    sub = O.subgroup_table(small, _thr(ham7, 0.5, 0.5), "df")
+    assert sub.isna().any().any()
+    shown, _, undefined = L.display_table(sub)
+    text = shown.astype(str).to_string()
+    assert "None" not in text and "nan" not in text.lower() and not shown.isna().any().any()
+    assert undefined and L.UNDEFINED in text and L.SUBGROUP_FOOTNOTE.startswith(L.UNDEFINED)

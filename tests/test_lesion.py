@@ -1,12 +1,18 @@
 """Automatic lesion mask and crop box on synthetic photos with known truth."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
 
-from derm_core.explain.lesion import box_iou, central_box, find_lesion, mask_box, mask_iou, suggest_box, suggest_mask
+from bench.phone_photos import ellipse_lesion, phone_photo
+from derm_core.explain.lesion import (box_iou, central_box, find_lesion, frame_box, lesion_box, mask_box, mask_iou,
+                                      suggest_box, suggest_crop, suggest_mask)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SKIN = (222, 176, 150)
 LESION = (110, 70, 55)
@@ -96,3 +102,78 @@ def test_iou_functions():
     with pytest.raises(ValueError):
         mask_iou(a, np.zeros((3, 3), bool))
     assert mask_box(np.zeros((3, 3), bool)) is None
+
+
+# --------------------------------------------------------------------------- phone photos (issue 16, part 5)
+LANDSCAPE, PORTRAIT = (4032, 3024), (3024, 4032)
+PHONE_CASES = {  # 12 MP, the lesion filling `share` of the frame, lit unevenly by the phone's light
+    "landscape, plain, light skin": dict(size=LANDSCAPE, tone=1, share=0.15),
+    "portrait, plain, medium skin, small": dict(size=PORTRAIT, tone=3, share=0.05),
+    "landscape, textured": dict(size=LANDSCAPE, tone=2, textured=True, share=0.1),
+    "portrait, textured, dark skin, large": dict(size=PORTRAIT, tone=6, textured=True, share=0.3),
+    "landscape, adapter": dict(size=LANDSCAPE, tone=2, adapter=True, share=0.15),
+    "portrait, textured, adapter": dict(size=PORTRAIT, tone=4, textured=True, adapter=True, share=0.1),
+}
+
+
+@pytest.mark.parametrize("case", list(PHONE_CASES))
+def test_a_lesion_in_a_12mp_phone_photo_is_found_and_cropped(case):
+    """The old pipeline suggested (nearly) the whole frame here: uneven light made shaded skin as
+    dark as the lesion. The lesion box must match, and the crop frame it as HAM10000 does."""
+    src, mask = ellipse_lesion(radii=(0.3, 0.22), seed=len(case))
+    photo, truth = phone_photo(src, mask, **PHONE_CASES[case], seed=len(case))
+    true_box = mask_box(truth)
+    assert box_iou(lesion_box(photo), true_box) >= 0.6
+    assert lesion_box(photo) == suggest_box(photo)
+    x0, y0, x1, y1 = crop = suggest_crop(photo)
+    assert x0 <= true_box[0] and y0 <= true_box[1] and x1 >= true_box[2] and y1 >= true_box[3], (crop, true_box)
+    assert (x1 - x0) / (y1 - y0) == pytest.approx(4 / 3, rel=0.02)
+    assert (x1 - x0) * (y1 - y0) < 0.6 * photo.size[0] * photo.size[1]
+
+
+def test_a_flat_12mp_photo_still_falls_back():
+    flat = Image.new("RGB", LANDSCAPE, SKIN)
+    assert find_lesion(flat) is None
+    assert suggest_box(flat) == lesion_box(flat) == central_box(LANDSCAPE)
+    assert suggest_crop(flat) == frame_box(central_box(LANDSCAPE), LANDSCAPE)
+
+
+def test_frame_box_adds_the_margin_widens_to_4_3_and_stays_in_the_photo():
+    assert frame_box((100, 100, 200, 175), (1000, 1000), margin=0.0) == (100, 100, 200, 175)   # already 4:3
+    assert frame_box((100, 100, 200, 200), (1000, 1000), margin=0.0) == (83, 100, 217, 200)    # square: widened
+    assert frame_box((100, 100, 200, 175), (1000, 1000), margin=0.25) == (75, 81, 225, 194)
+    assert frame_box((0, 0, 60, 100), (1000, 1000), margin=0.0) == (0, 0, 133, 100)           # moved inside
+    assert frame_box((0, 0, 200, 150), (200, 150)) == (0, 0, 200, 150)                        # clipped to the photo
+    assert frame_box((10, 0, 20, 300), (100, 300)) == (0, 0, 100, 300)                         # taller than 4:3 fits
+
+
+def test_predict_crop_auto_and_the_triage_page_use_the_same_rule():
+    from derm_core.cli import _crop_photo
+    src, mask = ellipse_lesion(seed=1)
+    photo, _ = phone_photo(src, mask, size=(1008, 756), share=0.1, seed=1)
+    crop, box, how = _crop_photo(photo, "auto")
+    assert box == suggest_crop(photo) and crop.size == (box[2] - box[0], box[3] - box[1]) and how.startswith("auto")
+    page = (ROOT / "pages" / "triage.py").read_text()
+    assert "lesion.suggest_crop(_photo)" in page and "suggest_box(" not in page
+
+
+def _ham_photos(ham_dir, n):
+    """The first ``n`` test-split photos of the shipped model (its split file), with their masks."""
+    import pandas as pd
+    split = pd.read_csv(ROOT / "weights" / "default" / "split.csv")
+    for image_id in sorted(split.loc[split["split"] == "test", "image_id"])[:n]:
+        photo = Image.open(ham_dir / "images" / f"{image_id}.jpg").convert("RGB")
+        yield image_id, photo, np.asarray(Image.open(ham_dir / "masks" / f"{image_id}.png").convert("L")) > 127
+
+
+def test_ham_photos_as_they_are_and_in_phone_photos(ham_dir):
+    """Real lesions: full-frame dermoscopy (as before) and the same lesions in 12 MP phone frames
+    (bench/bench_crop.py measures the whole test split; this keeps a small, fast sample honest)."""
+    as_is, phone = [], []
+    for k, (image_id, photo, mask) in enumerate(_ham_photos(ham_dir, 12)):
+        as_is.append(box_iou(lesion_box(photo), mask_box(mask)))
+        big, truth = phone_photo(photo, mask, size=LANDSCAPE if k % 2 else PORTRAIT, tone=k % 8, textured=bool(k % 3),
+                                 adapter=k % 4 == 1, share=0.05 + 0.25 * (k % 5) / 4, seed=k)
+        phone.append(box_iou(lesion_box(big), mask_box(truth)))
+    assert np.mean(np.array(as_is) >= 0.6) >= 0.75, np.round(as_is, 2)
+    assert np.mean(np.array(phone) >= 0.6) >= 0.75, np.round(phone, 2)

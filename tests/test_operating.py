@@ -258,3 +258,39 @@ def test_lab_figures_are_valid_plotly_and_the_fast_path_matches(ham7, monkeypatc
     assert len([d for d in sens_spec.data if d.name == "sensitivity"]) == len(ev.target_names())
     roc = checked[1]
     assert sum(1 for d in roc.data if d.mode == "markers") == 7      # one operating point per class
+
+
+# ---------------------------------------------------------------------- issue 17: readable lab figures
+def test_the_two_roc_figures_have_their_own_titles(ham7):
+    from derm_core.evaluate import figures as F
+    ev = _eval(ham7, n=300)
+    table = O.operating_table(ev, _thr(ham7))
+    tiers = [t for t in ev.target_names() if t.startswith(O.TIER_PREFIX)]
+    t_tiers = F.roc_figure(ev, table, tiers).layout.title.text
+    t_classes = F.roc_figure(ev, table, list(ev.classes)).layout.title.text
+    assert t_tiers != t_classes and "tier" in t_tiers and "class" in t_classes
+    assert F.roc_figure(ev, table, tiers, title="mine").layout.title.text == "mine"
+
+
+def test_sens_spec_grid_spaces_its_rows_and_names_its_axes(ham7):
+    from derm_core.evaluate import figures as F
+    ev = _eval(ham7, n=300)
+    targets = ev.target_names()                       # 2 tiers + 7 classes: 3 rows of 3
+    fig = F.sens_spec_figure(ev, O.operating_table(ev, _thr(ham7)), targets)
+    lay = fig.layout
+    plot_px = lay.height - lay.margin.t - lay.margin.b
+    axes = [lay[f"xaxis{'' if i == 0 else i + 1}"] for i in range(len(targets))]
+    yaxes = [lay[f"yaxis{'' if i == 0 else i + 1}"] for i in range(len(targets))]
+    assert all(ax.title.text == "threshold" for ax in axes)
+    titles = {a.text: a for a in lay.annotations}
+    for i, t in enumerate(targets):
+        a = titles[F.sens_spec_panel_title(ev, t)]
+        assert a.hovertext == ev.target_label(t)                      # the full name on hover
+        assert a.y >= yaxes[i].domain[1]                              # above its own panel
+        if i >= 3:                                          # ... and clear of the panel above's ticks and title
+            above = yaxes[i - 3].domain[0]
+            gap_px = (above - yaxes[i].domain[1]) * plot_px
+            assert gap_px >= F.SENS_SPEC_AXIS_PX + F.SENS_SPEC_TITLE_PX - 1
+    # long class names never crowd a panel's title: class codes there
+    assert all(len(F.sens_spec_panel_title(ev, c)) <= 6 for c in ev.classes)
+    assert lay.margin.b >= 20 and lay.legend.y == 0 and lay.legend.yref == "container"   # the legend below the grid

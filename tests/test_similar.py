@@ -75,3 +75,11 @@ def test_index_is_cached_and_rebuilt_when_the_model_changes(setup, monkeypatch):
     t2 = table.copy()
     t2.loc[t2.index[0], "age"] = 99.0
     assert similar.build_index(card2, t2, split).data_key != c.data_key
+
+
+def test_build_progress_runs_over_the_whole_index_once(setup):
+    path, card, table, split = setup
+    seen = []
+    idx = similar.build_index(card, table, split, callback=lambda d, t: seen.append((d, t)))
+    assert seen and all(t == len(idx) for _, t in seen)                 # one total: the whole index, not per split
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == len(idx)

@@ -399,3 +399,87 @@ def test_study_list_and_export_names(designed):
     assert R.export_file_name(odd, "per-class") == "gp-day-m-rz-2-per-class.csv"
     nameless = replace(study, spec=replace(study.spec, name="???"))
     assert R.export_file_name(nameless, "levels") == f"study{study.id}-levels.csv"
+
+
+# ---------------------------------------------------------------------- the model's points and the figures (issue 17)
+def test_the_models_point_and_its_answers_for_the_question(designed):
+    """The star is the model's triage flag at the thresholds (a point on its curve); its answers
+    to the question, scored like a reader's, are the same point for a tier or benign/malignant
+    question and the top diagnosis's for a diagnosis question."""
+    from dataclasses import replace
+    _, study, cases, _ = designed
+    ev = R.eval_set(cases, study, "unassisted")
+    thr = Thresholds({c: 0.3 for c in study.taxonomy.classes}, {"high-risk": 0.99, "dangerous": 0.1}, "low")
+    mp = R.model_point(ev, thr, "tier:dangerous")     # P(mel) >= 0.1: both mel and 2 of the 4 others
+    assert (mp["sensitivity"], mp["fpr"], mp["threshold"], mp["flagged"]) == (1.0, 0.5, 0.1, pytest.approx(4 / 6))
+    # the top diagnosis (classes at 0.3): mel, nv, nv, mel, bcc, bkl -> one mel found, one false alarm
+    ap = R.model_answer_point(R.model_as_reader(cases, study, thr), study, "tier:dangerous", "unassisted")
+    assert (ap["sensitivity"], ap["fpr"]) == (0.5, 0.25)
+    assert R.model_answer_point(R.model_as_reader(cases.iloc[:0], study, thr), study, "tier:dangerous") is None
+    for question, choices_ in (("malignancy", (BENIGN, MALIGNANT)), ("tier", tuple(study.taxonomy.tier_names))):
+        other = replace(study, spec=replace(study.spec, question=question), choices=choices_)
+        for target in R.targets(other):
+            same = R.model_answer_point(R.model_as_reader(cases, other, thr), other, target, "unassisted")
+            star = R.model_point(ev, thr, target)
+            assert (same["sensitivity"], same["fpr"]) == (star["sensitivity"], star["fpr"]), (question, target)
+    # every case flagged: the star sits at (1, 1), and the note says why; no positives: no star
+    everything = Thresholds(thr.classes, {"high-risk": 0.001, "dangerous": 0.001}, "all")
+    corner = R.model_point(ev, everything, "tier:dangerous")
+    assert (corner["sensitivity"], corner["fpr"], corner["flagged"]) == (1.0, 1.0, 1.0)
+    note = R.model_point_note(study, "tier:dangerous", corner, "all")
+    assert "(1, 1)" in note and "flags every case" in note and "0.001" in note and "top diagnosis" in note
+    assert "(1, 1)" not in R.model_point_note(study, "tier:dangerous", mp, "low")
+    none_pos = R.model_point(ev, thr, "vasc")
+    assert "no positives" in R.model_point_note(study, "vasc", none_pos, "low")
+
+
+def test_reader_roc_draws_edge_markers_whole_and_wraps_its_title(designed):
+    from derm_core.evaluate.figures import READER_ROC_RANGE, wrap_title
+    store, study, cases, _ = designed
+    answers = store.answers(study.id)
+    ev = R.eval_set(cases, study, "unassisted")
+    pts = R.reader_points(answers, study, "tier:dangerous", "unassisted")
+    pts.loc[0, ["sensitivity", "fpr"]] = 0.0            # a reader who called nothing positive: at (0, 0)
+    thr = Thresholds({c: 0.3 for c in study.taxonomy.classes}, {"high-risk": 0.99, "dangerous": 0.1}, "low")
+    mp, ap = R.model_point(ev, thr, "tier:dangerous"), {"sensitivity": 0.5, "fpr": 0.25}
+    title = "malignant (high-risk, dangerous) vs benign · unassisted part · 3 readers"
+    narrow = reader_roc_figure(ev, "tier:dangerous", title, pts, R.level_points(pts), mp, "model at low",
+                               width=330, answers_pt=ap, answers_label="model's top diagnosis")
+    lo, hi = narrow.layout.xaxis.range
+    assert tuple(narrow.layout.yaxis.range) == (lo, hi) == tuple(READER_ROC_RANGE) and lo < -0.01 and hi > 1.01
+    markers = [t for t in narrow.data if t.mode == "markers"]
+    assert markers and all(t.cliponaxis is False for t in markers)
+    names = [t.name for t in narrow.data]
+    assert "model at low" in names and "model's top diagnosis" in names
+    # the title: wrapped at its separators to the figure's width, the top margin grown to hold it
+    lines = narrow.layout.title.text.split("<br>")
+    words = [w for w in " ".join(lines).split() if w != "·"]
+    assert len(lines) >= 2 and words == [w for w in title.split() if w != "·"]
+    assert all(len(line) * 0.56 * 14 <= 330 for line in lines)
+    wide = reader_roc_figure(ev, "tier:dangerous", title, pts, R.level_points(pts), mp, "model at low", width=900,
+                             answers_pt=dict(mp))       # the answers where the star is: not drawn twice
+    assert "<br>" not in wide.layout.title.text and wide.layout.margin.t < narrow.layout.margin.t
+    assert "model's answers" not in [t.name for t in wide.data]
+    assert wrap_title("a · b", 500) == ["a · b"] and len(wrap_title("x" * 30 + " " + "y" * 30, 250)) == 2
+
+
+@pytest.mark.parametrize("labels", [[BENIGN, MALIGNANT], ["low-risk", "high-risk", "dangerous"],
+                                    ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]])
+def test_reader_confusion_matrix_has_square_readable_cells(labels):
+    from derm_core.evaluate.figures import confusion_figure
+    n = len(labels)
+    cm = np.arange(n * n).reshape(n, n)
+    fig = confusion_figure(cm, labels, title="level: general practitioner, unassisted part",
+                           axis_names=("correct", "answered"), cell_px=48, width=564)
+    L = fig.layout
+    plot_w, plot_h = L.width - L.margin.l - L.margin.r, L.height - L.margin.t - L.margin.b
+    assert plot_w == plot_h >= 100 and L.width <= 564                  # square, a usable height, fits
+    assert plot_w / n >= 7 * max(map(len, labels))                     # an x label fits under its cell
+    assert L.margin.l >= 7 * max(map(len, labels)) + 20                # the y labels and title fit on the left
+    assert L.xaxis.automargin is False and L.yaxis.automargin is False
+    assert all(len(line) * 0.56 * 14 <= L.width for line in L.title.text.split("<br>"))
+    narrow = confusion_figure(cm, labels, cell_px=48, width=240)
+    assert narrow.layout.width <= max(240, narrow.layout.margin.l + 110)
+    # without cell_px (the Model lab): the stretching figure, unchanged
+    lab = confusion_figure(cm, labels).layout
+    assert lab.height == 80 + 38 * n and lab.width is None

@@ -9,9 +9,11 @@ Pigmented lesions are darker than the skin around them, so a classical pipeline 
 1. work on a copy at most :data:`WORK_SIDE` pixels large (a 12 MP photo in well under 0.1 s);
 2. drop the black vignette or adapter field (near-black areas connected to a corner), or Otsu
    would split black from skin;
-3. divide the blurred blue channel by the skin's own brightness, estimated by a grey closing
+3. take the blue channel (melanin and blood absorb it most), close over thin dark lines
+   (hairs), blur it and divide it by the skin's own brightness, estimated by a grey closing
    that fills in anything darker and smaller than a large disk: a phone's uneven light would
-   otherwise make shaded skin darker than a small lesion (the old, whole-frame failure);
+   otherwise make shaded skin darker than a small lesion, and Otsu then split lit from shaded
+   skin, the lesion lost in a dark half of the frame (the old whole-frame suggestion);
 4. Otsu-threshold that, a little towards the skin (Otsu alone cuts a lesion's lighter rim
    off), prefer a large, central component that does not touch the border, let it grow into
    its lighter rim (hysteresis, within a band around it so it cannot run off into the skin),
@@ -41,7 +43,7 @@ CENTRE_SIGMA = 0.35      # centrality fall-off, in half-diagonals from the image
 SKIN_DISK = 0.3          # the skin-brightness closing's disk radius, share of the short side (lesions up to
                          # about this radius are filled in; larger ones are only partly flattened)
 CORE_LEVEL = 0.3         # the lesion's core: darker than Otsu's level moved this far towards the skin's median
-RIM_LEVEL = 0.5          # its rim: pixels darker than the level this far towards the skin, joined to the core ...
+RIM_LEVEL = 0.45         # its rim: pixels darker than the level this far towards the skin, joined to the core ...
 RIM_BAND = 0.2           # ... within this share of the core's radius of it
 CROP_MARGIN = 0.25       # crop margin per side, share of the lesion box: the lesion then fills about 2/3 of the
                          # crop along its fuller side, as in HAM10000 (median 0.65), which the model was trained on
@@ -58,11 +60,12 @@ def central_box(size: tuple[int, int], share: float = 0.5) -> Box:
 
 def _work_copy(image: Image.Image) -> np.ndarray:
     """RGB (0..1) copy at most WORK_SIDE large; a phone photo is first box-reduced (fast), then resized."""
+    image = image if image.mode in ("RGB", "L") else image.convert("RGB")
     w, h = image.size
     f = min(1.0, WORK_SIDE / max(w, h))
     if f < 1:
         k = int(1 / f) // 2
-        image = image.reduce(k) if k >= 2 and image.mode in ("RGB", "L", "RGBA") else image
+        image = image.reduce(k) if k >= 2 else image
         image = image.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR)
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
@@ -92,7 +95,7 @@ def _skin_brightness(tone: np.ndarray, fov: np.ndarray) -> np.ndarray:
     if not fov.all():
         idx = ndimage.distance_transform_edt(~fov, return_distances=False, return_indices=True)
         tone = tone[idx[0], idx[1]]
-    k = max(1, round(max(H, W) / 64))
+    k = max(1, min(round(max(H, W) / 64), min(H, W) // 4))
     small = tone[: H // k * k, : W // k * k].reshape(H // k, k, W // k, k).mean(axis=(1, 3))
     r = max(1, round(SKIN_DISK * min(small.shape)))
     skin = ndimage.gaussian_filter(ndimage.grey_closing(small, footprint=disk(r)), r / 2, mode="nearest")
@@ -129,7 +132,7 @@ def _find_small(image: Image.Image) -> np.ndarray | None:
     side = min(rgb.shape[:2])
     fov = _field_of_view(rgb)
     hairless = ndimage.grey_closing(rgb[..., 2], footprint=disk(max(1, round(side / HAIR))))  # fills thin dark lines
-    tone = gaussian(hairless, sigma=max(1.0, side / 100))  # blue: melanin and blood absorb it most
+    tone = gaussian(hairless, sigma=max(1.0, side / 100))
     rel = tone / _skin_brightness(tone, fov)
     values = rel[fov]
     if values.max() - values.min() < 0.04:  # flat: nothing stands out

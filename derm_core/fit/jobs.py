@@ -113,7 +113,8 @@ class JobStatus:
             what = {"starting": "starting (loading data and model)", "stopping": "stopping after the current batch"}
             text = what.get(self.state) or (f"{self.phase}: epoch {self.epoch_text}, batch "
                                             f"{self.batch}/{self.batches}" if self.in_epoch else
-                                            f"{self.phase} (after epoch {self.epoch_text})")
+                                            f"{'finishing' if self.phase == 'done' else self.phase} "
+                                            f"(after epoch {self.epoch_text})")
             return text
         if self.state == "done":
             early = 0 < self.epoch < self.epochs

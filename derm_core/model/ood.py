@@ -227,11 +227,19 @@ def load_detector_checked(card) -> tuple[OodDetector | None, str | None]:
     return det, None
 
 
+@functools.lru_cache(maxsize=2)
+def corpus_features(seed: int = 0, device: str = "cpu") -> tuple[list, list[np.ndarray]]:
+    """The held-out non-lesion images and their gate features: the same for every model (the gate's network
+    is fixed), so made once per process (every training run measures its gate on them)."""
+    from derm_core.evaluate.nonlesion import corpus
+    samples = corpus(seed)
+    return samples, features([s.image for s in samples], device)
+
+
 def fit_for_model(model, card, table, split, seed: int = 0, progress: bool = True) -> dict:
     """Fit the gate on the model's training and validation lesions, measure it on its test lesions and
     the non-lesion corpus, save ``<card>.ood.safetensors`` and the card's ``out_of_scope`` entry
     (returned, as JSON). ``model`` is unused: the gate's network is fixed (kept for the call sites)."""
-    from derm_core.evaluate.nonlesion import corpus
     from derm_core.model.card import OutOfScope
     from derm_core.model.checkpoint import atomic_save_tensors, write_card
     from derm_core.model.device import pick_device
@@ -254,9 +262,9 @@ def fit_for_model(model, card, table, split, seed: int = 0, progress: bool = Tru
     if train is None or val is None:
         raise ValueError("the out-of-scope gate needs training and validation images in the model's split")
     det = fit_detector(train, val)
-    samples = corpus(seed)
+    samples, sample_feats = corpus_features(seed, str(device))
     test = feats("test")
-    rep = measure(det, test if test is not None else val, samples, features([s.image for s in samples], device))
+    rep = measure(det, test if test is not None else val, samples, sample_feats)
     rep["evaluated_on"] = "test split" if test is not None else "validation split"
     atomic_save_tensors(detector_path(card.path), det.tensors())
     card = card.with_(out_of_scope=OutOfScope(SCORE, det.threshold, IN_DIST_PASS, detector_path(card.path).name, rep))

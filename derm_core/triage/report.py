@@ -153,6 +153,7 @@ def case_report_pdf(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy,
     pdf.set_font("Helvetica", "B", 11)
     pdf.multi_cell(0, 7, t(f"{c['tier']} - {c['action']}"), fill=True, padding=2, new_x="LMARGIN", new_y="NEXT")
     pdf.set_fill_color(255, 255, 255)    # the tier colour is for the banner only (a table fills with the current colour)
+    pdf.set_draw_color(204, 204, 204)    # and the table's lines are grey, as in the HTML (not the disclaimer's red)
     pdf.set_text_color(0, 0, 0)
     pdf.set_font("Helvetica", "", 10)
     if c["tier_reason"]:
@@ -178,16 +179,23 @@ def case_report_pdf(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy,
     per_row, gap = 3, 4.0
     img_w = (width - gap * (per_row - 1)) / per_row
     images = [(name, strip_metadata(img.convert("RGB"))) for name, img in c["images"]]
-    heading("Images and explanations", keep=max(img_w * img.height / img.width for _, img in images[:per_row]) + 12)
+    # a picture is at most as tall as fits a page under the heading, with its caption
+    max_h = pdf.h - pdf.t_margin - pdf.b_margin - 11 - 12
+
+    def size(img) -> tuple[float, float]:
+        h = img_w * img.height / img.width
+        return (img_w, h) if h <= max_h else (img_w * max_h / h, max_h)
+
+    heading("Images and explanations", keep=max(size(img)[1] for _, img in images[:per_row]) + 12)
     for start in range(0, len(images), per_row):
         row = images[start:start + per_row]
-        row_h = max(img_w * img.height / img.width for _, img in row)
+        row_h = max(size(img)[1] for _, img in row)
         if pdf.will_page_break(row_h + 12):
             pdf.add_page()
         y0 = pdf.get_y()
         for col, (name, img) in enumerate(row):
             x = pdf.l_margin + col * (img_w + gap)
-            pdf.image(img, x=x, y=y0, w=img_w, h=img_w * img.height / img.width)
+            pdf.image(img, x=x, y=y0, w=size(img)[0], h=size(img)[1])
             pdf.set_xy(x, y0 + row_h + 1)
             pdf.set_font("Helvetica", "", 8)
             pdf.multi_cell(img_w, 3.5, t(name), new_x="RIGHT", new_y="TOP")

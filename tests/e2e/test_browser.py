@@ -75,7 +75,46 @@ LAYOUT_JS = """() => {
     }
   };
   check(main, 'the page');
-  document.querySelectorAll('[data-testid="stColumn"]').forEach((col, i) => check(col, 'column ' + i));
+  const cols = [...document.querySelectorAll('[data-testid="stColumn"]')].filter(visible);
+  cols.forEach((col, i) => check(col, 'column ' + i));
+  // no image or figure of one column reaches into a neighbouring column
+  const media = 'img, canvas, iframe, .js-plotly-plot';
+  out.overlaps = [];
+  for (const a of cols) for (const b of cols) {
+    if (a === b || a.parentElement !== b.parentElement) continue;
+    const rb = b.getBoundingClientRect();
+    for (const el of a.querySelectorAll(media)) {
+      if (!visible(el)) continue;
+      const r = el.getBoundingClientRect();
+      const w = Math.min(r.right, rb.right) - Math.max(r.left, rb.left), h = Math.min(r.bottom, rb.bottom) - Math.max(r.top, rb.top);
+      if (w > 1.5 && h > 1.5) out.overlaps.push(`${el.tagName} (${Math.round(r.left)}..${Math.round(r.right)}) overlaps the next column (${Math.round(rb.left)}..${Math.round(rb.right)})`);
+    }
+  }
+  // no label of a button, tab, select, radio or widget is cut off (ellipsis or clipping)
+  out.truncated = [];
+  const labelled = 'button, [role="tab"], [data-baseweb="select"], [data-testid="stWidgetLabel"], [data-testid="stRadio"] label, [data-testid="stMetricLabel"]';
+  for (const host of document.querySelectorAll(labelled)) {
+    if (!visible(host) || host.closest('[data-testid="stSidebarNav"]')) continue;
+    for (const el of [host, ...host.querySelectorAll('*')]) {
+      if (!visible(el) || !el.textContent.trim() || el.tagName === 'svg' || el.closest('svg')) continue;
+      const st = getComputedStyle(el);
+      const clips = st.textOverflow === 'ellipsis' || st.overflowX === 'hidden' || st.overflow === 'hidden';
+      if (clips && el.scrollWidth > el.clientWidth + 1)
+        out.truncated.push(`"${el.textContent.trim().slice(0, 60)}" (${el.scrollWidth} > ${el.clientWidth} px)`);
+    }
+  }
+  // plotly titles (figure and axis) inside their figure
+  out.titles = [];
+  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+    if (!visible(gd)) continue;
+    const g = gd.getBoundingClientRect();
+    for (const t of gd.querySelectorAll('.gtitle, .xtitle, .ytitle, .g-gtitle text')) {
+      const r = t.getBoundingClientRect();
+      if (r.width === 0) continue;
+      if (r.left < g.left - 1 || r.right > g.right + 1 || r.top < g.top - 1 || r.bottom > g.bottom + 1)
+        out.titles.push(`"${t.textContent.slice(0, 60)}" [${Math.round(r.left)}, ${Math.round(r.right)}] outside the figure [${Math.round(g.left)}, ${Math.round(g.right)}]`);
+    }
+  }
   for (const f of document.querySelectorAll('iframe')) {
     if (!visible(f)) continue;
     const r = f.getBoundingClientRect();
@@ -106,6 +145,7 @@ def visual_check(page, name: str, widths=WIDTHS, expect_figures: int = 0, expect
             figs = got["figures"]
             assert len(figs) >= expect_figures, (width, figs)
             for f in figs:
+                assert f["h"] >= MIN_PLOT_PX, (width, "plot area under 100 px high", f)
                 assert f["w"] >= MIN_PLOT_SHARE * f["box"], (width, "plot area too narrow", f)
                 assert f["h"] >= MIN_PLOT_PX, (width, "plot area too low", f)
             rocs = [f for f in figs if f["roc"]]
@@ -116,6 +156,9 @@ def visual_check(page, name: str, widths=WIDTHS, expect_figures: int = 0, expect
                 assert abs(f["xlen"] - f["ylen"]) <= 2, (width, "ROC aspect not equal", f)
                 assert f["xlen"] >= MIN_PLOT_SHARE * f["box"], (width, "ROC square too small for its box", f)
             assert got["overflow"] == [], (width, got["overflow"])
+            assert got["overlaps"] == [], (width, got["overlaps"])
+            assert got["truncated"] == [], (width, "labels cut off", got["truncated"])
+            assert got["titles"] == [], (width, "figure titles outside their figure", got["titles"])
             croppers = [f for f in got["frames"] if "cropper" in f["title"]]
             if expect_cropper:
                 assert croppers, (width, got["frames"])
