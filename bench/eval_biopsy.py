@@ -3,7 +3,7 @@
     python bench/eval_biopsy.py --data ../shared/data/ham10000 [--model weights/default/model.json] [--n 200]
 
 For each photo the Triage page's own pipeline runs, as for an uploaded photo: the suggested crop
-(lesion.suggest_box with the page's margin), the automatic lesion outline of that crop
+(lesion.suggest_crop, the page's rule), the automatic lesion outline of that crop
 (lesion.suggest_mask), LIME at the page defaults on the crop, and the biopsy site
 (lesion.biopsy_site, the page's choice). Reported: the share of biopsy sites inside the
 dataset's ground-truth lesion mask, against the earlier choice (explain.biopsy_site alone) and
@@ -31,7 +31,7 @@ from derm_core.data.dataset import load_table  # noqa: E402
 from derm_core.data.images import load_image  # noqa: E402
 from derm_core.data.splits import load_splits  # noqa: E402
 from derm_core.explain import maps as E  # noqa: E402
-from derm_core.explain.lesion import biopsy_site, box_iou, mask_box, mask_iou, suggest_box, suggest_mask  # noqa: E402
+from derm_core.explain.lesion import biopsy_site, box_iou, mask_box, mask_iou, suggest_box, suggest_crop, suggest_mask  # noqa: E402
 from derm_core.model.predictor import Predictor  # noqa: E402
 from derm_core.settings import SHIPPED_MODEL  # noqa: E402
 
@@ -46,7 +46,6 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--model", default=str(SHIPPED_MODEL))
     ap.add_argument("--n", type=int, default=200, help="test photos for the LIME part, 0: all (all are used for boxes)")
-    ap.add_argument("--margin", type=float, default=0.15, help="the Triage page's crop margin")
     ap.add_argument("--cache", help="folder for per-photo LIME results (reused by a rerun)")
     ap.add_argument("--skip-boxes", action="store_true", help="only the biopsy part")
     ap.add_argument("--cached-only", action="store_true", help="only the photos with a LIME result in --cache")
@@ -80,7 +79,7 @@ def main() -> None:
     for r in tqdm(list(sample.itertuples()), total=len(sample), desc="biopsy sites"):
         photo = load_image(r.path)
         truth = np.asarray(Image.open(r.mask_path).convert("L")) > 127
-        left, top, right, bottom = suggest_box(photo, margin=a.margin)       # the page's suggested crop
+        left, top, right, bottom = suggest_crop(photo)       # the page's suggested crop
         crop = photo.crop((left, top, right, bottom))
         t0 = time.perf_counter()
         hit = cache / f"{r.image_id}.npz" if cache else None

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-# from light to dark (close to the Monk skin tone scale, 2 to 9), as a photo lit by a phone shows them
+# light to dark, roughly steps 2 to 9 of the Monk skin tone scale as a phone's light shows them
 SKIN_TONES = ((243, 222, 205), (234, 206, 180), (215, 180, 145), (190, 145, 110), (160, 118, 86),
               (128, 90, 66), (96, 66, 50), (66, 48, 38))
 RENDER = 4   # build at 1/RENDER of the frame's size, then enlarge
@@ -94,7 +94,9 @@ def adapter_field(shape, centre, radius) -> np.ndarray:
 def phone_photo(lesion: Image.Image, mask: np.ndarray, size=(4032, 3024), share: float = 0.15, tone: int = 2,
                 textured: bool = False, adapter: bool = False, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
     """A ``size`` (W, H) photo of the lesion of ``lesion`` (its boolean ``mask``) filling ``share``
-    of the frame on synthetic skin. Returns the photo and the true lesion mask at its size."""
+    of the frame (less when its box would not fit the frame or the adapter's field) on skin of
+    ``SKIN_TONES[tone]``, in any orientation, near the middle. Returns the photo and the true
+    lesion mask at its size."""
     rng = np.random.default_rng(seed)
     W, H = size
     w, h = W // RENDER, H // RENDER

@@ -17,7 +17,7 @@ import numpy as np
 import skimage.data
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from derm_core.explain.lesion import suggest_box
+from derm_core.explain.lesion import suggest_crop
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("natural photo", "product photo", "screenshot", "document", "medical, not a skin lesion", "blank or noise")
@@ -158,7 +158,7 @@ def corpus(seed: int = 0, crops: bool = True) -> list[Sample]:
     out = [Sample(k, n, im) for k, n, im in items]
     if crops:
         for k, n, im in items:
-            box = suggest_box(im, margin=0.15)
+            box = suggest_crop(im)
             if min(box[2] - box[0], box[3] - box[1]) >= 16 and box != (0, 0, *im.size):
                 out.append(Sample(k, n + " (suggested crop)", im.crop(box)))
     return out

@@ -31,6 +31,8 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.measure import label
 from skimage.morphology import disk
 
+from derm_core.data.images import MIN_SIDE
+
 Box = tuple[int, int, int, int]  # (left, top, right, bottom), right/bottom exclusive as in PIL crop
 
 WORK_SIDE = 256          # segment a copy at most this large: fast, and plenty for an outline
@@ -216,12 +218,14 @@ def frame_box(box: Box, size: tuple[int, int], margin: float = CROP_MARGIN, aspe
     its centre to ``aspect`` (width/height), moved inside the (W, H) photo and clipped to it.
 
     The model sees its input resized to cover a 4:3 frame and centre-cropped: a taller crop would
-    lose the lesion's top and bottom, and a tight one would frame it unlike its training photos."""
+    lose the lesion's top and bottom, and a tight one would frame it unlike its training photos.
+    At least MIN_SIDE pixels a side (where the photo is), so ``crop_photo`` accepts it."""
     W, H = size
     left, top, right, bottom = box
     bw, bh = (right - left) * (1 + 2 * margin), (bottom - top) * (1 + 2 * margin)
     bw, bh = max(bw, bh * aspect), max(bh, bw / aspect)
-    bw, bh = min(max(bw, 1.0), W), min(max(bh, 1.0), H)
+    grow = max(1.0, MIN_SIDE / max(min(bw, bh), 1e-9))   # never smaller than crop_photo accepts
+    bw, bh = min(bw * grow, W), min(bh * grow, H)
     cx = min(max((left + right) / 2, bw / 2), W - bw / 2)
     cy = min(max((top + bottom) / 2, bh / 2), H - bh / 2)
     x0, y0 = max(0, round(cx - bw / 2)), max(0, round(cy - bh / 2))
