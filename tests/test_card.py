@@ -6,6 +6,7 @@ import json
 import pytest
 
 from conftest import tiny_card
+from derm_core.model import ood
 from derm_core.model.card import FORMAT_VERSION, ModelCard, migrate
 from derm_core.model.checkpoint import ModelError, read_card, save_model, write_card
 from derm_core.model.networks import create_model
@@ -19,7 +20,7 @@ def test_shipped_card_round_trips_unchanged():
     assert card.to_json() == raw                                   # nothing lost, nothing added
     assert ModelCard.from_json(card.to_json(), card.path) == card
     assert card.tta and card.input_size == (150, 200) and card.balanced_rule is not None
-    assert card.out_of_scope.score == "feature" and card.training.command.startswith("python -m derm_core train")
+    assert card.out_of_scope.score == ood.SCORE and card.training.command.startswith("python -m derm_core train")
 
 
 def test_fields_this_version_does_not_know_are_kept(ham7):

@@ -277,7 +277,7 @@ def test_model_files_are_never_unpickled(app_env, monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
     for card in (app_env["card"], SHIPPED_MODEL):
         pred = Predictor.from_path(card, device=torch.device("cpu"))
-        res = pred.predict(lesion_image(CLASS_COLOURS["nv"], (200, 150)))
+        res = pred.predict(lesion_image(CLASS_COLOURS["nv"], (200, 150)), anyway=True)   # past the gate
         assert sum(res.probs.values()) == pytest.approx(1.0)
         for f in card.parent.glob("*.safetensors"):
             n = int.from_bytes(f.read_bytes()[:8], "little")          # safetensors: u64 header size + JSON
@@ -360,3 +360,80 @@ def test_strip_metadata_removes_exif_but_keeps_pixels():
     clean.save(buf, "JPEG")
     assert_no_metadata(buf.getvalue(), "re-saved JPEG")
     assert photo.size == (150, 200)
+
+
+# =========================================================================== issue 18: a hostile Origin
+
+HOSTILE = "http://evil.example"
+
+
+def test_the_origin_check_looks_up_nothing_outside_this_machine(offline, monkeypatch):
+    """Streamlit's check of a foreign WebSocket Origin asks outside addresses for this machine's
+    IP before it refuses; with run.keep_streamlit_local it answers from this machine."""
+    import run
+    from streamlit import net_util
+    from streamlit.web.server.starlette import starlette_websocket as W
+    for name in ("get_external_ip", "get_internal_ip", "_external_ip", "_internal_ip"):
+        monkeypatch.setattr(net_util, name, getattr(net_util, name))       # restored afterwards
+    monkeypatch.setattr(net_util, "_external_ip", None)
+    monkeypatch.setattr(net_util, "_internal_ip", None)
+    assert W._is_origin_allowed(HOSTILE, "localhost:8501") is False        # Streamlit on its own ...
+    assert offline, "the guard sees Streamlit's look-ups"                   # ... tried to reach outside
+    offline.clear()
+    run.keep_streamlit_local()
+    for origin in (HOSTILE, "http://10.1.2.3:8501", "null"):
+        assert W._is_origin_allowed(origin, "localhost:8501") is False
+    assert W._is_origin_allowed("http://localhost:8501", "localhost:8501") is True
+    assert offline == []
+
+
+def test_the_server_refuses_a_hostile_origin_without_looking_outside(tmp_path):
+    """The real server as `python3 run.py app` starts it, with every outside connection blocked
+    and logged (tests/netguard.py as sitecustomize): a WebSocket from another origin is refused
+    (403) and nothing was looked up ("Did not auto detect external IP" never logged)."""
+    import http.client
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    guard = tmp_path / "netguard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text((ROOT / "tests" / "netguard.py").read_text())
+    netlog, log = tmp_path / "outside.log", tmp_path / "server.log"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DERMTRIAGE_NETGUARD_LOG": str(netlog), "PYTHONPATH": os.pathsep.join([str(guard), str(ROOT)])}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "serve", "--server.port", str(port)], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                c.request("GET", "/_stcore/health")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        statuses = []
+        for origin in (HOSTILE, HOSTILE):            # twice: Streamlit retries a failed look-up every time
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", "/_stcore/stream", headers={
+                "Host": f"localhost:{port}", "Origin": origin, "Upgrade": "websocket", "Connection": "Upgrade",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"})
+            statuses.append(c.getresponse().status)
+        assert statuses == [403, 403]
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "evil.example" in text, text[-2000:]                          # the refusal was logged ...
+    assert "Did not auto detect external IP" not in text                  # ... with no look-up before it
+    assert not netlog.exists() or netlog.read_text() == "", netlog.read_text()
