@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -65,17 +66,110 @@ def _clinical(a):
 
 
 def _parse_crop(text: str):
-    """``auto``, ``none`` or ``x0,y0,x1,y1`` (original-photo pixels, right/bottom exclusive)."""
+    """``auto``, ``none`` or ``x0,y0,x1,y1``: whole, non-negative original-photo pixels (right and
+    bottom exclusive). A box starting with a minus sign reaches here as ``--crop=-10,...`` (and
+    ``--crop -10,...``, see :func:`_join_dash_values`), so it is refused for what it is."""
     t = str(text).strip().lower()
     if t in ("auto", "none"):
         return t
-    try:
-        box = tuple(int(float(v)) for v in t.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4:
-        raise argparse.ArgumentTypeError(f"--crop must be auto, none or x0,y0,x1,y1, not {text!r}")
-    return box
+    parts = [v.strip() for v in t.split(",")]
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"must be auto, none or x0,y0,x1,y1, not {text!r}")
+    box = []
+    for name, v in zip(("x0", "y0", "x1", "y1"), parts):
+        try:
+            number = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text}: {name} is {v!r}, not a number of pixels") from None
+        if not number.is_integer():
+            raise argparse.ArgumentTypeError(f"{text}: {name} is {v}; give whole pixels")
+        if number < 0:
+            raise argparse.ArgumentTypeError(f"{text}: {name} is {v}; pixel positions start at 0 (the "
+                                             "photo's top-left corner)")
+        box.append(int(number))
+    return tuple(box)
+
+
+def _number(kind: type, lo=None, hi=None, *, open_range: bool = False):
+    """An argparse type: a finite ``kind`` (int or float) from ``lo`` to ``hi`` (excluded with
+    ``open_range``), refused at parse time with the range, before any file is read."""
+    what = "a whole number" if kind is int else "a number"
+    span = (f" between {lo:g} and {hi:g} (both excluded)" if open_range else f" from {lo:g} to {hi:g}") \
+        if lo is not None and hi is not None else f" from {lo:g}" if lo is not None else ""
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        below = lo is not None and (v <= lo if open_range else v < lo)
+        above = hi is not None and (v >= hi if open_range else v > hi)
+        if below or above:
+            raise argparse.ArgumentTypeError(f"must be {what}{span}, not {text}")
+        return v
+    parse.__name__ = kind.__name__     # named like its kind (the CLI test finds numeric options by it)
+    return parse
+
+
+def _lime_samples(text: str) -> int:
+    """``explain --samples``: LIME needs the photo itself and at least one perturbation."""
+    from derm_core.explain.maps import LIME_MIN_SAMPLES
+    return _number(int, LIME_MIN_SAMPLES)(text)
+
+
+_lime_samples.__name__ = "int"      # a numeric option, like those of _number
+
+
+def _tier_target(text: str) -> float:
+    """A tier sensitivity target: a share of the tier's lesions, above 0 and at most 1."""
+    v = _number(float, 0.0, 1.0)(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most 1, not {text}")
+    return v
+
+
+class _TierTarget(argparse.Action):
+    """``--target TIER SENSITIVITY``, the sensitivity checked at parse time (:func:`_tier_target`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        tier, value = values
+        try:
+            v = _tier_target(value)
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentError(self, f"{tier} {value}: {e}") from None
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), (tier, v)])
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with DermTriage's promise for a user error: one ``error: ...`` line, exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--opt -10,...`` as ``--opt=-10,...``: argparse takes a value that starts with a minus
+    sign and is not one plain number for an option and stops with "expected one argument";
+    joined, the option's own type refuses it with the reason."""
+    takes_value = {o for sub in _subparsers(parser).values() for a in sub._actions if a.nargs is None
+                   and a.option_strings and not isinstance(a, argparse._StoreConstAction) for o in a.option_strings}
+    out, i = [], 0
+    while i < len(argv):
+        tok, nxt = argv[i], argv[i + 1] if i + 1 < len(argv) else ""
+        if tok in takes_value and nxt[:1] == "-" and nxt[1:2] in tuple("0123456789."):
+            out.append(f"{tok}={nxt}")
+            i += 2
+        else:
+            out.append(tok)
+            i += 1
+    return out
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each command's parser, by name (for :func:`_join_dash_values` and the tests that walk them)."""
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def _crop_photo(photo, crop):
@@ -297,8 +391,8 @@ def cmd_recalibrate(a) -> int:
     if a.tta is not None:
         card = card.with_(preprocessing=replace(card.preprocessing, tta=a.tta))
     targets = dict(card.tier_sensitivity_targets or DEFAULT_TIER_SENSITIVITY)
-    for t, v in a.target or []:
-        targets[t] = float(v)
+    for t, v in a.target or []:        # checked when parsed (_TierTarget)
+        targets[t] = v
     card = card.with_(recalibrations=(*card.recalibrations,
                                       {"command": _command(a), "time": time.strftime("%Y-%m-%d %H:%M:%S")}))
     path = finish(model, card, table, split, card.path.with_suffix(""), targets, progress=print)
@@ -342,18 +436,25 @@ def cmd_info(a) -> int:
     except (DermTriageError, OSError) as e:
         model["error"] = _one_line(e)
     info = {"settings": rows, "model": model}
+    by_field = {r["field"]: r for r in rows}
     try:
         device = pick_device()
-        info.update(device=str(device), fast_path=fast_path(device))
-    except (DermTriageError, RuntimeError) as e:     # e.g. DERMTRIAGE_DEVICE=gpu: torch refuses the name
-        info.update(device=None, fast_path=None, device_error=_one_line(e))
+        info["device"] = str(device)
+    except DermTriageError as e:     # e.g. DERMTRIAGE_DEVICE=tpu, or cuda on a machine without a GPU
+        device = None
+        info.update(device=None, device_error=_one_line(e))
+        by_field["device"].update(valid=False, source=f"environment, invalid: {_one_line(e)}")
+    try:
+        info["fast_path"] = fast_path(device) if device is not None else None
+    except DermTriageError as e:     # e.g. DERMTRIAGE_FAST_PATH=fp8 (its row already says why)
+        info.update(fast_path=None, fast_path_error=_one_line(e))
     if a.json:
         print(json.dumps(info, indent=2))
         return 0
     print("settings (variable  value  [source]):")
     width = max(len(r["env"]) for r in rows)
     for r in rows:
-        value = "(not set)" if r["value"] is None else r["value"]
+        value = "(not set)" if r["value"] is None else r["value"] if r.get("valid", True) else f"{r['value']} (not used)"
         print(f"  {r['env']:<{width}}  {value}  [{r['source']}]")
         print(f"  {'':<{width}}    {r['help']}; default: {r['default']}")
     if "error" in model:
@@ -361,14 +462,14 @@ def cmd_info(a) -> int:
     else:
         print(f"model:     {path}: {model['name']} {model['version']} ({model['arch']})")
     print(f"device:    {info['device'] or 'cannot be used: ' + info['device_error']}")
-    print(f"fast path: {info['fast_path'] or '-'}")
+    print(f"fast path: {info['fast_path'] or ('cannot be used: ' + info['fast_path_error'] if 'fast_path_error' in info else '-')}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from derm_core.fit.config import add_config_arguments, cli_fields
-    ap = argparse.ArgumentParser(prog="python -m derm_core", description="DermTriage: skin-lesion triage engine")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = _Parser(prog="python -m derm_core", description="DermTriage: skin-lesion triage engine")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model on a dataset folder")
     add_config_arguments(t, names=[f.name for f in cli_fields() if f.name != "device"])   # TrainConfig's fields
@@ -387,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="report.json")
     e.add_argument("--predictions", help="also write ISIC 2018 Task 3 CSV predictions here")
     e.add_argument("--no-metadata", action="store_true", help="hide age/sex/site from a metadata model (ablation)")
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=_number(int, 1), default=64)
     e.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("predict", help="triage one photo")
@@ -397,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=_parse_crop, default="auto", metavar="auto|none|x0,y0,x1,y1",
                    help="auto: the suggested lesion crop, as on the triage page (default); none: the whole photo; "
                         "or a box in photo pixels")
-    p.add_argument("--level", type=float, default=0.9,
+    p.add_argument("--level", type=_number(float, 0.0, 1.0, open_range=True), default=0.9,
                    help="coverage level of the conformal prediction set (default 0.9: the true diagnosis is in the "
                         "set 90%% of the time on photos like the validation set)")
     p.add_argument("--anyway", action="store_true", help="triage a photo the out-of-scope check refuses (the result "
@@ -408,8 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("image")
     x.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "eigencam", "scorecam", "lime"])
     x.add_argument("--out", required=True, help="folder for the overlay images")
-    x.add_argument("--samples", type=int, help="LIME samples (default: explain.LIME_SAMPLES, as on the triage page)")
-    x.add_argument("--seed", type=int, default=0, help="LIME sampling seed (the same seed gives the same weights)")
+    x.add_argument("--samples", type=_lime_samples,
+                   help="LIME samples (default: explain.LIME_SAMPLES, as on the triage page)")
+    x.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=0,
+                   help="LIME sampling seed (the same seed gives the same weights)")
     _add_clinical(x)
     _add_model(x)
     x.add_argument("--anyway", action="store_true", help="explain a photo the out-of-scope check refuses")
@@ -422,8 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--csv")
     _add_model(r)
     r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
-    r.add_argument("--target", nargs=2, action="append", metavar=("TIER", "SENSITIVITY"),
-                   help="tier sensitivity target on validation, e.g. --target dangerous 0.95")
+    r.add_argument("--target", nargs=2, action=_TierTarget, metavar=("TIER", "SENSITIVITY"), default=None,
+                   help="tier sensitivity target on validation, e.g. --target dangerous 0.95 (repeatable)")
     r.set_defaults(fn=cmd_recalibrate)
 
     rl = sub.add_parser("release", help="make every shipped artifact of a finished run in one go: weights, card, "
@@ -460,7 +563,11 @@ def main(argv=None) -> int:
 
     from derm_core.errors import DermTriageError
     argv = sys.argv[1:] if argv is None else list(argv)
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        a = parser.parse_args(_join_dash_values(parser, argv))
+    except SystemExit as e:          # --help (0), or a usage error already printed as one line (2)
+        return e.code if isinstance(e.code, int) else 2
     a.argv = argv
     try:
         return a.fn(a)

@@ -66,3 +66,8 @@ class JobError(DermTriageError, RuntimeError):
 
 class ConformalError(DermTriageError, ValueError):
     """A conformal calibration (or level) that cannot be used with this model, with the reason."""
+
+
+class CacheError(DermTriageError, ValueError):
+    """A cached file (predictions, embeddings for the similar-case index, layouts) that is not
+    this model's and data's, or is malformed: ignored and recomputed, never used."""

@@ -23,6 +23,7 @@ SHIPPED_MODEL = ROOT / "weights" / "default" / "model.json"
 DEFAULT_HOME = ROOT / ".dermtriage"
 DB_NAME = "studies.sqlite3"
 DEFAULT_JOB_NICE = 5
+FAST_PATHS = ("auto", "fp32")   # $DERMTRIAGE_FAST_PATH: the fastest path this machine has, or full precision
 
 ENV_HOME = "DERMTRIAGE_HOME"
 ENV_DATA = "DERMTRIAGE_DATA"
@@ -72,6 +73,13 @@ def _nice(text: str, env: str) -> int:
         raise ConfigError(f"${env} must be a whole number (CPU priority, 0-19), not {text!r}") from None
 
 
+def _fast_path(text: str, env: str) -> str:
+    value = text.strip().lower()
+    if value not in FAST_PATHS:
+        raise ConfigError(f"${env} must be {' or '.join(FAST_PATHS)}, not {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Variable:
     """One setting: its field, variable, parser, default (given $DERMTRIAGE_HOME or None) and help."""
@@ -100,7 +108,7 @@ VARIABLES: tuple[Variable, ...] = (
              f"$DERMTRIAGE_HOME/{DB_NAME}, else .dermtriage/{DB_NAME} beside the code", "the reader-study database"),
     Variable("device", ENV_DEVICE, lambda t, e: t.strip(), lambda h: None, "CUDA if available, else CPU",
              "force a torch device: cpu or cuda"),
-    Variable("fast_path", ENV_FAST_PATH, lambda t, e: t.strip().lower(), lambda h: "auto", "auto",
+    Variable("fast_path", ENV_FAST_PATH, _fast_path, lambda h: "auto", "auto",
              "inference fast path: auto, or fp32 to force full precision"),
     Variable("job_nice", ENV_NICE, _nice, lambda h: DEFAULT_JOB_NICE, str(DEFAULT_JOB_NICE),
              "CPU priority of background training jobs (0: same as the app)"),
@@ -110,7 +118,7 @@ VARIABLES: tuple[Variable, ...] = (
 def _read(environ: Mapping[str, str] | None) -> tuple[dict, dict, dict]:
     """(values, sources, problems) of every variable; source is "environment", "default" or
     "default (from $DERMTRIAGE_HOME)"; a variable that cannot be parsed gets value None, and the
-    reason as its source and in problems."""
+    reason as its source and in problems (field -> (reason, the variable's text))."""
     env = os.environ if environ is None else environ
     home_set = (env.get(ENV_HOME) or "").strip()
     home = _path(home_set, ENV_HOME) if home_set else None
@@ -122,7 +130,7 @@ def _read(environ: Mapping[str, str] | None) -> tuple[dict, dict, dict]:
                 values[v.field], sources[v.field] = v.parse(text, v.env), "environment"
             except ConfigError as e:
                 values[v.field], sources[v.field] = None, f"environment, invalid: {e}"
-                problems[v.field] = str(e)
+                problems[v.field] = (str(e), text)
         else:
             values[v.field] = v.default(home)
             derived = home is not None and v.field != "home" and v.default(home) != v.default(None)
@@ -135,12 +143,16 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
     A variable that cannot be parsed (e.g. a non-numeric $DERMTRIAGE_JOB_NICE) reads as None and
     is refused only where it is used (:meth:`Settings.require`)."""
     values, _, problems = _read(environ)
-    return Settings(**values, invalid=problems)
+    return Settings(**values, invalid={k: why for k, (why, _) in problems.items()})
 
 
 def describe(environ: Mapping[str, str] | None = None) -> list[dict]:
-    """One row per variable (field, env, value, source, default, help), for ``python -m derm_core info``."""
-    values, sources, _ = _read(environ)
+    """One row per variable (field, env, value, source, default, help, valid), for ``python -m
+    derm_core info``; a variable that cannot be used shows its text, marked invalid (``valid``
+    False, the reason in ``source``), never as if it were in use."""
+    values, sources, problems = _read(environ)
     return [{"field": v.field, "env": v.env,
-             "value": str(values[v.field]) if isinstance(values[v.field], Path) else values[v.field],
-             "source": sources[v.field], "default": v.default_text, "help": v.help} for v in VARIABLES]
+             "value": problems[v.field][1] if v.field in problems else
+             str(values[v.field]) if isinstance(values[v.field], Path) else values[v.field],
+             "source": sources[v.field], "default": v.default_text, "help": v.help, "valid": v.field not in problems}
+            for v in VARIABLES]

@@ -4,7 +4,7 @@
 
 Starts `streamlit run app.py` on a free local port, opens ?case=<image_id> in headless
 Chromium (the system browser, driven by Playwright), waits for the explanations, and saves
-a full-page PNG.
+a PNG of the whole page. `python3 run.py app` serves it (`run.py serve`).
 """
 from __future__ import annotations
 
@@ -37,13 +37,13 @@ def main() -> None:
     a = ap.parse_args()
     port = free_port()
     env = {**os.environ, "DERMTRIAGE_DATA": str(Path(a.data).resolve())}
-    app = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+    app = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "serve", "--server.port", str(port),
                             "--server.address", "127.0.0.1"], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 2900})
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
             for _ in range(60):
                 try:
                     page.goto(f"http://127.0.0.1:{port}/?case={a.case}")
@@ -53,8 +53,14 @@ def main() -> None:
             page.get_by_text("Download case report").wait_for(timeout=180_000)
             page.get_by_role("tab", name="LIME superpixels and biopsy site").click()
             page.get_by_text("Biopsy site at x=").wait_for(timeout=60_000)
+            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
             page.wait_for_timeout(3000)
-            page.screenshot(path=a.out, full_page=True)
+            # Streamlit scrolls inside its main area: make the window as tall as the page for the shot
+            height = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
+                '[data-testid="stMain"], [data-testid="stAppViewContainer"]')].map(e => e.scrollHeight))""")
+            page.set_viewport_size({"width": 1400, "height": int(height) + 40})
+            page.wait_for_timeout(1500)
+            page.screenshot(path=a.out)
             browser.close()
         print(f"saved {a.out}")
     finally:

@@ -11,6 +11,8 @@ from derm_core.data.dataset import DataError
 from derm_core.data.splits import held_out_cases
 from derm_core.errors import DermTriageError
 from derm_core.model.checkpoint import model_stamp, read_card
+from derm_core.model.device import device_or_cpu
+from derm_core.model.inference import fast_path_or_auto
 from derm_core.model.predictor import Predictor
 from derm_core.settings import ENV_DATA, SHIPPED_MODEL, settings
 from derm_core.triage.report import DISCLAIMER
@@ -84,25 +86,32 @@ def crop_widget(photo, digest: str, box: tuple[int, int, int, int], key: str, co
 
 
 @st.cache_resource(show_spinner="Loading model ...", max_entries=4)
-def _load_predictor(card_path: str, stamp: tuple) -> Predictor:
-    """One model per card (and per version of its files: ``stamp``), shared by all sessions
-    (prediction is stateless; CAM takes its lock)."""
-    return Predictor.from_path(card_path)
+def _load_predictor(card_path: str, stamp: tuple, device: str, path: str) -> Predictor:
+    """One model per card (and per version of its files: ``stamp``), device and fast path,
+    shared by all sessions (prediction is stateless; CAM takes its lock)."""
+    return Predictor.from_path(card_path, device, path)
 
 
 def get_predictor() -> Predictor:
     """The chosen model (session setting, else $DERMTRIAGE_MODEL, else the shipped default),
-    falling back to the shipped default with a message when it cannot be used."""
+    falling back to the shipped default with a message when it cannot be used; on the CPU or
+    the automatic fast path, with a message, when $DERMTRIAGE_DEVICE or $DERMTRIAGE_FAST_PATH
+    cannot be used."""
+    device, note = device_or_cpu()
+    fast, fast_note = fast_path_or_auto(device)
+    for n in (note, fast_note):
+        if n:
+            st.warning(n)
     path = str(st.session_state.get("model_path") or settings().model)
     try:
-        return _load_predictor(path, model_stamp(path))
+        return _load_predictor(path, model_stamp(path), str(device), fast)
     except (DermTriageError, OSError) as e:
         if path == str(SHIPPED_MODEL):
             st.error(f"The shipped model cannot be loaded: {e}")
             st.stop()
         st.error(f"Model {path} was refused: {e}. Using the shipped default model instead.")
         st.session_state.pop("model_path", None)
-        return _load_predictor(str(SHIPPED_MODEL), model_stamp(SHIPPED_MODEL))
+        return _load_predictor(str(SHIPPED_MODEL), model_stamp(SHIPPED_MODEL), str(device), fast)
 
 
 def data_dir_setting() -> str:

@@ -16,6 +16,7 @@ import streamlit as st
 from derm_core.data.dataset import DataError, load_table
 from derm_core.data.splits import load_splits, split_rows
 from derm_core.data.taxonomy import Taxonomy
+from derm_core.errors import DermTriageError
 from derm_core.evaluate import embedding as E
 from derm_core.evaluate import lab_views as L
 from derm_core.evaluate import operating as O
@@ -131,6 +132,9 @@ def setting_select(col, label: str, name: str, key: str, **kw):
     return col.selectbox(label, options, index=options.index(TC.default(name)), key=key, **kw)
 
 
+NEW_MODEL = "a new model"
+
+
 def train_section() -> None:
     active = jobs.active_runs()
     if active and st.session_state.get("lab_run") not in [str(r.path) for r in active]:
@@ -151,9 +155,10 @@ def train_section() -> None:
     arch = setting_select(a, "Architecture", "arch", "lab_arch",
                           format_func=lambda n: f"{n}" + (f" — {get_arch(n).paper}" if get_arch(n).paper else ""))
     models = model_options()
-    start_from = b.selectbox("Start from", ["ImageNet weights", *models], key="lab_init",
-                             format_func=lambda k: k if k == "ImageNet weights" else f"fine-tune {models[k]}",
-                             help="Fine-tuning needs the same architecture as the model it starts from.")
+    start_from = b.selectbox("Start from", [NEW_MODEL, *models], key="lab_init",
+                             format_func=lambda k: k if k == NEW_MODEL else f"fine-tune {models[k]}",
+                             help="A new model starts from the weights chosen in More options (ImageNet, or none). "
+                                  "Fine-tuning needs the same architecture as the model it starts from.")
     c = st.columns(5)
     epochs = setting_number(c[0], "Epochs", "epochs", "lab_epochs")
     lr = setting_number(c[1], "Learning rate", "lr", "lab_lr", format="%.5f", step=1e-4)
@@ -187,7 +192,7 @@ def train_section() -> None:
                              taxonomy=taxonomy, limit=int(limit) or None, patience=int(patience),
                              pretrained=pretrained, workers=int(workers), tta=tta,
                              device=None if device == "auto" else device, monitor=monitor_on,
-                             init_from=None if start_from == "ImageNet weights" else start_from)
+                             init_from=None if start_from == NEW_MODEL else start_from)
         try:
             from derm_core.data.taxonomy import load_taxonomy
             n = len(load_table(cfg.data, load_taxonomy(cfg.taxonomy), check_files=False))
@@ -310,9 +315,14 @@ def current_thresholds(card) -> Thresholds:
     return Thresholds(thr.classes, thr.tiers, name)
 
 
-def number_format(df: pd.DataFrame) -> dict:
-    """Three decimals for every float column (cheaper than a pandas Styler on every slider move)."""
-    return {c: st.column_config.NumberColumn(format="%.3f") for c in df.columns if df[c].dtype.kind == "f"}
+def undefined_table(df: pd.DataFrame, key: str, footnote: str) -> None:
+    """A metrics table with three decimals, an undefined value shown as "–" (never "None") and
+    the footnote that says why, when there is one."""
+    shown, text_cols, undefined = L.display_table(df)
+    st.dataframe(shown, hide_index=True, key=key,
+                 column_config={c: st.column_config.TextColumn(alignment="right") for c in text_cols})
+    if undefined:
+        st.caption(footnote)
 
 
 def tune(card, res: dict, folder: str, split: str) -> None:
@@ -384,7 +394,7 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     show = table.rename(columns={"label": "class / tier", "n": "positives", "ppv": "PPV", "npv": "NPV", "f1": "F1",
                                  "auc": "AUC", "auc_low": "AUC 95% low", "auc_high": "AUC 95% high",
                                  "youden": "Youden threshold"}).drop(columns=["target", "kind"])
-    st.dataframe(show, hide_index=True, key="lab_table", column_config=number_format(show))
+    undefined_table(show, "lab_table", L.UNDEFINED_FOOTNOTE.format(what="class or tier"))
 
     st.subheader("Risk tiers assigned at the current thresholds")
     c1, c2 = st.columns([3, 2])
@@ -401,11 +411,7 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     else:
         st.caption(f"Sensitivity to PPV columns: {ev.target_label(tgt)} at the current thresholds. Small groups "
                    "give unstable numbers: read them with their sizes.")
-        shown, text_cols, undefined = L.display_table(sub)
-        st.dataframe(shown, hide_index=True, key="lab_subgroups",
-                     column_config={c: st.column_config.TextColumn(alignment="right") for c in text_cols})
-        if undefined:
-            st.caption(L.SUBGROUP_FOOTNOTE)
+        undefined_table(sub, "lab_subgroups", L.UNDEFINED_FOOTNOTE.format(what="group"))
 
     embedding_view(card, res, folder, split, thr)
     save_profile_form(card, ev, thr, folder, split, res["key"])
@@ -536,7 +542,7 @@ def evaluate_section() -> None:
             try:
                 E.predictions(card, dataset(folder, card.taxonomy.to_dict(), str(card.path), split),
                               callback=lambda d, t: bar.progress(d / t, text=f"Predicting {d}/{t} images ..."))
-            except (ModelError, OSError, RuntimeError) as e:
+            except (DermTriageError, OSError, RuntimeError) as e:    # a bad $DERMTRIAGE_DEVICE too
                 st.error(f"Evaluation failed: {e}")
                 return
             eval_set.clear()

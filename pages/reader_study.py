@@ -330,7 +330,7 @@ def results_section() -> None:
     ev = R.eval_set(cases, study, phase)
     mpt = R.model_point(ev, thr, target) if ev is not None and thr is not None else None
     roc_col, note_col, width = two_columns("rs-roc-row")
-    fig = reader_roc_figure(ev, target, f"{R.target_label(study, target)} · {phase} part · {len(points)} readers",
+    fig = reader_roc_figure(ev, target, f"{R.target_label(study, target)} · {phase} part · {len(points)} reader{'s' if len(points) != 1 else ''}",
                             points, R.level_points(points), mpt, f"model at {thr.name}" if thr else "model",
                             width=width, answers_pt=R.model_answer_point(model, study, target, phase),
                             answers_label="model's top diagnosis")
@@ -360,10 +360,12 @@ def results_section() -> None:
             c = st.columns(4)
             c[0].metric("Readers in both parts", test["n_readers"])
             c[1].metric("Unassisted accuracy", f"{test['mean_unassisted']:.1%}")
-            c[2].metric("Assisted accuracy", f"{test['mean_assisted']:.1%}", f"{test['mean_difference']:+.1%}")
+            diff = test["mean_difference"]
+            c[2].metric("Assisted accuracy", f"{test['mean_assisted']:.1%}",
+                        f"{diff:+.1%}" if round(diff, 3) else None)      # no green arrow on "+0.0%"
             c[3].metric("Wilcoxon p", "—" if pd.isna(test["wilcoxon_p"]) else f"{test['wilcoxon_p']:.3f}")
-            st.caption(f"Test: {test['test']}; paired t-test p = "
-                       f"{'—' if pd.isna(test['ttest_p']) else format(test['ttest_p'], '.3f')}.")
+            st.caption(f"Test: {test['test']}; paired t-test "
+                       f"{'not computable (too few readers or no differences)' if pd.isna(test['ttest_p']) else 'p = ' + format(test['ttest_p'], '.3f')}.")
             st.dataframe(per.drop(columns=["reader_id"]), hide_index=True, key="rs_assist")
         else:
             st.info("No reader has finished cases in both parts yet.")

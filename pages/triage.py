@@ -159,19 +159,20 @@ with c1:
     st.plotly_chart(differential_chart(result, pred.taxonomy, thresholds), key="diff_chart")
     # -- issue 12: conformal prediction set beside the threshold differential
     st.markdown("**Prediction set** (a coverage guarantee)")
-    level = st.select_slider("Coverage level", conformal.PAGE_LEVELS, value=conformal.DEFAULT_LEVEL, key="conformal_level",
-                             format_func=lambda v: f"{v:.0%}",
-                             help="Higher levels give larger sets that miss the true diagnosis less often.")
     try:
         cal = conformal.active_calibration(pred.card, st.session_state.get(ACTIVE_PROFILE))
     except conformal.ConformalError as e:
         cal, cal_error = None, str(e)
     else:
-        cal_error = "this model has no conformal calibration yet (made by `python -m derm_core release` or recalibrate)"
+        cal_error = ("this model has no conformal calibration yet: calibrate it in **Model lab › Evaluate & tune** "
+                     "(Prediction sets)")
     if cal is None:
         pset = None
         st.caption(f"No prediction set: {cal_error}.")
     else:
+        level = st.select_slider("Coverage level", conformal.PAGE_LEVELS, value=conformal.DEFAULT_LEVEL,
+                                 key="conformal_level", format_func=lambda v: f"{v:.0%}",
+                                 help="Higher levels give larger sets that miss the true diagnosis less often.")
         pset = cal.prediction_set(result.probs, level)
         st.markdown(" · ".join(f"**{pred.taxonomy.display_names[c]}** ({c})" for c in pset) or "**(empty set)**")
         st.caption(conformal.describe(pset, level, pred.taxonomy.display_names))
@@ -275,8 +276,9 @@ st.subheader("Similar cases from the training data")
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def similar_index(network_key: str, data_dir: str):
-    """(index or None, images to index): only reads what is cached; cleared once a build finishes."""
+def similar_index(network_key: str, data_dir: str) -> similar.FolderIndex:
+    """The index (or None), images to index, and a cached index ignored (and why): only reads
+    what is cached; cleared once a build finishes."""
     return similar.folder_index(pred.card, data_dir, build=False)
 
 
@@ -287,14 +289,17 @@ if not sim_dir:
 else:
     network = pred.card.identity().network_key
     try:
-        index, n_index = similar_index(network, sim_dir)
+        index, n_index, ignored = similar_index(network, sim_dir)
         build = similar.index_build(pred.card, sim_dir) if index is None and n_index else None
         if build is not None and not build.running and build.error is None:
             similar_index.clear(network, sim_dir)      # built since this answer was cached (here or in another tab)
-            index, n_index = similar_index(network, sim_dir)
+            index, n_index, ignored = similar_index(network, sim_dir)
     except (ValueError, DataError, OSError) as e:
-        index, n_index, build = None, 0, None
+        index, n_index, build, ignored = None, 0, None, None
         st.caption(f"No similar cases: {e}.")
+    if ignored and index is None:
+        st.warning(f"Ignored the cached similar-case index (not this model's): {ignored}. Index the images again "
+                   "to replace it.")
     if index is None and n_index:
         offer, started = st.empty(), False     # "not indexed yet" and the button, gone once the index is there
         if build is None or not build.running:
@@ -319,11 +324,17 @@ else:
                 index = build.index
     if index is not None:
         k_sim = st.slider("Cases", 3, 12, 6, key="similar_k")
-        hits = similar.similar_cases(pred, crop, index, k_sim, clinical)
-        st.image([h.path for h in hits], width=120,
-                 caption=[f"{pred.taxonomy.display_names[h.label]} · similarity {h.similarity:.2f}" for h in hits])
-        st.caption("Nearest by cosine similarity of the network's image features, among the model's training and "
-                   "validation images, with their recorded diagnoses. Similar-looking is not the same diagnosis.")
+        try:
+            hits = similar.similar_cases(pred, crop, index, k_sim, clinical)
+        except ValueError as e:      # an index that does not fit this model: never ranked on the wrong features
+            hits = []
+            st.warning(f"Ignored the similar-case index: {e}.")
+        if hits:
+            st.image([h.path for h in hits], width=120,
+                     caption=[f"{pred.taxonomy.display_names[h.label]} · similarity {h.similarity:.2f}" for h in hits])
+            st.caption("Nearest by cosine similarity of the network's image features, among the model's training "
+                       "and validation images, with their recorded diagnoses. Similar-looking is not the same "
+                       "diagnosis.")
 
 # ---------------------------------------------------------------- 5. report
 report_args = dict(

@@ -60,7 +60,7 @@ def test_clear_errors(trained, tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     assert main(["predict", str(bad), "--model", str(root / "run")]) == 2
-    assert "not an image format" in capsys.readouterr().err
+    assert "not a format DermTriage reads" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(tmp_path), "--model", str(root / "run")]) == 2
     assert "metadata.csv" in capsys.readouterr().err
     assert main(["predict", str(bad), "--model", str(tmp_path / "none.json")]) == 2

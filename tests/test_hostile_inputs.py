@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -109,7 +110,7 @@ def test_postscript_never_reaches_ghostscript(monkeypatch):
     monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
     monkeypatch.setattr(subprocess, "Popen", no_gs)
     for source in (EPS, io.BytesIO(EPS)):
-        with pytest.raises(ImageError, match="PostScript/EPS file: not an image format") as e:
+        with pytest.raises(ImageError, match="PostScript/EPS file: not a format DermTriage reads") as e:
             load_image(source)
         assert "damaged or truncated" not in str(e.value)
 
@@ -635,5 +636,343 @@ def test_predict_crop_modes_and_the_crop_is_reported(tmp_path, ham7, capsys):
     for bad, why in (("0,0,500,100", "not inside the 400x300 photo"), ("0,0,300,10", "at least 16x16")):
         assert main(["predict", str(img), "--model", str(path), "--crop", bad]) == 2
         assert why in _one_line_error(capsys)
-    with pytest.raises(SystemExit):
-        main(["predict", str(img), "--crop", "left"])
+    assert main(["predict", str(img), "--crop", "left"]) == 2
+
+
+# =========================================================================== issue 18: files the new features read
+
+def _calibrated(tmp_path, ham7):
+    """A saved tiny model with a valid ``model.conformal.json`` (its dict returned for breaking)."""
+    from derm_core.model import conformal as C
+    card = read_card(_saved(tmp_path, ham7))
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(7), 200)
+    cal = C.Calibration.fit(rng.integers(0, 7, 200), probs, card.classes,
+                            {"weights_sha256": card.weights_sha256(), "temperature": card.temperature})
+    return card, cal.to_dict()
+
+
+CALIBRATION_BREAKS = {
+    "source a string": (lambda d: d.update(source="validation"), "source"),
+    "source a list": (lambda d: d.update(source=["validation"]), "source"),
+    "temperature warm": (lambda d: d["source"].update(temperature="warm"), "source.temperature"),
+    "score -5": (lambda d: d["scores"]["mel"].append(-5), "scores.mel"),
+    "score 7": (lambda d: d["scores"]["nv"].append(7), "scores.nv"),
+    "score 1e300": (lambda d: d["scores"]["df"].append(1e300), "scores.df"),
+    "score string": (lambda d: d["scores"]["bcc"].append("0.2"), "scores.bcc"),
+    "scores a list": (lambda d: d.update(scores=[0.1, 0.2]), "scores"),
+    "classes a number": (lambda d: d.update(classes=7), "classes"),
+    "min_class_n string": (lambda d: d.update(min_class_n="30"), "min_class_n"),
+}
+
+
+@pytest.mark.parametrize("case", list(CALIBRATION_BREAKS))
+def test_broken_calibration_files_are_refused_naming_file_and_field(tmp_path, ham7, capsys, case):
+    from derm_core.model import conformal as C
+    card, d = _calibrated(tmp_path, ham7)
+    breaker, field = CALIBRATION_BREAKS[case]
+    breaker(d)
+    path = C.calibration_path(card)
+    path.write_text(json.dumps(d))
+    with pytest.raises(C.ConformalError) as e:
+        C.load_calibration(card)
+    assert str(path) in str(e.value) and f"'{field}'" in str(e.value), str(e.value)
+    img = tmp_path / "photo.png"
+    lesion_image(CLASS_COLOURS["mel"]).save(img)
+    assert main(["predict", str(img), "--model", str(card.path), "--anyway", "--json"]) == 0   # no traceback
+    out = json.loads(capsys.readouterr().out)
+    assert out["prediction_set"] is None and f"'{field}'" in out["prediction_set_note"]
+    assert out["risk_tier"]                                         # the rest of the triage still works
+
+
+def test_calibration_paths_that_are_not_regular_files_or_nest_too_deep(tmp_path, ham7):
+    from derm_core.model import conformal as C
+    card, _ = _calibrated(tmp_path, ham7)
+    path = C.calibration_path(card)
+    assert C.load_calibration(card) is None                         # none at all: "no calibration"
+    path.mkdir()
+    with pytest.raises(C.ConformalError, match="is a folder, not a regular file"):
+        C.load_calibration(card)
+    note = C.predict_fields(card, dict(zip(card.classes, [1 / 7] * 7)))["prediction_set_note"]
+    assert "not a regular file" in note and "no conformal calibration" not in note
+    path.rmdir()
+    os.mkfifo(path)                                                 # opening it would block: never opened
+    with pytest.raises(C.ConformalError, match="is a pipe, not a regular file"):
+        C.load_calibration(card)
+    path.unlink()
+    path.write_text("[" * 100000 + "]" * 100000)                    # RecursionError inside json
+    with pytest.raises(C.ConformalError, match="nested too deeply"):
+        C.load_calibration(card)
+    card.path.write_text("[" * 100000 + "]" * 100000)               # the same for a model card
+    with pytest.raises(ModelError, match="nested too deeply"):
+        read_card(card.path)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(score=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6), st.text(max_size=5),
+                       st.booleans(), st.none()))
+def test_any_calibration_score_is_in_range_or_refused(tmp_path, ham7, score):
+    """A stored score is a total probability: from 0 to 1, or the file is refused (never a
+    silent "90%" sentence on scores of -5 or 1e300)."""
+    from derm_core.model import conformal as C
+    d = {"format": C.FORMAT, "method": C.METHOD, "min_class_n": 30, "classes": list(ham7.classes), "source": {},
+         "scores": {c: [0.1, 0.5] for c in ham7.classes}}
+    d["scores"]["mel"].append(score)
+    ok = isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score) and 0 <= score <= 1
+    if ok:
+        assert C.Calibration.from_dict(d).n["mel"] == 3
+    else:
+        with pytest.raises(C.ConformalError, match="'scores.mel'"):
+            C.Calibration.from_dict(d)
+
+
+def test_a_profile_with_a_broken_calibration_is_refused_and_the_model_calibration_used(tmp_path, ham7):
+    from derm_core.model import conformal as C
+    card, d = _calibrated(tmp_path, ham7)
+    folder = tmp_path / "profiles"
+    good = P.save_profile("clinic", card.thresholds, card, folder=folder, extra={"conformal": d})
+    assert C.active_calibration(card, str(good.path)) is not None
+    for breaker, field in (CALIBRATION_BREAKS["source a string"], CALIBRATION_BREAKS["temperature warm"]):
+        bad = json.loads(json.dumps(d))
+        breaker(bad)
+        prof = json.loads(good.path.read_text())
+        path = folder / "broken@v1.json"
+        path.write_text(json.dumps({**prof, "conformal": bad}))
+        listed = [x for x in P.list_profiles(folder) if isinstance(x, P.ProfileError)]
+        assert len(listed) == 1 and "broken@v1.json" in str(listed[0]) and f"'{field}'" in str(listed[0])
+        with pytest.raises(P.ProfileError, match=f"entry 'conformal': field '{field}'"):
+            P.load_profile(path, card)
+        assert C.active_calibration(card, str(path)) is None       # the model's own (none here), no exception
+
+
+# --------------------------------------------------------------------------- the similar-case index
+
+@pytest.fixture
+def index_setup(tmp_path, ham7, monkeypatch):
+    """A saved tiny model with its split file, on its own small dataset, caches under tmp_path."""
+    from derm_core.data.splits import make_splits, save_splits
+    from derm_core.explain import similar
+    monkeypatch.setenv("DERMTRIAGE_CACHE", str(tmp_path / "cache"))
+    similar._MEMO.clear()
+    card = read_card(_saved(tmp_path, ham7))
+    data = write_dataset(tmp_path / "data", per_class=3)
+    table = load_table(data, ham7)
+    save_splits(table, make_splits(table, seed=0), card.split_file)
+    return card, data, table
+
+
+def _foreign_index(card, table, width=None, fill=None):
+    """Cache files for the index's splits as another model would leave them (or all NaN)."""
+    from derm_core.data.splits import load_splits
+    from derm_core.evaluate import embedding as E
+    from derm_core.explain import similar
+    from derm_core.model.checkpoint import embedding_width
+    rows = similar.index_table(table, load_splits(table, card.split_file).to_numpy())
+    for s in similar.SPLITS:
+        part = similar._split_rows(rows, s)
+        emb = np.random.default_rng(0).normal(size=(len(part), width or embedding_width(card))).astype(np.float16)
+        if fill is not None:
+            emb[:] = fill
+        E._save_npz(E.cache_path(card, part), logits=np.zeros((len(part), 7), np.float32), embeddings=emb,
+                    image_id=np.asarray([str(i) for i in part["image_id"]]))
+
+
+@pytest.mark.parametrize("width, fill, why", [(4096, None, "is {n}x4096"), (70, None, "is {n}x70"),
+                                              (None, np.nan, "not numbers")])
+def test_a_cached_index_that_is_not_the_models_is_refused_and_rebuilt(index_setup, width, fill, why):
+    from derm_core.explain import similar
+    from derm_core.model.checkpoint import embedding_width
+    card, data, table = index_setup
+    assert embedding_width(card) is not None
+    _foreign_index(card, table, width, fill)
+    found = similar.folder_index(card, data)
+    assert found.index is None and found.n > 0
+    assert "field 'embeddings'" in found.ignored and re.search(why.replace("{n}", r"\d+"), found.ignored), found.ignored
+    rebuilt = similar.folder_index(card, data, build=True)          # building replaces the foreign files
+    assert rebuilt.index is not None and rebuilt.index.vectors.shape[1] == embedding_width(card) - 64
+    assert np.isfinite(rebuilt.index.vectors).all()
+    similar._MEMO.clear()
+    again = similar.folder_index(card, data)
+    assert again.index is not None and again.ignored is None
+
+
+# --------------------------------------------------------------------------- device and fast-path settings
+
+@pytest.mark.parametrize("value, why", [("tpu", "is not a device name"), ("gpu", "is not a device name"),
+                                        ("cuda:abc", "is not a device name"), ("meta", "runs on cpu or cuda"),
+                                        ("cuda", "no usable CUDA GPU|cuda:0 to"), ("cuda:7", "no usable CUDA GPU|cuda:0 to")])
+def test_a_device_this_machine_lacks_is_one_clear_error(tmp_path, ham7, capsys, monkeypatch, value, why):
+    if value.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    img = tmp_path / "photo.png"
+    lesion_image(CLASS_COLOURS["mel"]).save(img)
+    path = _saved(tmp_path, ham7)
+    monkeypatch.setenv("DERMTRIAGE_DEVICE", value)
+    assert main(["predict", str(img), "--model", str(path)]) == 2
+    err = _one_line_error(capsys)
+    assert "$DERMTRIAGE_DEVICE" in err and re.search(why, err), err
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"{value} (not used)" in out and "device:    cannot be used:" in out
+    monkeypatch.delenv("DERMTRIAGE_DEVICE")
+    rc = main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--arch", "tiny_test",
+               "--device", value])
+    assert rc == 2 and "--device" in _one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+    from derm_core.model.device import device_or_cpu
+    monkeypatch.setenv("DERMTRIAGE_DEVICE", value)
+    device, note = device_or_cpu()                                   # the pages: the CPU, saying why
+    assert device.type == "cpu" and "Running on the CPU instead" in note
+
+
+def test_an_unknown_fast_path_is_refused_not_silently_fp32(tmp_path, ham7, capsys, monkeypatch):
+    from derm_core.model.inference import fast_path_or_auto
+    img = tmp_path / "photo.png"
+    lesion_image(CLASS_COLOURS["mel"]).save(img)
+    monkeypatch.setenv("DERMTRIAGE_DEVICE", "cpu")
+    monkeypatch.setenv("DERMTRIAGE_FAST_PATH", "fp8")
+    assert main(["predict", str(img), "--model", str(_saved(tmp_path, ham7))]) == 2
+    assert "$DERMTRIAGE_FAST_PATH must be auto or fp32, not 'fp8'" in _one_line_error(capsys)
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    row = next(r for r in info["settings"] if r["field"] == "fast_path")
+    assert row["value"] == "fp8" and row["valid"] is False and "invalid" in row["source"]
+    assert info["fast_path"] is None and "fp8" in info["fast_path_error"]
+    path, note = fast_path_or_auto(torch.device("cpu"))               # the pages: the automatic path, saying so
+    assert path in ("cpu-bf16", "fp32") and "automatic fast path" in note
+
+
+# --------------------------------------------------------------------------- command line (issue 18)
+
+@pytest.mark.parametrize("argv, why", [
+    (["explain", "{img}", "--out", "{out}", "--method", "lime", "--samples", "0"], "--samples: must be a whole number from 2"),
+    (["explain", "{img}", "--out", "{out}", "--method", "lime", "--samples", "-5"], "--samples"),
+    (["explain", "{img}", "--out", "{out}", "--method", "lime", "--samples", "1"], "from 2"),
+    (["explain", "{img}", "--out", "{out}", "--seed", "-1"], "--seed"),
+    (["evaluate", "--data", "{out}", "--batch-size", "0"], "--batch-size: must be a whole number from 1"),
+    (["predict", "{img}", "--level", "1.5"], "--level: must be a number between 0 and 1"),
+    (["predict", "{img}", "--level", "nan"], "--level"),
+    (["predict", "{img}", "--crop", "-10,-10,50,50"], "x0 is -10; pixel positions start at 0"),
+    (["predict", "{img}", "--crop=-10,-10,50,50"], "x0 is -10; pixel positions start at 0"),
+    (["predict", "{img}", "--crop", "1.5,2,50,60"], "x0 is 1.5; give whole pixels"),
+    (["predict", "{img}", "--crop", "left"], "--crop: must be auto, none or x0,y0,x1,y1"),
+    (["recalibrate", "--target", "dangerous", "1.5"], "--target"),
+    (["recalibrate", "--target", "dangerous", "high"], "--target"),
+])
+def test_numeric_regressions_are_one_line_errors_before_any_work(tmp_path, capsys, no_model_load, argv, why):
+    img = tmp_path / "photo.png"
+    lesion_image(CLASS_COLOURS["mel"]).save(img)
+    argv = [a.format(img=img, out=tmp_path / "out") for a in argv]
+    assert main(argv) == 2
+    assert why in _one_line_error(capsys)
+
+
+def _numeric_actions():
+    """(command, option, action) of every option whose value is a number, from the parser itself."""
+    from derm_core.cli import _subparsers, _TierTarget, build_parser
+    for name, sub in _subparsers(build_parser()).items():
+        for a in sub._actions:
+            if a.option_strings and (getattr(a.type, "__name__", "") in ("int", "float") or isinstance(a, _TierTarget)):
+                yield name, a.option_strings[-1], a
+
+
+def _base_args(sub_name, tmp_path) -> list[str]:
+    """A command line for ``sub_name`` whose every required input points nowhere, so that any
+    value that gets past the parser still ends in a one-line error (and nothing heavy runs)."""
+    from derm_core.cli import _subparsers, build_parser
+    sub = _subparsers(build_parser())[sub_name]
+    nowhere = str(tmp_path / "nowhere")
+    out = []
+    for a in sub._actions:
+        if not a.option_strings and a.dest not in ("help",):
+            out.append(nowhere)
+        elif a.required or a.dest in ("model", "data"):
+            out += [a.option_strings[-1], str(tmp_path / f"{a.dest}-nowhere")]
+    return out
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "1e999", ""])
+def test_every_numeric_option_at_zero_minus_one_and_non_numbers_is_a_one_line_error(tmp_path, capsys, value):
+    """Walks the parser: a new numeric option is covered without touching this test."""
+    seen = []
+    for cmd, opt, action in _numeric_actions():
+        seen.append(opt)
+        from derm_core.cli import _TierTarget
+        values = ["dangerous", value] if isinstance(action, _TierTarget) else [value] * (action.nargs if isinstance(action.nargs, int) else 1)
+        argv = [cmd, *_base_args(cmd, tmp_path), opt, *values]
+        rc = main(argv)
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert rc == 2 and len(lines) == 1 and "Traceback" not in err, (argv, rc, err)
+        if value in ("abc", "", "1e999") and action.type is not float:
+            assert opt in lines[0], (argv, lines[0])
+    assert {"--batch-size", "--samples", "--seed", "--level", "--epochs", "--lr", "--target"} <= set(seen)
+
+
+def test_a_disk_that_fills_while_the_checkpoint_is_written_is_one_line(tmp_path, monkeypatch, capsys):
+    """safetensors reports the failed write as a SafetensorError: it becomes the OSError it wraps."""
+    from safetensors import SafetensorError
+
+    import derm_core.fit.train as T
+    import derm_core.model.checkpoint as C
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(C, "save_file", full)
+
+    def writes_a_checkpoint(cfg, *a):
+        C.atomic_save_tensors(tmp_path / "run" / "last.safetensors", {"w": torch.zeros(3)})
+
+    monkeypatch.setattr(T, "_train", writes_a_checkpoint)
+    rc = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--arch", "tiny_test",
+               "--pretrained", "none"])
+    assert rc == 2
+    err = _one_line_error(capsys)
+    assert "the disk is full" in err and "last.safetensors" in err
+    assert not list((tmp_path / "run").glob(".last.safetensors.*"))   # no staging file left behind
+
+
+def test_a_real_failed_tensor_write_is_an_os_error(tmp_path):
+    """The real safetensors message, from a file-size limit in a child process."""
+    code = ("import resource, signal, sys, torch; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]));"
+            "from derm_core.model.checkpoint import atomic_save_tensors\n"
+            "try:\n    atomic_save_tensors(sys.argv[1], {'w': torch.zeros(100000)})\n"
+            "except OSError as e:\n    print('OSError', e.errno)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.safetensors")], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.stdout.strip() == "OSError 27", out.stderr[-2000:]
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_triage_page_keeps_working_and_says_what_it_ignored(index_setup, monkeypatch, tmp_path):
+    """A broken calibration beside the model, a foreign similar-case index in the cache and a
+    device this machine lacks: the page triages the upload and names each thing it did not use."""
+    from streamlit.testing.v1 import AppTest
+
+    from derm_core.model import conformal as C
+    card, data, _ = index_setup
+    C.calibration_path(card).write_text(json.dumps({"format": C.FORMAT, "method": C.METHOD, "min_class_n": 30,
+                                                    "classes": list(card.classes), "source": "validation",
+                                                    "scores": {c: [0.1] for c in card.classes}}))
+    _foreign_index(card, load_table(data, card.taxonomy), 4096)
+    monkeypatch.setenv("DERMTRIAGE_MODEL", str(card.path))
+    monkeypatch.setenv("DERMTRIAGE_DATA", str(data))
+    monkeypatch.setenv("DERMTRIAGE_PROFILES", str(tmp_path / "profiles"))
+    monkeypatch.setenv("DERMTRIAGE_DEVICE", "tpu")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.session_state["lime_samples"] = 50
+    at.run()
+    buf = io.BytesIO()
+    lesion_image(CLASS_COLOURS["mel"], (200, 150)).save(buf, "PNG")
+    at.file_uploader[0].set_value(("photo.png", buf.getvalue(), "image/png"))
+    at.run()
+    assert not at.exception, at.exception
+    warnings = " ".join(w.value for w in at.warning)
+    captions = " ".join(c.value for c in at.caption)
+    assert "$DERMTRIAGE_DEVICE 'tpu'" in warnings and "Running on the CPU instead" in warnings
+    assert "No prediction set:" in captions and "'source'" in captions and "model.conformal.json" in captions
+    assert "Ignored the cached similar-case index" in warnings and "x4096" in warnings
+    assert "Risk tier:" in " ".join(m.value for m in at.markdown) + captions + " ".join(
+        x.value for x in [*at.success, *at.warning, *at.error, *at.info])

@@ -110,4 +110,4 @@ def test_undefined_values_show_as_a_dash_never_none(ev, ham7):
     shown, _, undefined = L.display_table(sub)
     text = shown.astype(str).to_string()
     assert "None" not in text and "nan" not in text.lower() and not shown.isna().any().any()
-    assert undefined and L.UNDEFINED in text and L.SUBGROUP_FOOTNOTE.startswith(L.UNDEFINED)
+    assert undefined and L.UNDEFINED in text and L.UNDEFINED_FOOTNOTE.startswith(L.UNDEFINED)

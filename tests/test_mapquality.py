@@ -128,3 +128,16 @@ def test_randomised_copy_and_map_similarity(tiny_predictor):
     assert Q.map_similarity(m, m) == pytest.approx(1.0)
     assert Q.map_similarity(m, -m) == pytest.approx(-1.0)
     assert abs(Q.map_similarity(m, np.random.default_rng(1).random(SIZE))) < 0.1
+
+
+def test_a_tie_with_random_order_gets_no_verdict():
+    """Equal deletion areas (as the page shows them, two decimals) are neither faithful nor not."""
+    q = Q.MapQuality("lime", 0, 0.9, deletion=1.0, insertion=1.0, random_deletion=1.0 + Q.TIE / 2,
+                     inside_lesion=0.27, lesion_area=0.28)
+    assert q.inconclusive and not q.faithful
+    assert q.summary().startswith("no verdict") and "faithful" not in q.summary()
+    assert "surrounding skin" not in q.summary()          # 27% vs 28%: not a finding either
+    clear = Q.MapQuality("lime", 0, 0.9, deletion=0.5, insertion=1.0, random_deletion=0.8,
+                         inside_lesion=0.1, lesion_area=0.3)
+    assert clear.faithful and not clear.inconclusive and "surrounding skin" in clear.summary()
+    assert clear.to_dict()["inconclusive"] is False

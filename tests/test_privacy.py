@@ -28,7 +28,7 @@ from conftest import CLASS_COLOURS, GPS_TEXT, ROOT, exif_photo, lesion_image, pa
 from derm_core.data.images import MAX_BYTES, MAX_PIXELS, load_image, strip_metadata
 from derm_core.data.taxonomy import load_taxonomy
 from derm_core.model.checkpoint import ModelError, load_model, read_card, save_model
-from derm_core.model.networks import create_model
+from derm_core.model.networks import ARCHS, create_model, offline_weights_path
 from derm_core.model.predictor import Predictor
 from derm_core.settings import SHIPPED_MODEL
 from derm_core.triage import profiles as P
@@ -274,7 +274,15 @@ def test_model_files_are_never_unpickled(app_env, monkeypatch):
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
-    monkeypatch.setattr(torch, "load", refuse)
+    real_load, package_files = torch.load, {offline_weights_path(a) for a in ARCHS} - {None}
+
+    def package_weights_only(path, *a, **kw):
+        """The one torch.load allowed: an installed package's ImageNet file (the gate's reference
+        network), read with weights_only=True; never a model file, never a path a user chose."""
+        if str(path) in package_files and kw.get("weights_only") is True:
+            return real_load(path, *a, **kw)
+        refuse()
+    monkeypatch.setattr(torch, "load", package_weights_only)
     for card in (app_env["card"], SHIPPED_MODEL):
         pred = Predictor.from_path(card, device=torch.device("cpu"))
         res = pred.predict(lesion_image(CLASS_COLOURS["nv"], (200, 150)), anyway=True)   # past the gate
@@ -370,11 +378,15 @@ HOSTILE = "http://evil.example"
 def test_the_origin_check_looks_up_nothing_outside_this_machine(offline, monkeypatch):
     """Streamlit's check of a foreign WebSocket Origin asks outside addresses for this machine's
     IP before it refuses; with run.keep_streamlit_local it answers from this machine."""
+    import importlib.util
+
     import run
     from streamlit import net_util
     from streamlit.web.server.starlette import starlette_websocket as W
-    for name in ("get_external_ip", "get_internal_ip", "_external_ip", "_internal_ip"):
-        monkeypatch.setattr(net_util, name, getattr(net_util, name))       # restored afterwards
+    fresh = importlib.util.module_from_spec(importlib.util.find_spec("streamlit.net_util"))
+    fresh.__spec__.loader.exec_module(fresh)          # Streamlit's own functions (app.py may have replaced them here)
+    for name in ("get_external_ip", "get_internal_ip"):
+        monkeypatch.setattr(net_util, name, getattr(fresh, name))           # all restored afterwards
     monkeypatch.setattr(net_util, "_external_ip", None)
     monkeypatch.setattr(net_util, "_internal_ip", None)
     assert W._is_origin_allowed(HOSTILE, "localhost:8501") is False        # Streamlit on its own ...

@@ -154,11 +154,11 @@ PNG = _enc(PHOTO, "PNG")
 # ("ok", (w, h)) must decode to an RGB image of that size; ("either", None): ImageError or a valid image.
 CORPUS: dict[str, tuple] = {
     # not images at all, with image extensions
-    "notes.jpg": (b"this is not an image at all\n" * 10, ("error", "not an image format")),
-    "page.png": (b"<!doctype html><html><body>hello</body></html>", ("error", "not an image format")),
-    "document.jpeg": (b"%PDF-1.4\n1 0 obj << >> endobj\n%%EOF\n", ("error", "not an image format")),
-    "archive.webp": (b"PK\x03\x04" + b"\0" * 60, ("error", "not an image format")),
-    "vector.png": (b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', ("error", "not an image format")),
+    "notes.jpg": (b"this is not an image at all\n" * 10, ("error", "not a format DermTriage reads")),
+    "page.png": (b"<!doctype html><html><body>hello</body></html>", ("error", "not a format DermTriage reads")),
+    "document.jpeg": (b"%PDF-1.4\n1 0 obj << >> endobj\n%%EOF\n", ("error", "not a format DermTriage reads")),
+    "archive.webp": (b"PK\x03\x04" + b"\0" * 60, ("error", "not a format DermTriage reads")),
+    "vector.png": (b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', ("error", "not a format DermTriage reads")),
     "empty.jpg": (b"", ("error", "empty")),
     # damaged files
     "truncated.jpg": (_truncated(JPEG, 0.5), ("error", "damaged or truncated")),
@@ -192,12 +192,19 @@ CORPUS: dict[str, tuple] = {
                      ("ok", (120, 90))),
     "icc_garbage.png": (_enc(PHOTO, "PNG", icc_profile=b"not a colour profile" * 8), ("ok", (120, 90))),
     # issue 13: only the listed formats are decoded, chosen by content (never Ghostscript or other plugins)
-    "postscript.jpg": (EPS, ("error", "PostScript/EPS file: not an image format")),
-    "binary_eps.png": (b"\xc5\xd0\xd3\xc6" + b"\0" * 60, ("error", "EPS file: not an image format")),
+    "postscript.jpg": (EPS, ("error", "PostScript/EPS file: not a format DermTriage reads")),
+    "binary_eps.png": (b"\xc5\xd0\xd3\xc6" + b"\0" * 60, ("error", "EPS file: not a format DermTriage reads")),
     "photoshop.png": (b"8BPS\0\1" + b"\0" * 60, ("error", "Photoshop")),
-    "icon.png": (_enc(PHOTO, "ICO"), ("error", r"icon \(ICO\) file: not an image format")),
-    "pcx.jpg": (_enc(PHOTO, "PCX"), ("error", "not an image format")),
-    "tga.jpg": (_enc(PHOTO, "TGA"), ("error", "not an image format")),
+    "icon.png": (_enc(PHOTO, "ICO"), ("error", r"icon \(ICO\) file: not a format DermTriage reads")),
+    "pcx.jpg": (_enc(PHOTO, "PCX"), ("error", "not a format DermTriage reads")),
+    "tga.jpg": (_enc(PHOTO, "TGA"), ("error", r"TGA \(Targa\) image: not a format DermTriage reads \(JPEG, PNG")),
+    # issue 18: images in formats DermTriage does not read are named as such, not as "not an image"
+    "sixteen_bit_pgm.png": (_enc(Image.fromarray(np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20), "PPM"),
+                            ("error", r"Netpbm \(PGM\) image: not a format DermTriage reads \(JPEG, PNG")),
+    "ppm.jpg": (_enc(PHOTO, "PPM"), ("error", r"Netpbm \(PPM\) image: not a format DermTriage reads")),
+    "jxl_codestream.jpg": (b"\xff\x0a\xfa\x1f" + b"\0" * 60, ("error", "JPEG XL image: not a format DermTriage reads")),
+    "jxl_container.png": (b"\x00\x00\x00\x0cJXL \r\n\x87\n" + b"\0" * 60,
+                          ("error", "JPEG XL image: not a format DermTriage reads")),
     "photo.heic": (_enc(PHOTO, "HEIF", quality=90), ("ok", (120, 90))),
     "truncated.heic": (_truncated(_enc(PHOTO, "HEIF", quality=90), 0.5), ("error", "damaged or truncated")),
     "photo.avif": (_enc(PHOTO, "AVIF", quality=90), ("ok", (120, 90))),

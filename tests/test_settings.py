@@ -80,8 +80,8 @@ def test_invalid_value_is_a_config_error_naming_the_variable_where_it_is_used(mo
     with pytest.raises(errors.ConfigError, match="DERMTRIAGE_JOB_NICE"):
         s.require("job_nice")
     assert s.require("runs") == tmp_path / "runs"
-    row = next(r for r in S.describe() if r["env"] == S.ENV_NICE)      # describe reports it instead
-    assert row["value"] is None and "invalid" in row["source"]
+    row = next(r for r in S.describe() if r["env"] == S.ENV_NICE)      # describe reports it instead, marked
+    assert row["value"] == "low" and row["valid"] is False and "invalid" in row["source"]
 
 
 def test_each_variable_is_named_once_and_read_only_in_settings():

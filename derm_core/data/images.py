@@ -62,7 +62,9 @@ _FOREIGN = ((b"%!PS", "a PostScript/EPS file"), (b"\xc5\xd0\xd3\xc6", "an EPS fi
             (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 file"), (b"\xffO\xffQ", "a JPEG 2000 file"),
             (b"v/1\x01", "an OpenEXR file"), (b"SIMPLE  =", "a FITS file"), (b"PK\x03\x04", "a ZIP archive"),
             (b"<svg", "an SVG drawing"), (b"<?xml", "an XML/SVG file"), (b"qoif", "a QOI image"),
-            (b"DDS ", "a DirectDraw texture"), (b"\x0a\x05\x01", "a PCX image"))
+            (b"DDS ", "a DirectDraw texture"), (b"\x0a\x05\x01", "a PCX image"),
+            (b"\xff\x0a", "a JPEG XL image"), (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "a JPEG XL image"))
+_NETPBM = {b"P1": "PBM", b"P2": "PGM", b"P3": "PPM", b"P4": "PBM", b"P5": "PGM", b"P6": "PPM", b"P7": "PAM"}
 
 
 def _ftyp_brand(head: bytes) -> bytes | None:
@@ -86,7 +88,15 @@ def _foreign(head: bytes) -> str | None:
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "a DICOM file (export the image as JPEG, PNG or TIFF)"
     stripped = head.lstrip()
-    return next((name for sig, name in _FOREIGN if head.startswith(sig) or stripped.startswith(sig)), None)
+    named = next((name for sig, name in _FOREIGN if head.startswith(sig) or stripped.startswith(sig)), None)
+    if named:
+        return named
+    if head[:2] in _NETPBM and head[2:3].isspace():
+        return f"a Netpbm ({_NETPBM[head[:2]]}) image"
+    # TGA has no signature: an 18-byte header with a known image type and pixel depth
+    if len(head) >= 18 and head[1] in (0, 1) and head[2] in (1, 2, 3, 9, 10, 11) and head[16] in (8, 15, 16, 24, 32):
+        return "a TGA (Targa) image"
+    return None
 
 
 def _head(source) -> bytes:
@@ -138,8 +148,8 @@ def _open(source) -> Image.Image:
         if kind:  # the right signature, but Pillow could not even read the header: cut short or damaged
             raise ImageError(f"the file starts like a {kind} image but is damaged or truncated") from None
         other = _foreign(head)
-        raise ImageError(f"this file is {other or 'not an image'}: not an image format DermTriage can read "
-                         f"({FORMATS_TEXT})") from None
+        raise ImageError(f"this file is {other + ':' if other else 'not an image, or'} not a format "
+                         f"DermTriage reads ({FORMATS_TEXT}); save the photo as JPEG or PNG") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"the image file is damaged or truncated ({e})") from None
     return img

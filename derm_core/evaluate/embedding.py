@@ -19,13 +19,15 @@ import hashlib
 import io
 import json
 import os
+import stat
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from derm_core.model.checkpoint import ModelCard, atomic_write_bytes
+from derm_core.errors import CacheError
+from derm_core.model.checkpoint import ModelCard, atomic_write_bytes, embedding_width
 from derm_core.settings import settings
 
 CACHE_FORMAT = 1
@@ -73,21 +75,68 @@ def _save_npz(path: Path, **arrays) -> None:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache file; None when there is none.
+
+    Raises:
+        CacheError: the path is not a regular file (a folder, a FIFO that would block), or the
+            file is not a readable ``.npz`` (truncated, foreign, pickled objects)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CacheError(f"cache file {path} cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise CacheError(f"cache file {path} is not a regular file")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):   # missing, truncated, foreign: recompute
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, AttributeError) as e:
+        raise CacheError(f"cache file {path} is not readable ({type(e).__name__}: {e})") from None
+
+
+def _float_matrix(cached: dict, key: str, rows: int, cols: int | None, path: Path) -> np.ndarray:
+    """``cached[key]`` as a finite (rows, cols) float matrix (``cols`` None: any width)."""
+    a = cached.get(key)
+    where = f"cache file {path}: field '{key}'"
+    if a is None or a.ndim != 2 or not np.issubdtype(a.dtype, np.floating):
+        raise CacheError(f"{where} must be a 2-D float array, not {None if a is None else f'{a.dtype} {a.shape}'}")
+    if a.shape[0] != rows or (cols is not None and a.shape[1] != cols):
+        raise CacheError(f"{where} is {a.shape[0]}x{a.shape[1]}; this model and data need "
+                         f"{rows}x{cols if cols is not None else 'any'}")
+    bad = int((~np.isfinite(a)).sum())
+    if bad:
+        raise CacheError(f"{where} holds {bad} value(s) that are not numbers (NaN or infinity)")
+    return a
+
+
+def read_cached_predictions(card: ModelCard, table: pd.DataFrame) -> dict[str, np.ndarray] | None:
+    """The one reader of cached predictions: the logits (N, classes) and embeddings (N, the
+    model's embedding width) of this (model, data), or None when nothing is cached.
+
+    Raises:
+        CacheError: a cached file that is malformed or does not belong to this model and data
+            (other rows, classes or embedding width; NaN), naming the file and field.
+    """
+    path = cache_path(card, table)
+    cached = _load_npz(path)
+    if cached is None:
         return None
+    n = len(table)
+    _float_matrix(cached, "logits", n, len(card.classes), path)
+    _float_matrix(cached, "embeddings", n, embedding_width(card), path)
+    ids = cached.get("image_id")
+    if ids is not None and list(map(str, ids)) != [str(i) for i in table["image_id"]]:
+        raise CacheError(f"cache file {path}: field 'image_id' lists other images than this dataset's")
+    return cached
 
 
 def load_cached_predictions(card: ModelCard, table: pd.DataFrame) -> dict[str, np.ndarray] | None:
-    """The cached logits/embeddings of this (model, data), or None."""
-    cached = _load_npz(cache_path(card, table))
-    if cached is None or len(cached.get("logits", ())) != len(table):
+    """The cached logits/embeddings of this (model, data), or None (none, or refused: recomputed)."""
+    try:
+        return read_cached_predictions(card, table)
+    except CacheError:
         return None
-    if "image_id" in cached and list(cached["image_id"]) != [str(i) for i in table["image_id"]]:
-        return None
-    return cached
 
 
 def predictions(card: ModelCard, table: pd.DataFrame, *, model=None, device=None, callback=None,
@@ -172,11 +221,13 @@ def tsne(embeddings: np.ndarray, dims: int = 2, *, perplexity: float = 30.0, see
 
 
 def load_cached_tsne(card: ModelCard, table: pd.DataFrame, dims: int = 2) -> np.ndarray | None:
-    """The cached t-SNE layout of this (model, data), or None."""
-    cached = _load_npz(cache_path(card, table, f"tsne{dims}d"))
-    if cached is not None and cached.get("xy") is not None and len(cached["xy"]) == len(table):
-        return cached["xy"]
-    return None
+    """The cached t-SNE layout of this (model, data), or None (none, or refused: recomputed)."""
+    path = cache_path(card, table, f"tsne{dims}d")
+    try:
+        cached = _load_npz(path)
+        return None if cached is None else _float_matrix(cached, "xy", len(table), dims, path)
+    except CacheError:
+        return None
 
 
 def cached_tsne(card: ModelCard, table: pd.DataFrame, embeddings: np.ndarray, dims: int = 2, **kw) -> np.ndarray:

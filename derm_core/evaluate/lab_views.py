@@ -105,9 +105,9 @@ def card_summary(card) -> dict:
 
 # ---------------------------------------------------------------------- tables
 UNDEFINED = "–"
-SUBGROUP_FOOTNOTE = (f"{UNDEFINED}: not defined for this group: no images with the condition (sensitivity), none "
+UNDEFINED_FOOTNOTE = (f"{UNDEFINED}: not defined for this {{what}}: no images with the condition (sensitivity), none "
                      "without it (specificity), none flagged (PPV) or none cleared (NPV), or a single class among "
-                     "its images (macro AUC); most often a group with few images.")
+                     "its images (macro AUC); most often one with few images.")
 
 
 def display_table(df: pd.DataFrame, decimals: int = 3) -> tuple[pd.DataFrame, list[str], bool]:

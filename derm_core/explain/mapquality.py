@@ -33,6 +33,8 @@ from derm_core.model.transforms import to_pil_preview
 
 STEPS = 10
 BLUR_RADIUS = 12
+TIE = 0.02            # deletion areas (per p_full) this close read as equal: the summary shows two decimals
+SHARE_MARGIN = 0.05   # a map's share inside the lesion this far under the lesion's area share "points elsewhere"
 
 
 @dataclass(frozen=True)
@@ -50,18 +52,27 @@ class MapQuality:
 
     @property
     def faithful(self) -> bool:
-        """Deleting the map's pixels first lowers the class faster than deleting random pixels."""
-        return self.deletion < self.random_deletion
+        """Deleting the map's pixels first lowers the class clearly (by more than TIE) faster than
+        deleting random pixels."""
+        return self.deletion < self.random_deletion - TIE
+
+    @property
+    def inconclusive(self) -> bool:
+        """Map order and random order lower the class about equally (within TIE): the photo's score
+        hardly depends on which pixels go first, so the check says nothing either way."""
+        return abs(self.deletion - self.random_deletion) <= TIE
 
     def to_dict(self) -> dict:
         return {"method": self.method, "target": self.target, "p_full": self.p_full, "deletion_auc": self.deletion,
                 "insertion_auc": self.insertion, "random_deletion_auc": self.random_deletion,
-                "faithful": self.faithful, "inside_lesion": self.inside_lesion, "lesion_area": self.lesion_area,
+                "faithful": self.faithful, "inconclusive": self.inconclusive, "inside_lesion": self.inside_lesion, "lesion_area": self.lesion_area,
                 "deletion_curve": list(self.deletion_curve), "insertion_curve": list(self.insertion_curve)}
 
     def summary(self) -> str:
         """One line for the triage page and the case report."""
-        verdict = ("faithful: hiding its strongest pixels first lowers the score faster than hiding random pixels"
+        verdict = ("no verdict: hiding its strongest pixels first and hiding random pixels lower the score about "
+                   "equally" if self.inconclusive else
+                   "faithful: hiding its strongest pixels first lowers the score faster than hiding random pixels"
                    if self.faithful else "NOT faithful: hiding its strongest pixels lowers the score no faster than "
                                          "hiding random pixels")
         s = (f"{verdict} (deletion {self.deletion:.2f} vs {self.random_deletion:.2f} random, insertion "
@@ -69,7 +80,7 @@ class MapQuality:
         if self.inside_lesion is not None:
             s += (f"; {self.inside_lesion:.0%} of the map's weight lies inside the lesion outline, which covers "
                   f"{self.lesion_area:.0%} of the crop")
-            if self.inside_lesion < self.lesion_area:
+            if self.inside_lesion < self.lesion_area - SHARE_MARGIN:
                 s += " — it points at surrounding skin, rulers or ink more than at the lesion"
         return s + "."
 

@@ -51,6 +51,7 @@ SEGMENTATIONS = ("slic", "quickshift")
 #   (200 paired: 0.74 in 1.9 s; 200 random: 0.65; lime's 1000-sample defaults: 0.87).
 # * batches of 16: per-image CPU cost rises with batch size on a small-cache CPU (32: +25%).
 LIME_SAMPLES = 300
+LIME_MIN_SAMPLES = 2       # the photo itself and one perturbation
 LIME_SEGMENTS = 30
 LIME_BATCH = 16
 SCORECAM_BATCH = 64
@@ -481,8 +482,8 @@ def lime_explanation(predictor, image: Image.Image, target: int | None = None, n
     for name, v in (("num_samples", num_samples), ("n_segments", n_segments), ("batch_size", batch_size)):
         if isinstance(v, bool) or not (isinstance(v, (int, np.integer)) and v >= 1):
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if num_samples < 2:
-        raise ValueError("num_samples must be at least 2 (the photo itself and one perturbation)")
+    if num_samples < LIME_MIN_SAMPLES:
+        raise ValueError(f"num_samples must be at least {LIME_MIN_SAMPLES} (the photo itself and one perturbation)")
     start = time.perf_counter()
     preview = np.asarray(to_pil_preview(image, predictor.card.input_size))
     segments = segment(preview, segmentation, n_segments, seed)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from derm_core.errors import CacheError
 from derm_core.evaluate.embedding import data_key, model_key, predictions
 from derm_core.model.checkpoint import ModelCard
 
@@ -124,8 +126,13 @@ def build_index(card: ModelCard, table: pd.DataFrame, split, *, model=None, call
 
 
 def cached_index(card: ModelCard, table: pd.DataFrame, split) -> CaseIndex | None:
-    """The index when its embeddings are already cached on disk (no computation), else None."""
-    from derm_core.evaluate.embedding import load_cached_predictions
+    """The index when its embeddings are already cached on disk (no computation), else None.
+
+    Raises:
+        CacheError: a cached file is there but is not this model's (another embedding width,
+            other classes or images, NaN): it is never used; building the index replaces it.
+    """
+    from derm_core.evaluate.embedding import read_cached_predictions
     rows = index_table(table, split)
     if rows.empty:
         return None
@@ -133,10 +140,18 @@ def cached_index(card: ModelCard, table: pd.DataFrame, split) -> CaseIndex | Non
     with _LOCK:
         if key in _MEMO:
             return _MEMO[key]
-    if any(load_cached_predictions(card, _split_rows(rows, s)) is None for s in SPLITS
+    if any(read_cached_predictions(card, _split_rows(rows, s)) is None for s in SPLITS
            if (rows["split"] == s).any()):
         return None
     return build_index(card, table, split)
+
+
+class FolderIndex(NamedTuple):
+    """What :func:`folder_index` found: the index (None until built), how many images it holds,
+    and why a cached index was ignored (None when none was)."""
+    index: CaseIndex | None
+    n: int
+    ignored: str | None = None
 
 
 def similar_cases(predictor, image, index: CaseIndex, k: int = 5, clinical=None) -> list[Neighbour]:
@@ -145,9 +160,10 @@ def similar_cases(predictor, image, index: CaseIndex, k: int = 5, clinical=None)
     return index.query(emb, k)
 
 
-def folder_index(card: ModelCard, data_dir, *, build: bool = False, model=None, callback=None):
-    """(index or None, number of images it holds) for a dataset folder, when the folder is the model's
-    own dataset (its split file covers every image); ``build=False`` only reads the cache.
+def folder_index(card: ModelCard, data_dir, *, build: bool = False, model=None, callback=None) -> FolderIndex:
+    """The similar-case index of a dataset folder, when the folder is the model's own dataset
+    (its split file covers every image); ``build=False`` only reads the cache, and a cached
+    index that is not this model's is ignored with the reason (building replaces it).
 
     Raises:
         ValueError: the folder is not the model's dataset, or the model has no split file.
@@ -164,8 +180,12 @@ def folder_index(card: ModelCard, data_dir, *, build: bool = False, model=None, 
         raise ValueError("the dataset folder is not this model's training dataset (its split file does not "
                          "list these images)") from None
     n = int(np.isin(split, SPLITS).sum())
-    idx = build_index(card, table, split, model=model, callback=callback) if build else cached_index(card, table, split)
-    return idx, n
+    if build:
+        return FolderIndex(build_index(card, table, split, model=model, callback=callback), n)
+    try:
+        return FolderIndex(cached_index(card, table, split), n)
+    except CacheError as e:
+        return FolderIndex(None, n, str(e))
 
 
 # ------------------------------------------------------------------ building the index in the background
@@ -196,8 +216,8 @@ class IndexBuild:
 
     def _run(self, card: ModelCard, data_dir) -> None:
         try:
-            self.index, _ = folder_index(card, data_dir, build=True,
-                                         callback=lambda d, t: setattr(self, "done", min(int(d), self.total)))
+            self.index = folder_index(card, data_dir, build=True,
+                                      callback=lambda d, t: setattr(self, "done", min(int(d), self.total))).index
             self.done = self.total
         except Exception as e:  # noqa: BLE001 - any failure is reported to the page, which offers to try again
             self.error = f"{type(e).__name__}: {e}" if not isinstance(e, (ValueError, OSError)) else str(e)

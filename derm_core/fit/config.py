@@ -38,6 +38,7 @@ import types
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
 
+from derm_core.model.device import KINDS
 from derm_core.model.networks import DEFAULT_ARCH, list_archs
 from derm_core.triage.rules import DEFAULT_TIER_SENSITIVITY
 
@@ -45,7 +46,7 @@ MONITORS = ("val_loss", "val_macro_auc", "val_balanced_accuracy", "val_accuracy"
 LOSSES = ("cross_entropy", "logit_adjusted")
 CLASS_WEIGHTING = ("none", "sqrt", "inverse")
 PRETRAINED = ("offline", "hub", "none")
-DEVICES = ("cpu", "cuda")            # or "cuda:N"; None picks CUDA when present
+DEVICES = KINDS                       # or "cuda:N"; None picks CUDA when present (checked by device.py)
 
 
 def _setting(default=MISSING, *, factory=MISSING, **metadata) -> Field:

@@ -54,7 +54,7 @@ def validate_config(cfg) -> None:
     Raises:
         ConfigError: e.g. ``--image-size 8 8``, ``--epochs 0``, ``--limit -5``.
     """
-    from derm_core.fit.config import DEVICES, TrainConfig, bounds, choices, value_type
+    from derm_core.fit.config import TrainConfig, bounds, choices, value_type
     from derm_core.model.networks import list_archs
     names = list(TrainConfig.__dataclass_fields__)
     for name in names:
@@ -84,8 +84,9 @@ def validate_config(cfg) -> None:
     for tier, v in (cfg.tier_sensitivity or {}).items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
             raise ConfigError(f"the sensitivity target for tier {tier!r} must be in (0, 1], not {v!r}")
-    if cfg.device not in (None, *DEVICES) and not str(cfg.device).startswith("cuda:"):
-        raise ConfigError(f"--device must be {' or '.join(DEVICES)}, not {cfg.device!r}")
+    if cfg.device is not None:
+        from derm_core.model.device import check_device
+        check_device(cfg.device, "--device")      # a name torch knows, and a device this machine has
     try:
         from derm_core.data.taxonomy import load_taxonomy
         load_taxonomy(cfg.taxonomy)

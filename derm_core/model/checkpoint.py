@@ -8,8 +8,11 @@ same format: optimizer and RNG state are tensors in safetensors, the rest JSON.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -22,8 +25,41 @@ from derm_core.model.card import ModelCard
 from derm_core.model.networks import DermNet, create_model
 from derm_core.settings import SHIPPED_MODEL
 
-__all__ = ["ModelCard", "ModelError", "atomic_save_tensors",
-           "atomic_write_bytes", "atomic_write_json", "load_model", "model_stamp", "read_card", "save_model", "write_card"]
+__all__ = ["ModelCard", "ModelError", "atomic_save_tensors", "atomic_write_bytes", "atomic_write_json",
+           "embedding_width", "load_model", "model_stamp", "read_card", "read_json", "save_model", "write_card"]
+
+MAX_JSON_BYTES = 64 * 2**20     # a card, profile or calibration is kilobytes; more is not one of ours
+
+
+def read_json(path: str | Path, error: type[Exception], what: str):
+    """The one reader of DermTriage's JSON files (cards, profiles, calibrations): the parsed
+    value, or ``error`` naming the file and why. Checked before opening, so a folder or a FIFO
+    (which would block) is named as such; a deeply nested file (``RecursionError`` inside
+    :mod:`json`) is reported as malformed, not as a crash.
+
+    Raises:
+        error: missing, not a regular file, too large, unreadable or not JSON.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found") from None
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a pipe" if stat.S_ISFIFO(st.st_mode) else "a special file"
+        raise error(f"{what} {path} is {kind}, not a regular file")
+    if st.st_size > MAX_JSON_BYTES:
+        raise error(f"{what} {path} is {st.st_size / 2**20:.0f} MB; a DermTriage {what} is far smaller")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{what} {path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{what} {path} is not valid JSON (nested too deeply)") from None
 
 
 def _stage_bytes(path: Path, data: bytes) -> str:
@@ -47,13 +83,27 @@ def _stage_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        except SafetensorError as e:
+            raise _os_error(e, path) from None
         with open(tmp, "rb+") as f:     # writable: Windows refuses to fsync a read-only handle
             os.fsync(f.fileno())
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return tmp
+
+
+def _os_error(e: Exception, path: Path) -> Exception:
+    """safetensors reports a failed write (a full disk) as ``SafetensorError: ... I/O error: No
+    space left on device (os error 28)``: the :class:`OSError` it wraps, so callers (the CLI's
+    one-line "the disk is full") handle it like any other failed write; ``e`` when it wraps none."""
+    m = re.search(r"(?:os error|code:) (\d+)", str(e))
+    if not m:
+        return e
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code) if code in errno.errorcode else str(e), str(path))
 
 
 def _publish(*pairs: tuple[str, Path]) -> None:
@@ -135,13 +185,23 @@ def model_stamp(path: str | Path | None = None) -> tuple:
 
 def read_card(path: str | Path | None = None) -> ModelCard:
     card_path, _ = _card_paths(path or SHIPPED_MODEL)
-    if not card_path.is_file():
+    if not card_path.exists():
         raise ModelError(f"model card not found: {card_path}")
+    return ModelCard.from_json(read_json(card_path, ModelError, "model card"), card_path)
+
+
+def embedding_width(card: ModelCard) -> int | None:
+    """Width of the model's penultimate embedding (what its linear head reads), from the
+    weights file's header without loading the tensors; None when that cannot be read.
+    Stored embeddings (caches, the similar-case index) of another width are not this model's."""
+    from safetensors import safe_open
     try:
-        data = json.loads(card_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"model card {card_path} is not valid JSON ({e})") from None
-    return ModelCard.from_json(data, card_path)
+        with safe_open(str(card.weights_path), "pt") as f:
+            heads = [k for k in f.keys() if k.startswith("head.") and k.endswith(".weight")]
+            shape = f.get_slice(heads[-1]).get_shape() if heads else None
+    except (SafetensorError, OSError, TypeError, ValueError):
+        return None
+    return int(shape[1]) if shape and len(shape) == 2 else None
 
 
 def load_model(path: str | Path | None = None) -> tuple[DermNet, ModelCard]:

@@ -28,7 +28,6 @@ temperature and classes and to this method, and refused otherwise.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,17 @@ METHOD = "class-conditional APS (probability of the more probable classes), clos
 OLD_METHODS = (None, "class-conditional split conformal, score 1 - p")   # refused: re-fit
 MIN_CLASS_N = 30            # fewer calibration photos than this: the class is scored against all of them
 LONG_SET = 4                # describe(): a set this long says the photo is uncertain
+
+
+def _is_number(v) -> bool:
+    """A finite JSON number (not a bool, not a string, not NaN or Infinity)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _short(v) -> str:
+    """``repr`` cut to a length an error line can carry."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _check_level(level: float) -> float:
@@ -136,22 +146,47 @@ class Calibration:
                 "scores": {c: [float(v) for v in s] for c, s in zip(self.classes, self.scores)}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
+    def from_dict(cls, d, where: str = "conformal calibration") -> "Calibration":
+        """The one reader of a stored calibration (``model.conformal.json`` or a profile's
+        ``"conformal"`` entry): every field typed and in range, or a :class:`ConformalError`
+        naming ``where`` (the file, and the entry within it) and the field."""
+
+        def bad(name: str, problem: str) -> ConformalError:
+            return ConformalError(f"{where}: field '{name}' {problem}")
+
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ConformalError("not a DermTriage conformal calibration")
+            raise ConformalError(f"{where} is not a DermTriage conformal calibration")
         if d.get("method") != METHOD:
             kind = "an older" if d.get("method") in OLD_METHODS else "an unknown"
-            raise ConformalError(f"the conformal calibration was made with {kind} method "
+            raise ConformalError(f"{where} was made with {kind} method "
                                  f"({d.get('method') or 'unnamed'}): re-fit it")
-        try:
-            classes = tuple(d["classes"])
-            scores = tuple(np.sort(np.asarray(d["scores"][c], dtype=np.float64)) for c in classes)
-            min_n = int(d["min_class_n"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConformalError(f"broken conformal calibration ({e})") from None
-        if any(np.any(~np.isfinite(s)) for s in scores):
-            raise ConformalError("conformal calibration holds non-finite scores")
-        return cls(classes, scores, dict(d.get("source") or {}), min_n)
+        classes, scores, min_n = d.get("classes"), d.get("scores"), d.get("min_class_n")
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            raise bad("classes", f"must be a list of class codes, not {_short(classes)}")
+        if not isinstance(min_n, int) or isinstance(min_n, bool) or min_n < 1:
+            raise bad("min_class_n", f"must be a whole number from 1, not {_short(min_n)}")
+        if not isinstance(scores, dict):
+            raise bad("scores", f"must map each class to its scores, not {_short(scores)}")
+        arrays = []
+        for c in classes:
+            v = scores.get(c)
+            if not isinstance(v, list) or not all(_is_number(x) and 0.0 <= x <= 1.0 + 1e-6 for x in v):
+                raise bad(f"scores.{c}", "must be a list of numbers from 0 to 1 (a nonconformity score is a "
+                                         f"total probability), not {_short(v)}")
+            arrays.append(np.sort(np.asarray(v, dtype=np.float64)))
+        source = d.get("source")
+        if source is None:
+            source = {}
+        if not isinstance(source, dict):
+            raise bad("source", f"must be an object (what it was fitted on), not {_short(source)}")
+        for k, ok, what in (("temperature", lambda t: _is_number(t) and t > 0, "a number above 0"),
+                            ("weights_sha256", lambda t: isinstance(t, str), "a SHA-256 hex string"),
+                            ("split", lambda t: isinstance(t, str), "a split name"),
+                            ("n_images", lambda t: isinstance(t, int) and not isinstance(t, bool) and t >= 0,
+                             "a whole number")):
+            if source.get(k) is not None and not ok(source[k]):
+                raise bad(f"source.{k}", f"must be {what}, not {_short(source[k])}")
+        return cls(tuple(classes), tuple(arrays), dict(source), min_n)
 
     def check(self, card) -> None:
         """Refuse a calibration made for other classes, other weights or another temperature."""
@@ -257,18 +292,18 @@ def fit_for_model(card, table, split, *, model=None, save: bool = True, callback
     return cal
 
 
-def load_calibration(card, data: dict | None = None) -> Calibration | None:
-    """The model's calibration (or ``data``, e.g. a threshold profile's ``"conformal"`` entry); None when the
-    model has none. Raises :class:`ConformalError` when it exists but belongs to another model."""
+def load_calibration(card, data: dict | None = None, where: str | None = None) -> Calibration | None:
+    """The model's calibration (or ``data``, e.g. a threshold profile's ``"conformal"`` entry,
+    read as ``where``); None when the model has none. Raises :class:`ConformalError` when it
+    exists but cannot be read (not a regular file, malformed, a field of the wrong type or
+    range) or belongs to another model."""
     if data is None:
         path = calibration_path(card) if card.path else None
-        if path is None or not path.is_file():
+        if path is None or not (path.exists() or path.is_symlink()):
             return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConformalError(f"{path.name} is not readable ({e})") from None
-    cal = Calibration.from_dict(data)
+        from derm_core.model.checkpoint import read_json
+        data, where = read_json(path, ConformalError, "conformal calibration"), str(path)
+    cal = Calibration.from_dict(data, where or "conformal calibration")
     cal.check(card)
     return cal
 
@@ -302,12 +337,15 @@ def report_block_for(card, y, probs, level: float = DEFAULT_LEVEL) -> dict | Non
 
 
 def active_calibration(card, profile_path: str | None = None) -> Calibration | None:
-    """The calibration in use: the chosen threshold profile's (when it stores one), else the model's own."""
+    """The calibration in use: the chosen threshold profile's (when it stores one), else the model's own.
+    A profile that cannot be used is refused where its thresholds are (the page says so), and
+    the model's own calibration is used with the model's own thresholds."""
     if profile_path:
+        from derm_core.triage.profiles import ProfileError, load_profile
         try:
-            data = json.loads(Path(profile_path).read_text(encoding="utf-8")).get("conformal")
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            data = None
-        if data:
-            return load_calibration(card, data)
+            prof = load_profile(profile_path)
+        except ProfileError:
+            prof = None
+        if prof is not None and prof.data.get("conformal"):
+            return load_calibration(card, prof.data["conformal"], f"profile {Path(profile_path).name}, entry 'conformal'")
     return load_calibration(card)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from derm_core.errors import ConfigError
 from derm_core.settings import settings
 
 PATHS = ("cuda-amp", "cpu-bf16", "fp32")
@@ -37,16 +38,28 @@ def cpu_has_bf16() -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
-def fast_path(device: torch.device) -> str:
-    """The fast path for ``device``: ``$DERMTRIAGE_FAST_PATH`` may force ``fp32``."""
-    forced = settings().fast_path
-    if forced == "fp32":
-        return "fp32"
+def _auto_path(device: torch.device) -> str:
+    """The fastest path ``device`` has."""
     if device.type == "cuda":
         return "cuda-amp"
-    if device.type == "cpu" and cpu_has_bf16() and forced in ("", "cpu-bf16", "auto"):
-        return "cpu-bf16"
-    return "fp32"
+    return "cpu-bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def fast_path(device: torch.device) -> str:
+    """The fast path for ``device``: ``$DERMTRIAGE_FAST_PATH`` may force ``fp32``.
+
+    Raises:
+        ConfigError: ``$DERMTRIAGE_FAST_PATH`` is neither ``auto`` nor ``fp32`` (e.g. ``fp8``)."""
+    return "fp32" if settings().require("fast_path") == "fp32" else _auto_path(device)
+
+
+def fast_path_or_auto(device: torch.device) -> tuple[str, str | None]:
+    """For the pages, which must keep working: :func:`fast_path`, or the automatic path with the
+    reason the setting was not used (the page shows it)."""
+    try:
+        return fast_path(device), None
+    except ConfigError as e:
+        return _auto_path(device), f"{e}. Using the automatic fast path ({_auto_path(device)}) instead."
 
 
 def is_dermnet(model: nn.Module) -> bool:

@@ -32,7 +32,7 @@ class Predictor:
                  out_of_scope: bool = True):
         """``fast_path`` forces an inference path (see :mod:`derm_core.model.inference`); without
         ``out_of_scope`` the card's detector is not loaded (batch work that only needs logits)."""
-        self.device = device or pick_device()
+        self.device = torch.device(device) if device is not None else pick_device()   # a torch.device or its name
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.card = card
         self.taxonomy = card.taxonomy
@@ -45,10 +45,10 @@ class Predictor:
         self.ood, self.ood_note = load_detector_checked(card) if out_of_scope else (None, None)
 
     @classmethod
-    def from_path(cls, path: str | Path | None = None, device=None) -> "Predictor":
+    def from_path(cls, path: str | Path | None = None, device=None, fast_path: str | None = None) -> "Predictor":
         """Load a model card + weights (default: the shipped model)."""
         model, card = load_model(path)
-        return cls(model, card, device)
+        return cls(model, card, device, fast_path)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(im) for im in images]).to(self.device, memory_format=torch.channels_last)

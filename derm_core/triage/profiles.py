@@ -18,7 +18,6 @@ a :class:`ProfileError` saying why. The shipped model's own thresholds stay in i
 from __future__ import annotations
 
 import getpass
-import json
 import math
 import os
 import re
@@ -27,8 +26,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from derm_core.errors import ProfileError
-from derm_core.model.checkpoint import ModelCard, atomic_write_json
+from derm_core.errors import ConformalError, ProfileError
+from derm_core.model.checkpoint import ModelCard, atomic_write_json, read_json
+from derm_core.model.conformal import Calibration
 from derm_core.settings import settings
 from derm_core.slugs import slugify as shared_slugify
 from derm_core.triage.rules import Thresholds
@@ -160,18 +160,23 @@ def _validate(data, path: Path) -> dict:
     temp = data["model"].get("temperature")
     if temp is not None and (not isinstance(temp, (int, float)) or isinstance(temp, bool) or not math.isfinite(temp)):
         raise bad("model.temperature", f"must be a finite number, not {temp!r}")
+    if data.get("conformal") is not None:     # the prediction sets' calibration stored with the profile
+        try:
+            Calibration.from_dict(data["conformal"], f"{path.name}, entry 'conformal'")
+        except ConformalError as e:
+            raise ProfileError(str(e)) from None
     return data
 
 
 def load_profile(path: str | Path, card: ModelCard | None = None) -> Profile:
     """Read and validate a profile; with ``card``, also refuse it unless it matches that model."""
     path = Path(path)
+    if not path.exists():
+        raise ProfileError(f"profile {path} not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ProfileError(f"profile {path} not found") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProfileError(f"{path.name} is not a readable profile ({e})") from None
+        data = read_json(path, ProfileError, "threshold profile")
+    except ProfileError as e:
+        raise ProfileError(f"{path.name} is not a readable profile: {e}") from None
     prof = Profile(_validate(data, path), path)
     if card is not None:
         prof.check(card)

@@ -26,8 +26,10 @@ import pytest
 import torch
 
 from conftest import ROOT, tiny_card, write_dataset
+from derm_core.data.dataset import load_table
+from derm_core.data.splits import make_splits, save_splits
 from derm_core.data.taxonomy import load_taxonomy
-from derm_core.model.checkpoint import save_model
+from derm_core.model.checkpoint import read_card, save_model
 from derm_core.model.networks import create_model
 
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
@@ -86,7 +88,8 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory, request) -> AppServer:
-    """`streamlit run app.py` (the repository's own .streamlit/config.toml) on a free port."""
+    """The app as `python3 run.py app` starts it (`run.py serve`: streamlit run app.py with the
+    repository's own .streamlit/config.toml) on a free port."""
     tmp = tmp_path_factory.mktemp("e2e")
     ham7 = load_taxonomy("ham7")
     torch.manual_seed(0)
@@ -96,6 +99,8 @@ def app_server(tmp_path_factory, request) -> AppServer:
                       tiny_card(ham7).with_(name="tiny-e2e", version="e2e", temperature=0.02),
                       tmp / "model" / "model")
     data = write_dataset(tmp / "data", per_class=3, size=(200, 150))
+    table = load_table(data, ham7)      # a split file, so the model has training images to show as similar cases
+    save_splits(table, make_splits(table, seed=0), read_card(card).split_file)
     guard = tmp / "netguard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text((Path(__file__).parent.parent / "netguard.py").read_text())
@@ -108,7 +113,7 @@ def app_server(tmp_path_factory, request) -> AppServer:
            "OMP_NUM_THREADS": "2"}
     env.pop("DERMTRIAGE_STUDY_DB", None)
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+        proc = subprocess.Popen([sys.executable, "run.py", "serve", "--server.port", str(port),   # as `run.py app` does
                                  "--server.headless", "true"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -4,7 +4,8 @@ browser for the whole module, tests in order, sharing one browser session like a
 Triage: upload a phone photo through the file chooser, keep the suggested crop, read the differential
 and the tier (checked against the library on the same crop), run LIME with few samples, download the
 case report (no EXIF/GPS inside). Model lab: evaluate the tiny model and publish a threshold profile.
-Reader study: create a study, sign in, answer a case. Every page shows the disclaimer; screenshots go
+Model lab: train a tiny model from the form and check every status line against the job.
+Reader study: create a study of both parts, sign in, answer every case (the AI-assisted view checked). Every page shows the disclaimer; screenshots go
 to test-artifacts/e2e/. Finally: the browser only ever talked to this machine, and so did the server.
 """
 from __future__ import annotations
@@ -29,9 +30,23 @@ pytestmark = pytest.mark.e2e
 TIERS = ("low-risk", "high-risk", "dangerous")
 
 
+CONTENT_HEIGHT_JS = """() => Math.max(...[...document.querySelectorAll(
+  '[data-testid="stMain"], [data-testid="stAppViewContainer"], [data-testid="stSidebarContent"]')].map(e => e.scrollHeight))"""
+
+
 def shot(page, name: str) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its main area, so Playwright's full_page
+    sees only the window; the window is made as tall as the content for the shot."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    view = page.viewport_size
+    height = min(int(page.evaluate(CONTENT_HEIGHT_JS)) + 40, 12000)
+    if height > view["height"]:
+        page.set_viewport_size({"width": view["width"], "height": height})
+        page.wait_for_timeout(600)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    if height > view["height"]:
+        page.set_viewport_size(view)
+        page.wait_for_timeout(300)
 
 
 def wait_idle(page) -> None:
@@ -251,6 +266,15 @@ def test_triage_upload_crop_differential_lime_and_report(page, app_server, tmp_p
         assert not img.getexif() and "exif" not in img.info
         assert b"Exif" not in data and b"eXIf" not in data
 
+    # similar cases: indexed from the page, shown in the same session right after (issue 17)
+    page.get_by_text(re.compile(r"are not indexed yet")).first.wait_for()
+    page.get_by_role("button", name=re.compile(r"Index \d+ images")).click()
+    page.get_by_text(re.compile(r"Nearest by cosine similarity")).first.wait_for()
+    wait_idle(page)
+    assert page.get_by_text(re.compile(r"are not indexed yet")).count() == 0
+    assert page.get_by_role("button", name=re.compile(r"Index \d+ images")).count() == 0
+    assert page.get_by_text(re.compile(r"· similarity \d\.\d\d")).count() >= 3
+
     # what the page showed is what the library computes on the same crop
     box = tuple(int(v) for v in re.search(r"crop box: \((\d+), (\d+), (\d+), (\d+)\)", html).groups())
     pred = Predictor.from_path(app_server.card, device=torch.device("cpu"))
@@ -336,6 +360,52 @@ def test_model_lab_evaluate_and_save_a_threshold_profile(page, app_server):
     assert prof.version == 1 and prof.data["validation"]["n_images"] > 0
 
 
+def pick(page, label: str, option: str) -> None:
+    """Choose ``option`` in the select box labelled ``label``."""
+    page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True)).first.click()
+    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+    wait_idle(page)
+
+
+def number(page, label: str, value) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(page)
+
+
+def test_model_lab_train_and_every_status_line_agrees_with_the_job(page, app_server):
+    from derm_core.fit import jobs
+    go(page, "Model lab")
+    page.get_by_test_id("stRadio").get_by_text("Train", exact=True).click()
+    wait_idle(page)
+    page.get_by_role("textbox", name="Run name").fill("e2e run")
+    page.get_by_role("textbox", name="Run name").press("Enter")
+    wait_idle(page)
+    pick(page, "Architecture", "tiny_test")
+    number(page, "Epochs", 2)
+    number(page, "Batch size", 16)
+    page.get_by_text("More options").click()
+    wait_idle(page)
+    pick(page, "ImageNet weights", "none")
+    number(page, "Data-loader workers", 0)
+    visual_check(page, "model-lab-train")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text(re.compile(r"Finished: model card")).first.wait_for(timeout=600_000)
+    wait_idle(page)
+    st = jobs.status(app_server.root / "runs" / "e2e-run")
+    assert st.state == "done", (st.error, st.log_tail)
+    progress = page.get_by_test_id("stProgress").first.inner_text()
+    assert f"finished: epoch {st.epochs}/{st.epochs} · 100%" in progress, progress
+    metrics = {m.get_by_test_id("stMetricLabel").inner_text().strip(): m.get_by_test_id("stMetricValue").inner_text()
+               for m in page.get_by_test_id("stMetric").all()}
+    assert metrics["Epoch"] == f"{st.epochs}/{st.epochs}", metrics
+    assert metrics["Loss"] == f"{st.history[-1]['train_loss']:.3f}", metrics
+    assert metrics["Remaining"] == "—", metrics
+    assert page.get_by_role("button", name="Start training").is_enabled()
+    visual_check(page, "model-lab-trained", expect_figures=1)
+
+
 # ============================================================================ reader study
 
 @pytest.mark.skipif(not (ROOT / "pages" / "reader_study.py").is_file(), reason="reader study page not yet present")
@@ -345,8 +415,10 @@ def test_reader_study_create_sign_in_and_answer(page, app_server):
     disclaimer_shown(page)
     page.get_by_role("textbox", name="Study name").fill("e2e study")
     cases = page.get_by_label("Cases per part")
-    cases.fill("3")
+    cases.fill("2")
     cases.press("Enter")
+    wait_idle(page)
+    page.get_by_test_id("stRadio").filter(has_text="Mode").get_by_text(re.compile("both in sequence")).click()
     wait_idle(page)
     page.get_by_role("button", name="Create study").click()
     page.get_by_text(re.compile(r"Study e2e study created")).first.wait_for()
@@ -355,14 +427,22 @@ def test_reader_study_create_sign_in_and_answer(page, app_server):
     wait_idle(page)
     page.get_by_role("textbox", name="Your name").fill("Dr Browser")
     page.get_by_role("button", name="Start or continue").click()
-    page.get_by_text("0 of 3 cases answered").first.wait_for()
+    page.get_by_text("0 of 4 cases answered").first.wait_for()
     wait_idle(page)
-    answers = page.get_by_test_id("stRadio").filter(has_text="Your answer").first
-    answers.locator("label").nth(1).click()        # the first answer option
-    wait_idle(page)
-    page.get_by_role("button", name="Submit answer").click()
-    page.get_by_text("1 of 3 cases answered").first.wait_for()
-    wait_idle(page)
+    for done in range(4):
+        if done == 0:
+            visual_check(page, "reader-study-unassisted")
+        if done == 2:       # the second part: the model's output and Grad-CAM beside the photo
+            page.get_by_text("Part 2: AI-assisted").first.wait_for()
+            page.get_by_text(re.compile(r"Risk tier")).first.wait_for()
+            visual_check(page, "reader-study-assisted")
+        answers = page.get_by_test_id("stRadio").filter(has_text="Your answer").first
+        answers.locator("label").nth(1).click()        # the first answer option
+        wait_idle(page)
+        page.get_by_role("button", name="Submit answer").click()
+        page.get_by_text(f"{done + 1} of 4 cases answered").first.wait_for()
+        wait_idle(page)
+    page.get_by_text(re.compile("All 4 cases answered")).first.wait_for()
     shot(page, "reader-study")
     page.get_by_test_id("stRadio").first.get_by_text("Results", exact=True).click()
     wait_idle(page)
@@ -373,7 +453,8 @@ def test_reader_study_create_sign_in_and_answer(page, app_server):
     studies = store.studies()
     assert list(studies["name"]) == ["e2e study"]
     got = store.answers(int(studies["id"].iloc[0]))
-    assert len(got) == 1 and list(got["reader"]) == ["Dr Browser"]
+    assert len(got) == 4 and set(got["reader"]) == {"Dr Browser"}
+    assert sorted(got["phase"].value_counts().items()) == [("assisted", 2), ("unassisted", 2)]
 
 
 # ============================================================================ privacy
