@@ -109,6 +109,8 @@ def phone_photo(lesion: Image.Image, mask: np.ndarray, size=(4032, 3024), share:
     ring &= src.max(axis=2) > 60
     if ring.sum() < 50:
         ring = ~mask & (src.max(axis=2) > 60)
+    if ring.sum() < 50:                         # the lesion fills the photo: its brightest tenth stands in for skin
+        ring = src.max(axis=2) >= np.percentile(src.max(axis=2), 90)
     ratio = src / np.maximum(np.median(src[ring], axis=0), 1.0)
     # a window of the source: the lesion and a rim of its skin (ratio ~1) to blend over, padded
     # with skin where it runs past the source photo or into a dermoscope's black border

@@ -1,6 +1,6 @@
 """Screenshot of the triage page on a real HAM10000 test image, for the README.
 
-    python docs/screenshot.py --data ../shared/data/ham10000 --case ISIC_0024310 --out docs/triage.png
+    python docs/screenshot.py --data ../shared/data/ham10000 --case ISIC_0024537 --out docs/triage.png
 
 Starts `streamlit run app.py` on a free local port, opens ?case=<image_id> in headless
 Chromium (the system browser, driven by Playwright), waits for the explanations, and saves

@@ -192,3 +192,18 @@ def model_caption(pred: Predictor, thresholds_name: str) -> None:
     card = pred.card
     st.caption(f"Model **{card.name}** ({card.arch}, version {card.version}, "
                f"{'uses' if card.use_metadata else 'ignores'} clinical data) · thresholds: **{thresholds_name}**")
+
+
+def results_table(df: pd.DataFrame, key: str) -> None:
+    """A results table as a person reads it: headers in words (no snake_case), a value that is
+    not defined (one reader's spread, the model's reading time) as "–", never "None"."""
+    from derm_core.evaluate.lab_views import UNDEFINED, display_table
+    shown, right = df.copy(), []
+    missing = [c for c in df.columns if df[c].isna().any()]
+    if missing:
+        part, right, _ = display_table(df[missing])
+        shown[missing] = part
+        shown[missing] = shown[missing].fillna(UNDEFINED)     # text columns display_table leaves as they are
+    words = {c: str(c).replace("_", " ") for c in df.columns}
+    st.dataframe(shown.rename(columns=words), hide_index=True, key=key,
+                 column_config={words[c]: st.column_config.TextColumn(alignment="right") for c in right})

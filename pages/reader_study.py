@@ -40,11 +40,12 @@ from pages._common import (
     data_dir_setting,
     disclaimer,
     get_predictor,
+    results_table,
     two_columns,
 )
 
 SECTIONS = ["Set up", "Read", "Results"]
-PHASE_TITLE = {"unassisted": "Part 1: unassisted", "assisted": "AI-assisted"}
+PHASE_TITLE = {"unassisted": "Part 1: unassisted", "assisted": "Part 2: AI-assisted"}
 CASE_PHOTO_PX, GRADCAM_PX = 480, 300   # at most; less where the column is narrower
 SIDE_BY_SIDE_PX = 760                  # case photo and model output side by side from this main-area width
 CM_CELL_PX = 48                        # the confusion matrix's cells (at least)
@@ -238,7 +239,7 @@ def read_section() -> None:
 
     phase = case["phase"]
     if study.spec.mode == "both":
-        st.subheader("Part 1: unassisted" if phase == "unassisted" else "Part 2: AI-assisted (a different case set)")
+        st.subheader(PHASE_TITLE[phase] + ("" if phase == "unassisted" else " (a different case set)"))
     try:
         shown_at = store.mark_shown(me["id"], int(case["id"]))
     except StudyStoreError as e:
@@ -263,7 +264,8 @@ def read_section() -> None:
             st.error(f"The case image {case['image_path']} cannot be shown: {e}. Ask the teacher to restore the "
                      "dataset folder.")
             st.stop()
-        st.image(image, caption=f"Case {case['position'] + 1}", width=min(CASE_PHOTO_PX, col_px))
+        st.image(image, caption=f"Case {case['position'] + 1}" + (f" of {PHASE_TITLE[phase].split(':')[0].lower()}"
+                                                                      if study.spec.mode == "both" else ""), width=min(CASE_PHOTO_PX, col_px))
         if study.spec.show_clinical:
             age = "unknown" if pd.isna(case["age"]) else f"{case['age']:.0f}"
             st.markdown(f"Age **{age}** · sex **{case['sex'] or 'unknown'}** · site **{case['site'] or 'unknown'}**")
@@ -317,10 +319,10 @@ def results_section() -> None:
 
     st.subheader("Accuracy per reader")
     table = R.with_model(readers, model)
-    st.dataframe(table.drop(columns=["reader_id"]), hide_index=True, key="rs_readers")
+    results_table(table.drop(columns=["reader_id"]), "rs_readers")
     st.subheader("Per experience level")
     levels = R.level_table(readers)
-    st.dataframe(levels, hide_index=True, key="rs_levels")
+    results_table(levels, "rs_levels")
 
     st.subheader("Readers on the model's ROC curve")
     phase = st.radio("Part", phases, horizontal=True, key="rs_res_phase") if len(phases) > 1 else phases[0]
@@ -342,14 +344,13 @@ def results_section() -> None:
     st.subheader("Per answer option: sensitivity and specificity")
     classes = R.class_table(answers, study)
     by_level = st.toggle("Average per experience level", key="rs_res_by_level")
-    st.dataframe(R.level_class_table(classes) if by_level else classes.drop(columns=["reader_id"]), hide_index=True,
-                 key="rs_classes")
+    results_table(R.level_class_table(classes) if by_level else classes.drop(columns=["reader_id"]), "rs_classes")
 
     st.subheader("Confusion matrix")
     pick = st.selectbox("Readers", R.reader_choices(readers), key="rs_res_cm")
     sub = R.answers_for(answers, pick, phase)
     cm_width = column_width("rs-cm-width")
-    st.plotly_chart(confusion_figure(R.confusion(sub, study), list(study.choices), axis_names=("correct", "answered"),
+    st.plotly_chart(confusion_figure(R.confusion(sub, study), list(study.choices), axis_names=("true answer", "reader's answer"),
                                      title=f"{pick}, {phase} part", cell_px=CM_CELL_PX, width=cm_width),
                     width="content", key="rs_cm")
 
@@ -366,14 +367,14 @@ def results_section() -> None:
             c[3].metric("Wilcoxon p", "—" if pd.isna(test["wilcoxon_p"]) else f"{test['wilcoxon_p']:.3f}")
             st.caption(f"Test: {test['test']}; paired t-test "
                        f"{'not computable (too few readers or no differences)' if pd.isna(test['ttest_p']) else 'p = ' + format(test['ttest_p'], '.3f')}.")
-            st.dataframe(per.drop(columns=["reader_id"]), hide_index=True, key="rs_assist")
+            results_table(per.drop(columns=["reader_id"]), "rs_assist")
         else:
             st.info("No reader has finished cases in both parts yet.")
 
     if len(model):
         st.subheader("Each reader against the model (same cases)")
         st.caption("McNemar's exact test on the cases where exactly one of the two was right.")
-        st.dataframe(R.mcnemar_vs_model(answers, model).drop(columns=["reader_id"]), hide_index=True, key="rs_mcnemar")
+        results_table(R.mcnemar_vs_model(answers, model).drop(columns=["reader_id"]), "rs_mcnemar")
 
     st.subheader("Export")
     files = {"answers": R.answers_export(answers, study), "readers": table, "levels": levels,

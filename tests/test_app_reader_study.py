@@ -127,6 +127,8 @@ def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_r
     res.radio(key="rs_res_phase").set_value("unassisted").run()
     res.selectbox(key="rs_res_target").set_value("tier:high-risk").run()   # malignant vs benign
     assert not res.exception, res.exception
+    for d in res.dataframe:                   # read as a person reads it (issue 17): no "None", no snake_case
+        assert not d.value.isna().any().any() and not any("_" in str(c) for c in d.value.columns), d.value
     readers = next(d.value for d in res.dataframe if "accuracy" in d.value.columns and "reader" in d.value.columns)
     readers = readers.set_index(["reader", "phase"])
     bob_acc = sum(truth[c] == "nv" for c in seen["Bob"][:3]) / 3
@@ -147,7 +149,7 @@ def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_r
     assert spec["layout"]["xaxis"]["range"][0] < 0 and spec["layout"]["yaxis"]["range"][1] > 1   # edge markers whole
     assert all(t.get("cliponaxis") is False for t in spec["data"] if t.get("mode") == "markers")
     assert "black star is the model's triage" in page_text(res)
-    cm = json.loads(next(c for c in res.get("plotly_chart") if '"answered"' in c.proto.spec).proto.spec)["layout"]
+    cm = json.loads(next(c for c in res.get("plotly_chart") if "reader's answer" in c.proto.spec).proto.spec)["layout"]
     m = cm["margin"]
     plot_w, plot_h = cm["width"] - m["l"] - m["r"], cm["height"] - m["t"] - m["b"]
     assert plot_w == plot_h >= 100                    # square cells, a usable plot area (was 64 px high)

@@ -1,6 +1,7 @@
 """Threshold profiles: versioned atomic saves, validation, refusal of mismatched profiles."""
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -137,7 +138,9 @@ def test_picker_lists_this_models_profiles_first_and_marks_the_rest(tmp_path, ca
     (folder / "broken.json").write_text("{")
     labels, unreadable = P.profile_choices(card, None, folder)
     assert list(labels) == [P.MODEL_DEFAULT, str(mine.path), str(theirs.path)]
-    assert labels[P.MODEL_DEFAULT] == f"{P.MODEL_DEFAULT} ({card.thresholds.name})"
+    assert labels[P.MODEL_DEFAULT] == P.MODEL_DEFAULT == card.thresholds.name      # not "model default (model default)"
+    named = card.with_(thresholds=replace(card.thresholds, name="Youden (validation)"))
+    assert P.profile_choices(named, None, folder)[0][P.MODEL_DEFAULT] == f"{P.MODEL_DEFAULT} (Youden (validation))"
     assert labels[str(mine.path)] == "mine v1" and labels[str(theirs.path)] == "theirs v1 — for another model (m2)"
     assert len(unreadable) == 1 and "broken.json" in str(unreadable[0])
     gone = str(folder / "gone@v1.json")                                       # chosen, then removed

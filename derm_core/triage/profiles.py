@@ -223,7 +223,8 @@ def profile_choices(card: ModelCard, current: str | None = None,
     mine = card.identity().weights_sha256
     listed = list_profiles(folder)
     found = sorted((p for p in listed if isinstance(p, Profile)), key=lambda p: p.model.get("weights_sha256") != mine)
-    labels = {MODEL_DEFAULT: f"{MODEL_DEFAULT} ({card.thresholds.name})"}
+    own = card.thresholds.name        # the card's thresholds, named unless that repeats the label
+    labels = {MODEL_DEFAULT: MODEL_DEFAULT if own in (None, "", MODEL_DEFAULT) else f"{MODEL_DEFAULT} ({own})"}
     for p in found:
         other = p.model.get("weights_sha256") != mine
         labels[str(p.path)] = p.id + (f" — for another model ({p.model.get('name')})" if other else "")
