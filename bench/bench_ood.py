@@ -6,7 +6,11 @@ would crop it), then prints both shares against the targets (<= 3% of test lesio
 >= 95% of non-lesion images flagged), the share per kind, the images that pass, and the gate's
 time per photo.
 
-    python bench/bench_ood.py [--data ../shared/data/ham10000] [--model CARD]
+    python bench/bench_ood.py [--data ../shared/data/ham10000] [--model CARD] [--phone N]
+
+``--phone N`` also passes the first N test lesions, placed in bench_crop's synthetic 12 MP phone
+photos and cropped by the page's suggested crop, through the gate: the lesions are real, the skin
+around them is synthetic, so this shows how the gate treats such photos, not real phone photos.
 """
 from __future__ import annotations
 
@@ -28,10 +32,30 @@ from derm_core.model import ood  # noqa: E402
 from derm_core.model.checkpoint import read_card  # noqa: E402
 
 
+def phone_photos_gated(det, rows, data: Path) -> None:
+    """The share of synthetic phone photos (bench_crop's, suggested crop) the gate flags, per variant."""
+    from bench.bench_crop import phone_variant, variant_names
+    from bench.phone_photos import phone_photo
+    from derm_core.explain.lesion import suggest_crop
+    rng, flags, names = np.random.default_rng(0), [], []
+    for i, image_id in enumerate(rows["image_id"]):
+        mask = np.asarray(Image.open(data / "masks" / f"{image_id}.png").convert("L")) > 127
+        v = phone_variant(i, rng)
+        photo, _ = phone_photo(Image.open(data / "images" / f"{image_id}.jpg").convert("RGB"), mask, **v)
+        flags.append(bool(det([photo.crop(suggest_crop(photo))])[1][0]))
+        names.append(variant_names(v))
+    flags = np.asarray(flags)
+    print(f"synthetic phone photos flagged: {flags.mean():.1%} of {len(flags)} (lesions real, skin synthetic)")
+    for name in sorted({n for v in names for n in v}):
+        sel = np.asarray([name in v for v in names])
+        print(f"  {name:<28} {flags[sel].mean():6.1%} of {sel.sum()}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="../shared/data/ham10000")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--phone", type=int, default=0, help="also gate N synthetic phone photos, suggested crop")
     a = ap.parse_args()
     card = read_card(a.model)
     det, note = ood.load_detector_checked(card)
@@ -60,6 +84,8 @@ def main() -> int:
         det([im])
         t.append(time.perf_counter() - t0)
     print(f"gate time per photo: median {np.median(t) * 1000:.1f} ms (30 test photos, one at a time)")
+    if a.phone:
+        phone_photos_gated(det, test.head(a.phone), Path(a.data))
     return 0 if ok_in and ok_out else 1
 
 

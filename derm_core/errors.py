@@ -44,6 +44,10 @@ class StudyError(DermTriageError, ValueError):
     """A study that cannot be set up as asked (e.g. too few distinct lesions), with the reason."""
 
 
+class MRMCError(StudyError):
+    """Reader data a multi-reader multi-case analysis cannot use (too few readers, one class, not fully crossed)."""
+
+
 class StudyStoreError(DermTriageError, RuntimeError):
     """The study database cannot be used (damaged, foreign, newer, locked, unwritable), with its path."""
 

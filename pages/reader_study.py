@@ -50,7 +50,7 @@ CASE_PHOTO_PX, GRADCAM_PX = 480, 300   # at most; less where the column is narro
 SIDE_BY_SIDE_PX = 760                  # case photo and model output side by side from this main-area width
 CM_CELL_PX = 48                        # the confusion matrix's cells (at least)
 EXPORTS = {"answers": "Answers", "readers": "Readers", "levels": "Levels", "per-class": "Per answer option",
-           "model-answers": "Model's answers"}   # export kind (file name) -> button label
+           "model-answers": "Model's answers", "mrmc": "MRMC analysis"}   # export kind (file name) -> button label
 
 st.title(":material/school: Reader study")
 disclaimer()
@@ -354,6 +354,7 @@ def results_section() -> None:
                                      title=f"{pick}, {phase} part", cell_px=CM_CELL_PX, width=cm_width),
                     width="content", key="rs_cm")
 
+    orh = None                                         # the MRMC result, when the parts share their cases
     if study.spec.mode == "both":
         st.subheader("AI-assisted vs unassisted")
         per, test = R.assistance_comparison(readers)
@@ -368,6 +369,8 @@ def results_section() -> None:
             st.caption(f"Test: {test['test']}; paired t-test "
                        f"{'not computable (too few readers or no differences)' if pd.isna(test['ttest_p']) else 'p = ' + format(test['ttest_p'], '.3f')}.")
             results_table(per.drop(columns=["reader_id"]), "rs_assist")
+            orh, why = R.assistance_mrmc(answers)
+            st.markdown(f"**Multi-reader multi-case analysis.** {orh.summary() if orh else why}")
         else:
             st.info("No reader has finished cases in both parts yet.")
 
@@ -378,7 +381,8 @@ def results_section() -> None:
 
     st.subheader("Export")
     files = {"answers": R.answers_export(answers, study), "readers": table, "levels": levels,
-             "per-class": classes, "model-answers": R.answers_export(model, study) if len(model) else None}
+             "per-class": classes, "model-answers": R.answers_export(model, study) if len(model) else None,
+             "mrmc": R.mrmc_export(orh) if orh else None}
     st.caption("Each button downloads one CSV file.")
     row = st.container(horizontal=True, wrap=True)     # buttons at their own width, onto a new row when narrow
     for kind, df in files.items():

@@ -262,12 +262,15 @@ with lime_tab:
     ox, oy = geo.point_to_photo(site_.x, site_.y, box)
     if mask_note:
         st.warning(mask_note)
-    if site_.suggested:
-        st.caption(f"Biopsy site at x={ox}, y={oy} in the original photo's pixels. {site_.note}")
-    else:
-        st.info(site_.note.capitalize())
     lime_quality = cached_quality(crop_key, ("lime", samples, segments, top, mask_src), lime_res, crop, mask, clinical,
                                   model_id)
+    if site_.suggested:
+        st.caption(f"Biopsy site at x={ox}, y={oy} in the original photo's pixels. {site_.note}")
+        if not lime_quality.faithful:     # the site comes from this map: say when the check does not back it
+            st.warning("The map check below does not show this LIME map to be faithful: read the biopsy site as a "
+                       "weak hint, and choose the site clinically.")
+    else:
+        st.info(site_.note.capitalize())
     st.caption(f"Map check (LIME, {mask_src}): {lime_quality.summary()}")
 
 # ---------------------------------------------------------------- issue 12: similar cases

@@ -16,6 +16,7 @@ from derm_core.model.checkpoint import save_model
 from derm_core.model.networks import create_model
 from derm_core.model.predictor import Predictor
 from derm_core.study.cases import StudySpec, create_study
+from derm_core.study.results import MRMC_NEEDS_SAME_CASES
 from derm_core.study.store import StudyStore
 
 
@@ -154,6 +155,7 @@ def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_r
     plot_w, plot_h = cm["width"] - m["l"] - m["r"], cm["height"] - m["t"] - m["b"]
     assert plot_w == plot_h >= 100                    # square cells, a usable plot area (was 64 px high)
     assert "Wilcoxon" in page_text(res)
+    assert "Multi-reader multi-case analysis.** " + MRMC_NEEDS_SAME_CASES in page_text(res)   # why not, in words
     buttons = res.get("download_button")
     labels = [b.proto.label for b in buttons]
     assert len(buttons) == 5 and all(len(lb) <= 17 and "CSV" not in lb for lb in labels), labels   # fit at 1024 px

@@ -102,7 +102,7 @@ def case():
     result = TriageResult(probs=probs, differential=[("mel", 0.55), ("nv", 0.2)], low_confidence=False,
                           tier="dangerous", action="Refer urgently — see a dermatologist within 2 weeks",
                           tier_probs={"low-risk": 0.37, "high-risk": 0.08, "dangerous": 0.55},
-                          notes=["no clinical data given"])
+                          notes=["clinical data used: age, sex"])
     photo = load_image(exif_photo(seed=3))              # a phone JPEG with GPS and camera EXIF
     rng = np.random.default_rng(0)
     heat = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
@@ -120,7 +120,7 @@ def test_pdf_report_has_the_html_reports_content_and_clean_images(case):
     flat = re.sub(r"\s+", " ", text)
     for needed in ["DermTriage case report", "Risk tier", "dangerous", "Refer urgently - see a dermatologist",
                    "Differential diagnosis", "Melanoma", "55.0%", "Probability (calibrated)", "test thresholds",
-                   "Clinical data: age: 55, sex: female", "no clinical data given", "biopsy site (original pixels): x=12, y=34",
+                   "Clinical data: age: 55, sex: female", "clinical data used: age, sex", "biopsy site (original pixels): x=12, y=34",
                    "crop box: (1, 2, 100, 120)", "Grad-CAM heat map", "Suggested biopsy site", "Lesion crop (model input)"]:
         assert needed in flat, needed
         assert needed.replace(" - ", " — ") in html or needed in html, needed
@@ -139,6 +139,16 @@ def test_pdf_report_has_the_html_reports_content_and_clean_images(case):
         assert not img.getexif()
     shown_crop = next(i for i in imgs if i.size == crop.size)
     assert np.abs(np.asarray(shown_crop, dtype=int) - np.asarray(crop.convert("RGB"), dtype=int)).max() <= 2
+
+
+def test_no_clinical_data_is_said_once_and_thresholds_read_as_percentages(case):
+    from dataclasses import replace
+
+    from derm_core.data.clinical import NONE_GIVEN_NOTE
+    case = {**case, "clinical": {}, "result": replace(case["result"], notes=[NONE_GIVEN_NOTE])}
+    html = case_report_html(**case)
+    assert "Clinical data: none given" in html and NONE_GIVEN_NOTE not in html
+    assert "10.0%" in html and "0.10" not in html        # the 0.1 thresholds, as percentages like the page
 
 
 def test_pdf_text_outside_latin1_is_kept_readable(case):

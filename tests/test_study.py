@@ -483,3 +483,31 @@ def test_reader_confusion_matrix_has_square_readable_cells(labels):
     # without cell_px (the Model lab): the stretching figure, unchanged
     lab = confusion_figure(cm, labels).layout
     assert lab.height == 80 + 38 * n and lab.width is None
+
+
+def test_mrmc_needs_the_same_cases_in_both_parts(designed):
+    """The app's parts use different case sets: no ORH, and the page says why in words."""
+    store, study, _, _ = designed
+    answers = store.answers(study.id)
+    res, why = R.assistance_mrmc(answers)
+    assert res is None and why == R.MRMC_NEEDS_SAME_CASES and "different case set" in why
+    res, why = R.assistance_mrmc(answers[answers["reader"] == "A"])
+    assert res is None and "at least two readers" in why
+    assert R.assistance_mrmc(answers.iloc[:0])[0] is None
+
+
+def test_mrmc_on_accuracy_when_the_cases_are_crossed(designed):
+    """Answers where both parts show the same images (as a crossed study would): ORH on accuracy,
+    timed out counting wrong; a missing answer is named."""
+    store, study, _, _ = designed
+    answers = store.answers(study.id)
+    crossed = answers[answers["reader"].isin(["A", "B"])].copy()
+    crossed["image_id"] = crossed["image_id"].str[1:]                 # 'u3' and 'a3' become the same case '3'
+    res, why = R.assistance_mrmc(crossed)
+    assert why == "" and res.fom == "accuracy" and res.readers == ("A", "B") and res.n_cases == 6
+    assert res.reader_foms[:, 0] == pytest.approx([5 / 6, 3 / 6]) and res.reader_foms[:, 1] == pytest.approx([1, 5 / 6])
+    assert res.effect == pytest.approx(0.25) and "readers' accuracy rose by 25.0 percentage points" in res.summary()
+    row = R.mrmc_export(res)
+    assert len(row) == 1 and row.loc[0, "effect"] == pytest.approx(0.25) and row.loc[0, "n_cases"] == 6
+    res, why = R.assistance_mrmc(crossed.iloc[1:])
+    assert res is None and "not fully crossed" in why and "'A'" in why

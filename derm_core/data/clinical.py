@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+NONE_GIVEN_NOTE = "no clinical data given"   # a triage note; the case report says it once, as "none given"
 SEXES = ("male", "female")
 # The HAM10000 anatomical-site vocabulary ("unknown" means missing).
 SITES = (

@@ -16,7 +16,8 @@ from derm_core.triage.rules import Thresholds, TriageResult
 def differential_chart(result: TriageResult, taxonomy: Taxonomy, thresholds: Thresholds) -> go.Figure:
     """Calibrated probability of every class, its operating threshold marked (a black tick);
     classes in the differential are coloured by their risk tier, the others grey, with a key
-    below. Each value is written right of both its bar and its tick, so it never covers the tick."""
+    below. The values stand in one column right of the 100% line, so none covers a tick or reads
+    as the tick's value (a value written just past a far tick read as that tick's position)."""
     order = sorted(taxonomy.classes, key=lambda c: result.probs[c])
     in_diff = {c for c, _ in result.differential}
     colours = [taxonomy.tiers[taxonomy.class_tier[c]].colour if c in in_diff else NOT_IN_DIFFERENTIAL for c in order]
@@ -29,7 +30,7 @@ def differential_chart(result: TriageResult, taxonomy: Taxonomy, thresholds: Thr
     fig.add_trace(go.Scatter(x=ticks, y=names, mode="markers", name="threshold",
                              marker=dict(symbol="line-ns", size=18, line=dict(width=3, color="black")),
                              hovertemplate="threshold %{x:.2f}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[max(p, t) + LABEL_PAD for p, t in zip(probs, ticks)], y=names, mode="text",
+    fig.add_trace(go.Scatter(x=[VALUE_X] * len(order), y=names, mode="text",
                              text=[f"{p:.1%}" for p in probs], textposition="middle right", showlegend=False,
                              hoverinfo="skip", cliponaxis=False))
     key = [(t, taxonomy.tiers[t].colour) for t in taxonomy.tier_names]
@@ -37,7 +38,7 @@ def differential_chart(result: TriageResult, taxonomy: Taxonomy, thresholds: Thr
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label, hoverinfo="skip",
                                  marker=dict(symbol="square", size=12, color=colour)))
     rows = 3                             # the key's rows in a narrow column (plotly wraps it as it needs)
-    fig.update_layout(xaxis=dict(range=[0, 1.2], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%",
+    fig.update_layout(xaxis=dict(range=[0, VALUE_X + 0.2], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%",
                                  title="calibrated probability"),
                       yaxis=dict(range=[-0.6, len(order) - 0.4]),
                       height=60 + 34 * len(order) + 30 + LEGEND_ROW_PX * rows, margin=dict(l=10, r=10, t=10, b=40),
@@ -48,7 +49,7 @@ def differential_chart(result: TriageResult, taxonomy: Taxonomy, thresholds: Thr
 
 
 NOT_IN_DIFFERENTIAL = "#b0b0b0"
-LABEL_PAD = 0.02     # the gap between a bar (or its threshold tick) and its value, in probability units
+VALUE_X = 1.03       # where the value column starts, in probability units (right of every bar and tick)
 
 
 def tier_chart(result: TriageResult, taxonomy: Taxonomy) -> go.Figure:

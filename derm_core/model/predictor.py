@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from derm_core.data.clinical import Clinical, encode
+from derm_core.data.clinical import NONE_GIVEN_NOTE, Clinical, encode
 from derm_core.data.images import is_flat
 from derm_core.model.calibration import softmax
 from derm_core.model.checkpoint import ModelCard, load_model
@@ -146,7 +146,7 @@ class Predictor:
             result.notes.append(f"triaged anyway, although {why}: the result may mean nothing")
         used = (clinical or Clinical()).given()
         if self.card.use_metadata:
-            result.notes.append(f"clinical data used: {', '.join(used)}" if used else "no clinical data given")
+            result.notes.append(f"clinical data used: {', '.join(used)}" if used else NONE_GIVEN_NOTE)
         elif used:
             result.notes.append("this model does not use clinical data; the values given were ignored")
         return result

@@ -17,7 +17,9 @@ Scoring rules (stated on the Results page too):
 * assisted against unassisted: the parts use different cases, so the comparison is paired
   over readers (Wilcoxon signed-rank, exact for small groups, and a paired t-test on the
   per-reader accuracies); a reader against the model uses the same cases, so McNemar's
-  exact test (binomial on the discordant cases) applies.
+  exact test (binomial on the discordant cases) applies. The multi-reader multi-case analysis
+  (:mod:`derm_core.study.mrmc`, accuracy) needs the same cases read in both parts, so it is
+  reported only for such data and otherwise explained.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from scipy import stats
 from derm_core.evaluate.metrics import confusion as confusion_matrix
 from derm_core.evaluate.operating import TIER_PREFIX, EvalSet, flags, operating_point, rates
 from derm_core.slugs import slugify
+from derm_core.study import mrmc
 from derm_core.study.cases import LEVELS, PHASES, Study, answer_rank, model_answer
 from derm_core.triage.rules import Thresholds, triage
 
@@ -369,6 +372,38 @@ def assistance_comparison(readers: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
             if np.std(d) > 0:
                 out["ttest_p"] = float(stats.ttest_rel(wide["assisted"], wide["unassisted"]).pvalue)
     return wide[["reader_id", "reader", "level", "unassisted", "assisted", "difference"]].reset_index(drop=True), out
+
+
+MRMC_NEEDS_SAME_CASES = (
+    "The multi-reader multi-case analysis (Obuchowski-Rockette, which treats readers and cases as random) "
+    "compares the same readers on the same cases without and with the AI. This study shows each part a "
+    "different case set, so a reader's two accuracies also differ by which cases they drew, and the analysis "
+    "cannot separate that from the AI's effect: the paired test over readers above is the comparison here.")
+
+
+def assistance_mrmc(answers: pd.DataFrame) -> tuple[mrmc.MRMCResult | None, str]:
+    """ORH on accuracy (timed out = wrong) over the readers who answered in both parts, when
+    they read the same cases in both (fully crossed); else None and, in plain words, why not."""
+    df = scored(answers[(answers["reader_id"] >= 0) & answers["phase"].isin(PHASES)])
+    both = df.groupby("reader_id")["phase"].nunique() == len(PHASES)
+    df = df[df["reader_id"].isin(both[both].index)]
+    if df["reader_id"].nunique() < 2:
+        return None, "The multi-reader multi-case analysis needs at least two readers who answered in both parts."
+    if not set(df.loc[df["phase"] == PHASES[0], "image_id"]) & set(df.loc[df["phase"] == PHASES[1], "image_id"]):
+        return None, MRMC_NEEDS_SAME_CASES
+    # accuracy as the FOM: every case's truth is "right" (1), a reader's call whether they answered correctly
+    long = pd.DataFrame({"reader": df["reader"], "case": df["image_id"], "modality": df["phase"],
+                         "score": df["correct"].astype(float), "truth": 1})
+    try:
+        c = mrmc.crossed(long)
+        return mrmc.orh(c.truth, c.scores, "accuracy", readers=c.readers), ""
+    except mrmc.MRMCError as e:
+        return None, f"The multi-reader multi-case analysis cannot be computed yet: {e}."
+
+
+def mrmc_export(result: mrmc.MRMCResult) -> pd.DataFrame:
+    """The MRMC figures as a one-row table, for CSV export."""
+    return pd.DataFrame([result.as_dict()])
 
 
 def mcnemar_vs_model(answers: pd.DataFrame, model: pd.DataFrame) -> pd.DataFrame:

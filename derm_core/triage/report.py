@@ -12,6 +12,7 @@ import time
 
 from PIL import Image
 
+from derm_core.data.clinical import NONE_GIVEN_NOTE
 from derm_core.data.images import strip_metadata
 from derm_core.data.taxonomy import Taxonomy
 from derm_core.triage.rules import Thresholds, TriageResult, explain_tier, tier_score_name
@@ -46,11 +47,12 @@ def _content(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy, thresh
         f" · {tier_score_name(taxonomy, taxonomy.tier_names.index(t))} "
         f"{sum(result.tier_probs[u] for u in names[k:]):.1%} (threshold {thresholds.tiers[t]:.1%})"
         if t in thresholds.tiers else "") for k, t in enumerate(names)]
-    rows = [(taxonomy.display_names[c], f"{p:.1%}", f"{thresholds.classes[c]:.2f}",
+    rows = [(taxonomy.display_names[c], f"{p:.1%}", f"{thresholds.classes[c]:.1%}",     # both as the page shows them
              "yes" if any(c == d for d, _ in result.differential) else "")
             for c, p in sorted(result.probs.items(), key=lambda kv: -kv[1])]
     clin = ", ".join(f"{k}: {_plain(v)}" for k, v in (clinical or {}).items() if v not in (None, "")) or "none given"
-    details = [f"Clinical data: {clin}", *result.notes, *(f"{k}: {v}" for k, v in (extra or {}).items())]
+    notes = [n for n in result.notes if n != NONE_GIVEN_NOTE]    # said once, by "Clinical data: none given"
+    details = [f"Clinical data: {clin}", *notes, *(f"{k}: {v}" for k, v in (extra or {}).items())]
     if result.withheld:   # an out-of-scope photo: the report says why, and gives nothing clinical
         tier, action, colour, tier_lines, rows = "Not triaged: out of scope", result.withheld, NOT_TRIAGED_COLOUR, [], []
         reason = ""
