@@ -13,7 +13,7 @@ Two kinds of photo, both from the shipped model's split (weights/default/split.c
   (``bench/phone_photos.py``).
 
 For each photo the suggested lesion box (``lesion.lesion_box``: the tight box of the found lesion,
-the central-box fallback when nothing is found) is compared with the true one (the tight box of
+with the shipped outline network for close-ups, the central-box fallback when nothing is found) is compared with the true one (the tight box of
 the dataset's mask); the suggested crop (``suggest_crop``) only adds a margin and a 4:3 frame to
 it. Printed per kind (and per phone variant): the share with IoU >= 0.6, the median IoU and the
 seconds per photo for the suggestion (decoding and building the photo excluded), and whether the

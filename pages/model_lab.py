@@ -33,10 +33,11 @@ from derm_core.fit import config as TC
 from derm_core.fit import jobs
 from derm_core.model.checkpoint import ModelError, read_card
 from derm_core.model.networks import get_arch
+from derm_core.explain.skin_tone import TONE_NAMES, UNKNOWN, table_itas, tone_group
 from derm_core.settings import ENV_MODEL, ENV_PROFILES, ENV_RUNS, SHIPPED_MODEL, settings
 from derm_core.triage import profiles as P
 from derm_core.triage.rules import Thresholds
-from pages._common import ACTIVE_PROFILE, data_dir_setting, disclaimer, two_columns
+from pages._common import ACTIVE_PROFILE, column_width, data_dir_setting, disclaimer, two_columns
 
 SECTIONS = ["Train", "Runs", "Evaluate & tune"]
 ALL = "all images"
@@ -269,8 +270,18 @@ def eval_set(card_path: str, model_key: str, folder: str, split: str) -> dict | 
     pred = E.load_cached_predictions(card, table)
     if pred is None:
         return None
-    ev = O.EvalSet.from_table(card.taxonomy, table, pred["logits"], card.temperature).warm()
-    return {"ev": ev, "emb": pred["embeddings"], "table": table, "key": E.data_key(table)}
+    key = E.data_key(table)
+    toned = table.assign(skin_tone=skin_tones(folder, card_path, split))
+    ev = O.EvalSet.from_table(card.taxonomy, toned, pred["logits"], card.temperature).warm()
+    return {"ev": ev, "emb": pred["embeddings"], "table": table, "key": key}
+
+
+@st.cache_data(show_spinner="Estimating the skin tone around each lesion ...", max_entries=8)
+def skin_tones(folder: str, card_path: str, split: str) -> list[str]:
+    """Each photo's skin-tone category (ITA of the skin around its lesion mask), for the subgroup table."""
+    card = read_card(card_path)
+    table = dataset(folder, card.taxonomy.to_dict(), card_path, split)
+    return [tone_group(v) for v in table_itas(table)]
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -356,9 +367,12 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     for i, (t, k) in enumerate(reversed(list(tk.items()))):
         cols[i % 3].slider(f"Tier: {t} or more urgent", 0.0, 1.0, step=STEP, key=k, format="%.3f",
                            help="Assigned when the summed probability of this tier and more urgent ones reaches it.")
-    cols = st.columns(4)
-    for i, (c, k) in enumerate(ck.items()):
-        cols[i % 4].slider(f"{c} — {tax.display_names[c]}", 0.0, 1.0, step=STEP, key=k, format="%.3f")
+    items = list(ck.items())
+    for row in range(0, len(items), 2):     # a row of columns per pair: the sliders of a row start level at 1024 px
+        for col, (c, k) in zip(st.columns(2), items[row:row + 2]):
+            name = tax.display_names[c]
+            col.slider(f"{c} — {name.split(' (')[0]}", 0.0, 1.0, step=STEP, key=k, format="%.3f",
+                       help=f"{name}: in the differential when its probability reaches this threshold.")
     thr = current_thresholds(card)
     table = O.operating_table(ev, thr)
     st.caption(f"Thresholds: **{thr.name}** · {len(ev)} images ({split} of `{folder}`)")
@@ -388,7 +402,8 @@ def tune(card, res: dict, folder: str, split: str) -> None:
                     key="lab_roc_tiers")
     r2.plotly_chart(roc_figure(ev, table, list(ev.classes), w), width="content", key="lab_roc_classes")
     st.subheader("Sensitivity and specificity against the threshold")
-    st.plotly_chart(sens_spec_figure(ev, table, targets), key="lab_sens_spec")
+    panels = 3 if column_width("lab-sens-spec", 1000) >= 900 else 2     # each panel at least about 300 px wide
+    st.plotly_chart(sens_spec_figure(ev, table, targets, cols=panels), key="lab_sens_spec")
 
     st.subheader("Per class and per tier at the current thresholds")
     show = table.rename(columns={"label": "class / tier", "n": "positives", "ppv": "PPV", "npv": "NPV", "f1": "F1",
@@ -409,8 +424,11 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     if sub.empty:
         st.info("This data has no sex, age or body-site information.")
     else:
-        st.caption(f"Sensitivity to PPV columns: {ev.target_label(tgt)} at the current thresholds. Small groups "
-                   "give unstable numbers: read them with their sizes.")
+        st.caption(f"Sensitivity to PPV columns: {ev.target_label(tgt)} at the current thresholds, with Wilson 95% "
+                   "intervals for the sensitivity and specificity. Small groups give unstable numbers: read them "
+                   "with their sizes. Skin tone: the individual typology angle (ITA) of the skin around each "
+                   "lesion, very light (> 55°) to dark (< -30°); a dermoscope's light shifts it, so it estimates "
+                   "the photographed tone, not a Fitzpatrick type.")
         undefined_table(sub, "lab_subgroups", L.UNDEFINED_FOOTNOTE.format(what="group"))
 
     embedding_view(card, res, folder, split, thr)
@@ -610,6 +628,15 @@ def conformal_view(card, ev: O.EvalSet, folder: str, split: str) -> None:
         c2.plotly_chart(set_size_figure(r["set_size_counts"], level), key="lab_conformal_sizes")
         st.dataframe(C.per_class_rows(r), hide_index=True, key="lab_conformal_classes",
                      column_config={"coverage": st.column_config.NumberColumn(format="percent")})
+        if "skin_tone" in ev.groups:
+            st.markdown(f"**Coverage by skin tone** at {level:.0%} (ITA of the skin around each lesion)")
+            st.dataframe(C.per_group_rows(cal, ev.y, ev.probs, ev.groups["skin_tone"], (*TONE_NAMES, UNKNOWN), level),
+                         hide_index=True, key="lab_conformal_tones",
+                         column_config={"group": "skin tone",
+                                        "coverage": st.column_config.NumberColumn(format="percent"),
+                                        "mean set size": st.column_config.NumberColumn(format="%.2f")})
+            st.caption("The guarantee holds on average over photos like the validation set; a tone with few photos "
+                       "can fall below it by chance or because the model knows it less.")
         if cal.pooled:
             st.caption(f"{', '.join(cal.pooled)}: fewer than {cal.min_class_n} calibration photos, so scored against "
                        "all classes' photos; their coverage is the average guarantee, not their own.")

@@ -9,9 +9,9 @@ import streamlit as st
 
 from derm_core.data.clinical import SEXES, SITES, Clinical
 from derm_core.data.dataset import DataError
-from derm_core.data.images import UPLOAD_EXTENSIONS, ImageError, crop_photo, load_image, load_mask
+from derm_core.data.images import UPLOAD_EXTENSIONS, ImageError, crop_photo, describe_crop, load_image, load_mask
 from derm_core.evaluate.figures import differential_chart, mark_biopsy, tier_chart
-from derm_core.explain import lesion, mapquality, similar
+from derm_core.explain import lesion, mapquality, similar, skin_tone
 from derm_core.explain import maps as explain
 from derm_core.model import conformal
 from derm_core.triage.report import case_report_html, case_report_pdf
@@ -112,6 +112,14 @@ with right:
     clinical = Clinical.parse(age, None if sex == "not given" else sex, None if site == "not given" else site)
     st.image(crop, caption=f"Model input: crop {crop.size[0]}x{crop.size[1]} px of a {photo.size[0]}x{photo.size[1]} photo")
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def cached_ita(key, _crop: Image.Image, mask_path: str | None, box, size) -> float | None:
+    """ITA of the skin around the lesion in the crop: outside the dataset's mask for an example
+    case, else outside the automatic outline."""
+    mask = load_mask(mask_path, size)[0] if mask_path else None
+    return skin_tone.estimate_ita(_crop, None if mask is None else lesion.crop_mask(mask, box))
+
+
 # ---------------------------------------------------------------- 3. results
 anyway_key = f"anyway-{digest}-{box}"   # "triage anyway" holds for this photo and crop only
 result = pred.predict(crop, clinical, thresholds, anyway=st.session_state.get(anyway_key, False))
@@ -123,7 +131,7 @@ if result.withheld:
     report_args = dict(crop=crop, result=result, taxonomy=pred.taxonomy, thresholds=thresholds,
                        model_name=pred.card.name, model_version=pred.card.version,
                        clinical={"age": clinical.age, "sex": clinical.sex, "site": clinical.site},
-                       extra={"crop box": box})
+                       extra={"crop box": describe_crop(box, photo.size)})
     d1, d2, d3 = st.columns([1, 1, 1])
     if d1.button("Triage anyway", key="triage_anyway", icon=":material/warning:", type="secondary",
                  help="Only for a photo you know shows a skin lesion: the model was trained on dermatoscopic photos "
@@ -180,6 +188,12 @@ with c2:
     st.subheader("Probability of each tier")
     st.plotly_chart(tier_chart(result, pred.taxonomy), key="tier_chart")
     st.caption(describe_tier_rule(pred.taxonomy, thresholds.tiers))
+    mask_path = truth.get("mask_path") if truth is not None else None
+    ita = cached_ita((digest, box), crop, mask_path if isinstance(mask_path, str) else None, box, photo.size)
+    tone = skin_tone.tone_group(ita)
+    st.markdown(f"**Skin tone around the lesion:** {tone}" + (f" (ITA {ita:.0f}°)" if ita is not None else ""))
+    st.caption(skin_tone.training_note(tone, pred.card.extra.get("skin_tones", {}).get("train")) +
+               " ITA is estimated from the photo's colours: lighting and white balance shift it.")
 
 # ---------------------------------------------------------------- 4. explanations
 st.divider()
@@ -346,9 +360,13 @@ report_args = dict(
     figures={f"{cam.method} heat map": cam.overlay(crop), "LIME (green supports, red opposes)": lime_img,
              "Suggested biopsy site": biopsy_img},
     clinical={"age": clinical.age, "sex": clinical.sex, "site": clinical.site},
-    extra={**({f"prediction set ({level:.0%})": ", ".join(pset) or "empty"} if pset is not None else {}),
+    extra={**({f"prediction set ({level:.0%})": conformal.describe(pset, level, pred.taxonomy.display_names)}
+              if pset is not None else {}),
            f"map check, {cam.method}": cam_quality.summary(), "map check, LIME": lime_quality.summary(),
-           "biopsy site (original pixels)": f"x={ox}, y={oy}" if site_.suggested else site_.note, "crop box": box})
+           "biopsy site (original pixels)": f"x={ox}, y={oy}" if site_.suggested else site_.note,
+           "skin tone around the lesion": tone + (f" (ITA {ita:.0f}°, estimated from the photo's colours)"
+                                                   if ita is not None else ""),
+           "crop box": describe_crop(box, photo.size)})
 d1, d2 = st.columns(2)     # wide enough for the labels at a 1024-px window
 d1.download_button("Download case report (HTML)", case_report_html(**report_args), file_name="dermtriage-report.html",
                    mime="text/html", key="report", icon=":material/download:")

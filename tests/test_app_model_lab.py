@@ -250,5 +250,8 @@ def test_evaluation_views_have_distinct_roc_titles_and_no_none_cells(lab):
     assert grid["xaxis"]["title"]["text"] == "threshold"
     sub = next(d.value for d in at.dataframe if "grouping" in d.value.columns)
     assert not sub.isna().any().any() and "None" not in sub.astype(str).to_string()
+    tones = sub[sub["grouping"] == "skin_tone"]           # the skin-tone audit: every photo in one tone group
+    assert len(tones) and tones["n"].astype(int).sum() == sub[sub["grouping"] == "sex"]["n"].astype(int).sum()
+    assert {"sensitivity_95ci", "specificity_95ci"} <= set(sub.columns)
     if (sub == "–").any().any():
         assert any(c.value.startswith("–: not defined") for c in at.caption)

@@ -1,5 +1,6 @@
 """The triage page, run headless with Streamlit's AppTest on a tiny untrained model."""
 import io
+import re
 
 import numpy as np
 import pytest
@@ -47,6 +48,9 @@ def test_upload_gives_differential_tier_explanations_and_report(tiny_model):
     assert "Biopsy site at x=" in text
     assert "no clinical data given" in text
     assert at.get("download_button")  # the case report
+    assert re.search(r"Skin tone around the lesion:\*\* (very light|light|intermediate|tan|brown|dark) \(ITA -?\d+°\)",
+                     text), "the skin-tone estimate is shown beside the tier"
+    assert "training photos" in text or "no skin-tone counts" in text
 
 
 def test_clinical_data_is_used_and_reported(tiny_model):

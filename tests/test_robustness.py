@@ -710,3 +710,12 @@ def test_a_crop_box_is_checked_by_one_rule():
                 (0, 0, int(MIN_SIDE * (MAX_ASPECT + 1)), MIN_SIDE)]:
         with pytest.raises(ImageError, match="crop"):
             crop_photo(photo, box)
+
+
+def test_the_report_gives_the_crop_box_in_words():
+    """The case report says where the crop lies and how large it is, not a raw tuple."""
+    from derm_core.data.images import describe_crop
+    assert describe_crop((0, 0, 200, 150), (200, 150)) == "the whole 200x150 photo"
+    text = describe_crop((1016, 762, 3016, 2262), (4032, 3024))
+    assert text.startswith("2000x1500 px from (1016, 762) to (3016, 2262) of the 4032x3024 photo")
+    assert "(25% of its area)" in text

@@ -50,6 +50,36 @@ def test_the_gate_and_the_prediction_sets_meet_their_targets(card):
             assert v["coverage"] >= 0.87, c
 
 
+def test_the_outline_network_belongs_to_the_bundle_and_is_used(card):
+    """The lesion-outline network was trained on this bundle's split, its weights are the ones its
+    card names, and the crop rule uses it by default."""
+    from derm_core.explain import lesion
+    from derm_core.explain.outline import CARD, Outline
+    from derm_core.model.card import file_sha256
+    net = Outline.load(card.path.parent / CARD)         # raises for weights its card does not describe
+    assert net.card["training"]["split_sha256"] == file_sha256(card.split_file)
+    assert net.card["training"]["split_file"] == card.split_file.name
+    assert lesion.outline_network() is not None and lesion.outline_network().path == net.path
+    for split in ("val", "test"):
+        m = net.card["metrics"][split]
+        assert m["n"] > 1000 and m["iou_at_least_0.6"] >= 0.9, split   # issue 16's target, on dermoscopy
+
+
+def test_the_suggested_crop_reproduces_the_outline_cards_figures(card, ham_dir):
+    """The crop figures in the outline card (and so in MODEL.md) are what the code gives today."""
+    import numpy as np
+
+    from derm_core.data.dataset import load_table
+    from derm_core.data.splits import load_splits
+    from derm_core.explain.lesion import box_agreement, outline_network
+    table = load_table(ham_dir, card.taxonomy)
+    test = table[(load_splits(table, card.split_file) == "test").to_numpy()]
+    sample = test.iloc[np.random.default_rng(0).choice(len(test), 150, replace=False)]
+    got = box_agreement(sample)
+    want = outline_network().card["metrics"]["test"]["iou_at_least_0.6"]
+    assert got["n"] == 150 and abs(got["iou_at_least_0.6"] - want) <= 0.06, (got, want)
+
+
 def test_readme_states_no_shipped_figure_by_hand(card):
     """The README points at the sheet; the calibration figures it used to copy are not typed there."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")

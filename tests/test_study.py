@@ -379,6 +379,7 @@ def test_results_page_filters(designed):
     model = R.model_as_reader(cases, study)
     both = R.with_model(readers, model)
     assert len(both) == len(readers) + 2 and list(both["reader"].iloc[-2:]) == [R.MODEL_READER] * 2
+    assert list(both["phase"].iloc[-2:]) == ["part 1 cases", "part 2 cases"]   # the model is never "assisted"
     assert R.with_model(readers, model.iloc[:0]).equals(readers)
     # ROC points and the model's curve of one part
     pts = R.reader_points(answers, study, "tier:dangerous", "assisted")

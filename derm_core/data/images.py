@@ -178,6 +178,16 @@ def crop_photo(photo: Image.Image, box) -> Image.Image:
     return photo.crop((x0, y0, x1, y1))
 
 
+def describe_crop(box, size: tuple[int, int]) -> str:
+    """A crop box in words for the case report: where it lies in the photo and how large it is."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    w, h = size
+    if (x0, y0, x1, y1) == (0, 0, w, h):
+        return f"the whole {w}x{h} photo"
+    return (f"{x1 - x0}x{y1 - y0} px from ({x0}, {y0}) to ({x1}, {y1}) of the {w}x{h} photo "
+            f"({(x1 - x0) * (y1 - y0) / (w * h):.0%} of its area)")
+
+
 def _value_range(arr: np.ndarray, is_float: bool) -> tuple[float, float]:
     """The range that maps onto 0..255: the nominal range the values fit (0..1 and 0..255 for float
     photos, 0..255 and 0..65535 for integer ones), else the real minimum and maximum."""

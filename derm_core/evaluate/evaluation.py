@@ -91,6 +91,8 @@ def subgroups(table: pd.DataFrame) -> dict[str, pd.Series]:
             lambda a: next((n for lo, hi, n in AGE_BANDS if lo <= a < hi), "unknown") if pd.notna(a) else "unknown")
     if table["site"].notna().any():
         out["site"] = table["site"].fillna("unknown")
+    if "skin_tone" in table:       # estimated from the photos (derm_core.explain.skin_tone), when added
+        out["skin_tone"] = table["skin_tone"].fillna("unknown")
     return out
 
 

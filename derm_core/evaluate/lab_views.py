@@ -120,9 +120,11 @@ def display_table(df: pd.DataFrame, decimals: int = 3) -> tuple[pd.DataFrame, li
         col = df[c]
         if col.dtype.kind == "f":
             values = col
-        elif col.dtype == object and col.isna().any():      # numbers with None among them
+        elif (col.dtype == object or pd.api.types.is_string_dtype(col)) and col.isna().any():   # None among them
             values = pd.to_numeric(col, errors="coerce")
-            if values.notna().sum() != col.notna().sum():   # not only numbers: left as it is
+            if values.notna().sum() != col.notna().sum():   # text (e.g. an interval): only the gaps filled
+                out[c] = col.where(col.notna(), UNDEFINED)
+                undefined = True
                 continue
         else:
             continue

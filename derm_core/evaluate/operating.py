@@ -255,7 +255,7 @@ class EvalSet:
         out = {}
         for gname, labels in self.groups.items():
             rows = []
-            for g in sorted(np.unique(labels)):
+            for g in _group_order(gname, labels):
                 m = labels == g
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -364,15 +364,36 @@ def operating_point(ev: EvalSet, thresholds: Thresholds, target: str,
     return r
 
 
+def _group_order(grouping: str, labels) -> list[str]:
+    """A grouping's groups in reading order: skin tones lightest first, others alphabetically."""
+    if grouping == "skin_tone":
+        from derm_core.explain.skin_tone import order
+        return order(np.unique(labels))
+    return sorted(np.unique(labels))
+
+
+def wilson_text(k, n, level: float = 0.95) -> list:
+    """Wilson intervals of k successes in n trials as "0.55–0.78" (None where n is 0): small
+    subgroups (a rare skin tone) get the wide interval they deserve."""
+    from scipy import stats
+    out = []
+    for a, b in zip(np.asarray(k, int), np.asarray(n, int)):
+        ci = stats.binomtest(int(a), int(b)).proportion_ci(level, method="wilson") if b else None
+        out.append(None if ci is None else f"{ci.low:.2f}–{ci.high:.2f}")
+    return out
+
+
 def subgroup_table(ev: EvalSet, thresholds: Thresholds, target: str) -> pd.DataFrame:
-    """Per subgroup (sex, age band, body site): size, accuracy, balanced accuracy, macro AUC,
-    and sensitivity/specificity/PPV/NPV/F1 of ``target`` at these thresholds.
+    """Per subgroup (sex, age band, body site, skin tone when given): size, accuracy, balanced
+    accuracy, macro AUC, and sensitivity/specificity/PPV/NPV/F1 of ``target`` at these thresholds,
+    with Wilson 95% intervals for the sensitivity and specificity.
 
     Threshold-dependent columns are counted with ``np.bincount`` over group codes (no loops over images).
     """
     if not ev.groups:
         return pd.DataFrame(columns=["grouping", "group", "n", "n_positive", "accuracy", "balanced_accuracy",
-                                     "macro_auc", "sensitivity", "specificity", "ppv", "npv", "f1"])
+                                     "macro_auc", "sensitivity", "specificity", "ppv", "npv", "f1",
+                                     "sensitivity_95ci", "specificity_95ci"])
     pos = ev.target_truth_score(target)[0]
     f = flags(ev, thresholds)[target]
     frames = []
@@ -384,9 +405,10 @@ def subgroup_table(ev: EvalSet, thresholds: Thresholds, target: str) -> pd.DataF
             return np.bincount(codes[m], minlength=k)
         tp, fp, fn, tn = count(f & pos), count(f & ~pos), count(~f & pos), count(~f & ~pos)
         frames.append(pd.DataFrame({"grouping": gname, **static.to_dict("list"), "n_positive": tp + fn,
-                                    **rates(tp, fp, fn, tn)}))
+                                    **rates(tp, fp, fn, tn), "sensitivity_95ci": wilson_text(tp, tp + fn),
+                                    "specificity_95ci": wilson_text(tn, tn + fp)}))
     cols = ["grouping", "group", "n", "n_positive", "accuracy", "balanced_accuracy", "macro_auc",
-            "sensitivity", "specificity", "ppv", "npv", "f1"]
+            "sensitivity", "specificity", "ppv", "npv", "f1", "sensitivity_95ci", "specificity_95ci"]
     return pd.concat(frames, ignore_index=True)[cols]
 
 

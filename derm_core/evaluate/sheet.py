@@ -128,7 +128,44 @@ def model_sheet(card) -> str:
         lines += _table(["images", "n", "flagged"], rows)
         if r.get("missed"):
             lines += ["", "Non-lesion images that pass the gate: " + ", ".join(r["missed"]) + "."]
+    lines += _outline_lines(card.path.parent)
+    lines += _tone_lines(card.extra.get("skin_tones"))
     return "\n".join(lines) + "\n"
+
+
+def _outline_lines(folder) -> list[str]:
+    """The suggested crop's figures, from the outline network's card beside the model."""
+    from derm_core.explain.lesion import CLOSE_UP
+    from derm_core.explain.outline import CARD, read_outline_card
+    if not (folder / CARD).is_file():
+        return []
+    _, card = read_outline_card(folder / CARD)
+    t, metrics = card["training"], card.get("metrics", {})
+    lines = ["", "## Suggested lesion crop", "",
+             f"The classical outline (`derm_core/explain/lesion.py`), and for a close-up (a found lesion box of "
+             f"{CLOSE_UP:.0%} of the photo or more) the learned outline `{CARD}` (a U-Net trained on the lesion masks "
+             f"of {t.get('n_photos', 'n/a')} training photos, {t.get('epochs', 'n/a')} epochs, seed {t.get('seed')}, "
+             f"weights SHA-256 `{card['weights_sha256'][:16]}…`). Suggested lesion box against the mask's box, on "
+             "the photos as they are (phone photos: `bench/bench_crop.py`):", ""]
+    rows = [[name, m.get("n"), _pct(m.get("iou_at_least_0.6")), _f(m.get("median_iou"), 2)]
+            for name, m in ((k, metrics[k]) for k in ("val", "test") if k in metrics)]
+    return lines + _table(["split", "photos", "IoU >= 0.6", "median IoU"], rows)
+
+
+def _tone_lines(tones: dict | None) -> list[str]:
+    """The data's skin-tone distribution (ITA categories), from the card."""
+    if not tones:
+        return []
+    from derm_core.explain.skin_tone import TONE_NAMES, UNKNOWN, tone_range
+    splits = [s for s in ("train", "val", "test") if s in tones]
+    totals = {s: sum(tones[s].values()) or 1 for s in splits}
+    rows = [[name + (f" ({tone_range(name)})" if name != UNKNOWN else ""),
+             *(f"{tones[s].get(name, 0)} ({tones[s].get(name, 0) / totals[s]:.1%})" for s in splits)]
+            for name in (*TONE_NAMES, UNKNOWN)]
+    return ["", "## Skin tone of the data", "",
+            f"{tones.get('method', 'ITA')}. A dermoscope's light shifts ITA, so these are the photographed tones, not "
+            "Fitzpatrick types; the Model lab's subgroup table gives results per tone.", "",
+            *_table(["skin tone (ITA)", *splits], rows)]
 
 
 def write_sheet(card) -> Path:

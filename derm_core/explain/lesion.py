@@ -1,10 +1,11 @@
-"""Automatic lesion outline and crop box for any photo, without a learned model.
+"""Automatic lesion outline and crop box for any photo: classical, with a learned outline for close-ups.
 
 The triage page needs a lesion mask (for the biopsy site) and a crop suggestion even for
 photos that come without a ground-truth mask: full-frame dermoscopy, where the lesion fills
 much of the frame, and 12 MP phone photos, where it may fill only 5% of it, on skin lit
 unevenly by the phone's light, perhaps inside a dermatoscope adapter's black round field.
-Pigmented lesions are darker than the skin around them, so a classical pipeline does well:
+Pigmented lesions are darker than the skin around them, so a classical pipeline does well where
+there is skin around the lesion:
 
 1. work on a copy at most :data:`WORK_SIDE` pixels large (a 12 MP photo in well under 0.1 s);
 2. drop the black vignette or adapter field (near-black areas connected to a corner), or Otsu
@@ -17,12 +18,19 @@ Pigmented lesions are darker than the skin around them, so a classical pipeline 
 4. Otsu-threshold that, a little towards the skin (Otsu alone cuts a lesion's lighter rim
    off), prefer a large, central component that does not touch the border, let it grow into
    its lighter rim (hysteresis, within a band around it so it cannot run off into the skin),
-   fill its holes.
+   fill its holes;
+5. when that lesion's box covers :data:`CLOSE_UP` of the photo or more (a close-up, as most
+   dermoscopy), there was too little skin for step 3 and the outline is often too small or
+   too large: the learned outline of :mod:`derm_core.explain.outline` (shipped with the model,
+   trained on its training split's masks) replaces it, where one is installed.
 
 Settings were chosen on validation-split photos; ``bench/bench_crop.py`` measures them on the
 test split, on HAM10000 photos as they are and placed into synthetic phone photos.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -32,6 +40,7 @@ from skimage.measure import label
 from skimage.morphology import disk
 
 from derm_core.data.images import MIN_SIDE
+from derm_core.settings import SHIPPED_MODEL
 
 Box = tuple[int, int, int, int]  # (left, top, right, bottom), right/bottom exclusive as in PIL crop
 
@@ -47,6 +56,7 @@ SKIN_DISK = 0.3          # the skin-brightness closing's disk radius, share of t
 CORE_LEVEL = 0.3         # the lesion's core: darker than Otsu's level moved this far towards the skin's median
 RIM_LEVEL = 0.45         # its rim: pixels darker than the level this far towards the skin, joined to the core ...
 RIM_BAND = 0.2           # ... within this share of the core's radius of it
+CLOSE_UP = 0.25          # a found lesion box covering this share of the photo or more: a close-up (step 5)
 CROP_MARGIN = 0.25       # crop margin per side, share of the lesion box: the lesion then fills about 2/3 of the
                          # crop along its fuller side, as in HAM10000 (median 0.65), which the model was trained on
 CROP_ASPECT = 4 / 3      # ... and the crop is widened to the model's 4:3 landscape frame
@@ -128,11 +138,9 @@ def _pick(dark: np.ndarray, fov: np.ndarray) -> np.ndarray | None:
     return labels == best if score[best] > 0 else None
 
 
-def _find_small(image: Image.Image) -> np.ndarray | None:
-    """The lesion mask on the work copy, or None when no plausible lesion is found."""
-    rgb = _work_copy(image)
+def _classical(rgb: np.ndarray, fov: np.ndarray) -> np.ndarray | None:
+    """Steps 3-4 on the work copy: the lesion mask, or None when no plausible lesion is found."""
     side = min(rgb.shape[:2])
-    fov = _field_of_view(rgb)
     hairless = ndimage.grey_closing(rgb[..., 2], footprint=disk(max(1, round(side / HAIR))))  # fills thin dark lines
     tone = gaussian(hairless, sigma=max(1.0, side / 100))
     rel = tone / _skin_brightness(tone, fov)
@@ -156,6 +164,59 @@ def _find_small(image: Image.Image) -> np.ndarray | None:
     near = ndimage.distance_transform_edt(~core) <= RIM_BAND * np.sqrt(core.sum() / np.pi)
     grown = ndimage.binary_opening(core | (joined & near), brush)  # not along hairs leaving the lesion
     return ndimage.binary_fill_holes(core | grown)
+
+
+def _find_small(image: Image.Image) -> np.ndarray | None:
+    """The lesion mask on the work copy, or None when no plausible lesion is found."""
+    rgb = _work_copy(image)
+    fov = _field_of_view(rgb)
+    mask = _classical(rgb, fov)
+    if mask is None:
+        return None
+    box = mask_box(mask)
+    if (box[2] - box[0]) * (box[3] - box[1]) >= CLOSE_UP * mask.size:
+        net = outline_network()
+        learned = net.mask(image, mask.shape, fov) if net is not None else None
+        if learned is not None:
+            return learned
+    return mask
+
+
+_OUTLINE: dict = {"path": SHIPPED_MODEL.parent, "loaded": None}     # the shipped bundle's network
+
+
+def use_outline(path: str | Path | None) -> None:
+    """Outline close-ups with the network at ``path`` (an ``outline.json`` or its folder) from now
+    on; None: with the classical outline only. The shipped bundle's network is the default."""
+    _OUTLINE.update(path=None if path is None else Path(path), loaded=None)
+
+
+@contextmanager
+def outline_from(path: str | Path | None):
+    """:func:`use_outline` for the length of a ``with`` block (the release builds its gate with
+    the network it has just trained), then the one used before."""
+    before = _OUTLINE["path"]
+    use_outline(path)
+    try:
+        yield
+    finally:
+        use_outline(before)
+
+
+def outline_network():
+    """The installed :class:`~derm_core.explain.outline.Outline`, loaded once (again when its card
+    changes); None when none is installed. A broken one is an error, never silently skipped."""
+    path = _OUTLINE["path"]
+    if path is None:
+        return None
+    from derm_core.explain.outline import CARD, Outline
+    card = path / CARD if path.is_dir() else path
+    if not card.is_file():
+        return None
+    stamp = (card, card.stat().st_mtime_ns, card.stat().st_size)
+    if _OUTLINE["loaded"] is None or _OUTLINE["loaded"][0] != stamp:
+        _OUTLINE["loaded"] = (stamp, Outline.load(card))
+    return _OUTLINE["loaded"][1]
 
 
 def find_lesion(image: Image.Image) -> np.ndarray | None:
@@ -248,6 +309,23 @@ def box_iou(a: Box, b: Box) -> float:
     inter = iw * ih
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return 1.0 if union == 0 else inter / union
+
+
+def box_agreement(rows) -> dict:
+    """How well the suggested lesion box (:func:`lesion_box`, as the page and ``predict --crop
+    auto`` use it) matches the true one (the mask's tight box) on a table's photos with masks:
+    ``{"n", "iou_at_least_0.6", "median_iou"}``; the model sheet's crop figures."""
+    ious = []
+    for path, mask_path in zip(rows["path"], rows["mask_path"]):
+        if mask_path is None or (isinstance(mask_path, float) and np.isnan(mask_path)):
+            continue
+        with Image.open(path) as im, Image.open(mask_path) as m:
+            truth = mask_box(np.asarray(m.convert("L")) > 127)
+            if truth is not None:
+                ious.append(box_iou(lesion_box(im.convert("RGB")), truth))
+    ious = np.asarray(ious)
+    return {"n": int(len(ious)), "iou_at_least_0.6": float(np.mean(ious >= 0.6)) if len(ious) else None,
+            "median_iou": float(np.median(ious)) if len(ious) else None}
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -233,6 +233,20 @@ def per_class_rows(report: dict) -> list[dict]:
             for c, v in report["per_class"].items()]
 
 
+def per_group_rows(calibration: Calibration, y, probs, groups, order, level: float = DEFAULT_LEVEL) -> list[dict]:
+    """Coverage and mean set size per group of photos (e.g. skin tone, in ``order``): whether the
+    guarantee, made on average over the validation photos, holds for each group."""
+    y, probs, groups = np.asarray(y), np.asarray(probs), np.asarray(groups)
+    rows = []
+    for g in order:
+        m = groups == g
+        if m.any():
+            r = evaluate(calibration, y[m], probs[m], level)
+            rows.append({"group": g, "photos": int(m.sum()), "coverage": r["coverage"],
+                         "mean set size": r["mean_set_size"]})
+    return rows
+
+
 def report_block(y, probs, calibration: Calibration | None, level: float = DEFAULT_LEVEL) -> dict | None:
     """``report.json``'s ``"conformal"`` entry (None without a calibration)."""
     return None if calibration is None else evaluate(calibration, y, probs, level)

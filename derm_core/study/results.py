@@ -168,10 +168,13 @@ def answered_phases(answers: pd.DataFrame, study: Study) -> list[str]:
 
 def with_model(readers: pd.DataFrame, model: pd.DataFrame) -> pd.DataFrame:
     """The :func:`reader_table` of the readers with the model's own rows (``model``: its answers,
-    :func:`model_as_reader`) under them."""
+    :func:`model_as_reader`) under them. The model reads without help in both parts, so its rows
+    name the part's cases ("part 2 cases"), not "assisted"."""
     if not len(model):
         return readers.reset_index(drop=True)
-    return pd.concat([readers, reader_table(model)], ignore_index=True)
+    rows = reader_table(model)
+    rows["phase"] = rows["phase"].map(lambda ph: f"part {PHASES.index(ph) + 1} cases")
+    return pd.concat([readers, rows], ignore_index=True)
 
 
 def reader_choices(readers: pd.DataFrame) -> list[str]:

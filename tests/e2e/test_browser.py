@@ -276,7 +276,8 @@ def test_triage_upload_crop_differential_lime_and_report(page, app_server, tmp_p
     assert page.get_by_text(re.compile(r"· similarity \d\.\d\d")).count() >= 3
 
     # what the page showed is what the library computes on the same crop
-    box = tuple(int(v) for v in re.search(r"crop box: \((\d+), (\d+), (\d+), (\d+)\)", html).groups())
+    m = re.search(r"crop box: \d+x\d+ px from \((\d+), (\d+)\) to \((\d+), (\d+)\)|crop box: the whole (\d+)x(\d+) photo", html)
+    box = tuple(int(v) for v in m.groups()[:4]) if m.group(1) else (0, 0, int(m.group(5)), int(m.group(6)))
     pred = Predictor.from_path(app_server.card, device=torch.device("cpu"))
     expected = pred.predict(load_image(photo).crop(box), Clinical())
     assert (expected.tier, [c for c, _ in expected.differential]) == (tier, [c for c, _ in differential]), box
