@@ -194,16 +194,17 @@ def model_caption(pred: Predictor, thresholds_name: str) -> None:
                f"{'uses' if card.use_metadata else 'ignores'} clinical data) · thresholds: **{thresholds_name}**")
 
 
-def results_table(df: pd.DataFrame, key: str) -> None:
-    """A results table as a person reads it: headers in words (no snake_case), a value that is
-    not defined (one reader's spread, the model's reading time) as "–", never "None"."""
-    from derm_core.evaluate.lab_views import UNDEFINED, display_table
-    shown, right = df.copy(), []
-    missing = [c for c in df.columns if df[c].isna().any()]
-    if missing:
-        part, right, _ = display_table(df[missing])
-        shown[missing] = part
-        shown[missing] = shown[missing].fillna(UNDEFINED)     # text columns display_table leaves as they are
-    words = {c: str(c).replace("_", " ") for c in df.columns}
-    st.dataframe(shown.rename(columns=words), hide_index=True, key=key,
-                 column_config={words[c]: st.column_config.TextColumn(alignment="right") for c in right})
+def words_table(df: pd.DataFrame, footnote: str | None = None) -> None:
+    """A results table as a person reads it: headers and group names in words (no snake_case),
+    numbers with three decimals aligned right, an undefined value as "–" (never "None") with the
+    footnote that says why. A static table: its text wraps to the column at 1024 px, where an
+    interactive one hid its right-hand columns behind a scroll bar."""
+    from derm_core.evaluate.lab_views import display_table, header
+    shown, _, undefined = display_table(df)
+    if "grouping" in shown:
+        shown["grouping"] = shown["grouping"].map(header)
+    shown = shown.rename(columns=header)
+    right = [c for c in shown.columns if shown[c].astype(str).str.match(r"^[-–\d.]").all()]   # numbers, "–"
+    st.table(shown.style.hide(axis="index").set_properties(subset=right, **{"text-align": "right"}))
+    if undefined and footnote:
+        st.caption(footnote)

@@ -37,7 +37,7 @@ from derm_core.explain.skin_tone import TONE_NAMES, UNKNOWN, table_itas, tone_gr
 from derm_core.settings import ENV_MODEL, ENV_PROFILES, ENV_RUNS, SHIPPED_MODEL, settings
 from derm_core.triage import profiles as P
 from derm_core.triage.rules import Thresholds
-from pages._common import ACTIVE_PROFILE, column_width, data_dir_setting, disclaimer, two_columns
+from pages._common import ACTIVE_PROFILE, column_width, data_dir_setting, disclaimer, two_columns, words_table
 
 SECTIONS = ["Train", "Runs", "Evaluate & tune"]
 ALL = "all images"
@@ -53,6 +53,11 @@ section = st.radio("Section", SECTIONS, horizontal=True, key="lab_section", labe
 
 fmt_s = L.duration   # m:ss or h:mm:ss
 pct = L.pct         # 12.3% or "—"
+
+
+def pct_or_undefined(v) -> str:
+    """A share for a sentence: 12.3%, or "not defined" (a dash reads as punctuation there)."""
+    return "not defined" if pct(v) == "—" else pct(v)
 
 
 def model_options() -> dict[str, str]:
@@ -326,16 +331,6 @@ def current_thresholds(card) -> Thresholds:
     return Thresholds(thr.classes, thr.tiers, name)
 
 
-def undefined_table(df: pd.DataFrame, key: str, footnote: str) -> None:
-    """A metrics table with three decimals, an undefined value shown as "–" (never "None") and
-    the footnote that says why, when there is one."""
-    shown, text_cols, undefined = L.display_table(df)
-    st.dataframe(shown, hide_index=True, key=key,
-                 column_config={c: st.column_config.TextColumn(alignment="right") for c in text_cols})
-    if undefined:
-        st.caption(footnote)
-
-
 def tune(card, res: dict, folder: str, split: str) -> None:
     """Sliders, presets, every plot and table, the profile form: one fragment, so a slider
     move re-runs only this part (the predictions are never recomputed)."""
@@ -363,9 +358,10 @@ def tune(card, res: dict, folder: str, split: str) -> None:
                   "least the target sensitivity.")
     p.button(f"Specificity ≥{target:.0%}", key="lab_p_specific", on_click=apply_preset,
              args=(card, ev, "specific", target), help="High-specificity: at least the target specificity.")
-    cols = st.columns(3)
-    for i, (t, k) in enumerate(reversed(list(tk.items()))):
-        cols[i % 3].slider(f"Tier: {t} or more urgent", 0.0, 1.0, step=STEP, key=k, format="%.3f",
+    tiers = list(reversed(list(tk.items())))
+    cols = st.columns(2)     # the same two columns as the class sliders below
+    for i, (t, k) in enumerate(tiers):
+        cols[i % 2].slider(f"Tier: {t} or more urgent", 0.0, 1.0, step=STEP, key=k, format="%.3f",
                            help="Assigned when the summed probability of this tier and more urgent ones reaches it.")
     items = list(ck.items())
     for row in range(0, len(items), 2):     # a row of columns per pair: the sliders of a row start level at 1024 px
@@ -392,7 +388,8 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     m[2].metric(f"PPV at {prev:g}%", pct(op["ppv"]))
     m[3].metric(f"NPV at {prev:g}%", pct(op["npv"]))
     st.caption(f"{ev.target_label(tgt)} at these thresholds: sensitivity {pct(op['sensitivity'])}, specificity "
-               f"{pct(op['specificity'])}, PPV {pct(op['ppv'])} and NPV {pct(op['npv'])} at a prevalence of {prev:g}% "
+               f"{pct(op['specificity'])}, PPV {pct_or_undefined(op['ppv'])} and NPV {pct_or_undefined(op['npv'])} at a "
+               f"prevalence of {prev:g}% "
                f"(this data: {prev_data:.1%}).")
 
     # ------------------------------------------------ plots
@@ -406,10 +403,14 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     st.plotly_chart(sens_spec_figure(ev, table, targets, cols=panels), key="lab_sens_spec")
 
     st.subheader("Per class and per tier at the current thresholds")
-    show = table.rename(columns={"label": "class / tier", "n": "positives", "ppv": "PPV", "npv": "NPV", "f1": "F1",
-                                 "auc": "AUC", "auc_low": "AUC 95% low", "auc_high": "AUC 95% high",
-                                 "youden": "Youden threshold"}).drop(columns=["target", "kind"])
-    undefined_table(show, "lab_table", L.UNDEFINED_FOOTNOTE.format(what="class or tier"))
+    auc = [f"{lo:.3f}–{hi:.3f}" if lo == lo and hi == hi else "" for lo, hi in zip(table["auc_low"], table["auc_high"])]
+    show = table.assign(auc=L.with_interval(table["auc"], auc)).rename(
+        columns={"label": "class / tier", "n": "positives", "auc": "AUC (95% CI)", "youden": "Youden threshold"})
+    words_table(show[["class / tier", "positives", "threshold", "sensitivity", "specificity", "ppv", "npv", "f1",
+                      "AUC (95% CI)"]], L.UNDEFINED_FOOTNOTE.format(what="class or tier"))
+    st.caption("Counts at the current thresholds (tp: flagged with the condition, fp: flagged without it, fn: missed, "
+               "tn: correctly cleared) and the threshold that maximises sensitivity + specificity:")
+    words_table(show[["class / tier", "tp", "fp", "fn", "tn", "Youden threshold"]])
 
     st.subheader("Risk tiers assigned at the current thresholds")
     c1, c2 = st.columns([3, 2])
@@ -424,12 +425,18 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     if sub.empty:
         st.info("This data has no sex, age or body-site information.")
     else:
-        st.caption(f"Sensitivity to PPV columns: {ev.target_label(tgt)} at the current thresholds, with Wilson 95% "
-                   "intervals for the sensitivity and specificity. Small groups give unstable numbers: read them "
-                   "with their sizes. Skin tone: the individual typology angle (ITA) of the skin around each "
+        st.caption(f"First the threshold-free figures per group, then {ev.target_label(tgt)} at the current "
+                   "thresholds, with Wilson 95% intervals for the sensitivity and specificity. Small groups give "
+                   "unstable numbers: read them with their sizes. Skin tone: the individual typology angle (ITA) of the skin around each "
                    "lesion, very light (> 55°) to dark (< -30°); a dermoscope's light shifts it, so it estimates "
                    "the photographed tone, not a Fitzpatrick type.")
-        undefined_table(sub, "lab_subgroups", L.UNDEFINED_FOOTNOTE.format(what="group"))
+        free = sub[["grouping", "group", "n", "accuracy", "balanced_accuracy", "macro_auc"]]
+        words_table(free)
+        at = sub.assign(sensitivity=L.with_interval(sub["sensitivity"], sub["sensitivity_95ci"]),
+                        specificity=L.with_interval(sub["specificity"], sub["specificity_95ci"]))
+        at = at.rename(columns={"sensitivity": "sensitivity (95% CI)", "specificity": "specificity (95% CI)"})
+        words_table(at[["grouping", "group", "n_positive", "sensitivity (95% CI)", "specificity (95% CI)", "ppv", "npv",
+                        "f1"]], L.UNDEFINED_FOOTNOTE.format(what="group"))
 
     embedding_view(card, res, folder, split, thr)
     save_profile_form(card, ev, thr, folder, split, res["key"])
@@ -651,8 +658,12 @@ def threshold_free(ev: O.EvalSet) -> None:
                         key="lab_cm_classes")
         cal = ev.calibration
         c2.plotly_chart(reliability_figure(cal), key="lab_reliability")
+        worse = cal["after"]["ece"] > cal["before"]["ece"]
         c2.caption(f"Reliability diagram: ECE {cal['before']['ece']:.3f} before and {cal['after']['ece']:.3f} after "
-                   f"temperature scaling (T = {cal['after']['temperature']:.2f}).")
+                   f"temperature scaling (T = {cal['after']['temperature']:.2f})." +
+                   (" The model's temperature makes these images *worse* calibrated: it was fitted on other images "
+                    "(the validation split), or the model is barely trained. Read its probabilities with care."
+                    if worse else ""))
 
 
 if section == "Train":

@@ -33,6 +33,7 @@ from derm_core.study.cases import (
     seconds_left,
 )
 from derm_core.study.store import AlreadyAnswered, StudyStore, StudyStoreError
+from derm_core.triage.rules import explain_tier
 from pages._common import (
     active_thresholds,
     cached_cases,
@@ -40,11 +41,13 @@ from pages._common import (
     data_dir_setting,
     disclaimer,
     get_predictor,
-    results_table,
     two_columns,
+    words_table,
 )
 
 SECTIONS = ["Set up", "Read", "Results"]
+UNDEFINED_NOTE = ("–: not defined here: the spread (SD) of a single reader, the model's reading time, or a rate "
+                  "without the cases it needs.")
 PHASE_TITLE = {"unassisted": "Part 1: unassisted", "assisted": "Part 2: AI-assisted"}
 CASE_PHOTO_PX, GRADCAM_PX = 480, 300   # at most; less where the column is narrower
 SIDE_BY_SIDE_PX = 760                  # case photo and model output side by side from this main-area width
@@ -185,6 +188,8 @@ def show_model_output(study: Study, case: dict, width: int) -> None:
     st.markdown("**DermTriage's output**")
     tier = case["model_tier"]
     st.markdown(f"Risk tier: **{tier}** — {tax.tiers[tier].action}")
+    if study.thresholds is not None and isinstance(case.get("model_probs"), dict):   # as on the triage page
+        st.caption(f"Why this tier: {explain_tier(case['model_probs'], tax, study.thresholds.tiers)}")
     for code, p in case["model_differential"]:
         st.markdown(f"- {tax.display_names[code]} ({code}): {p:.0%}")
     pred = get_predictor()
@@ -319,10 +324,10 @@ def results_section() -> None:
 
     st.subheader("Accuracy per reader")
     table = R.with_model(readers, model)
-    results_table(table.drop(columns=["reader_id"]), "rs_readers")
+    words_table(table.drop(columns=["reader_id"]), UNDEFINED_NOTE)
     st.subheader("Per experience level")
     levels = R.level_table(readers)
-    results_table(levels, "rs_levels")
+    words_table(levels, UNDEFINED_NOTE)
 
     st.subheader("Readers on the model's ROC curve")
     phase = st.radio("Part", phases, horizontal=True, key="rs_res_phase") if len(phases) > 1 else phases[0]
@@ -344,7 +349,7 @@ def results_section() -> None:
     st.subheader("Per answer option: sensitivity and specificity")
     classes = R.class_table(answers, study)
     by_level = st.toggle("Average per experience level", key="rs_res_by_level")
-    results_table(R.level_class_table(classes) if by_level else classes.drop(columns=["reader_id"]), "rs_classes")
+    words_table(R.level_class_table(classes) if by_level else classes.drop(columns=["reader_id"]), UNDEFINED_NOTE)
 
     st.subheader("Confusion matrix")
     pick = st.selectbox("Readers", R.reader_choices(readers), key="rs_res_cm")
@@ -368,7 +373,7 @@ def results_section() -> None:
             c[3].metric("Wilcoxon p", "—" if pd.isna(test["wilcoxon_p"]) else f"{test['wilcoxon_p']:.3f}")
             st.caption(f"Test: {test['test']}; paired t-test "
                        f"{'not computable (too few readers or no differences)' if pd.isna(test['ttest_p']) else 'p = ' + format(test['ttest_p'], '.3f')}.")
-            results_table(per.drop(columns=["reader_id"]), "rs_assist")
+            words_table(per.drop(columns=["reader_id"]), UNDEFINED_NOTE)
             orh, why = R.assistance_mrmc(answers)
             st.markdown(f"**Multi-reader multi-case analysis.** {orh.summary() if orh else why}")
         else:
@@ -377,7 +382,7 @@ def results_section() -> None:
     if len(model):
         st.subheader("Each reader against the model (same cases)")
         st.caption("McNemar's exact test on the cases where exactly one of the two was right.")
-        results_table(R.mcnemar_vs_model(answers, model).drop(columns=["reader_id"]), "rs_mcnemar")
+        words_table(R.mcnemar_vs_model(answers, model).drop(columns=["reader_id"]), UNDEFINED_NOTE)
 
     st.subheader("Export")
     files = {"answers": R.answers_export(answers, study), "readers": table, "levels": levels,

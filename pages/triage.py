@@ -227,20 +227,21 @@ model_id = pred.card.identity().key
 cam_tab, lime_tab = st.tabs(["Grad-CAM heat map", "LIME superpixels and biopsy site"])
 with cam_tab:
     a, b = st.columns(2)
-    method = a.selectbox("Method", list(explain.CAM_METHODS), key="cam_method",
+    method = a.selectbox("Method", list(explain.CAM_METHODS), key="cam_method", format_func=explain.CAM_NAMES.get,
                          help="Grad-CAM and Grad-CAM++ use gradients; EigenCAM and ScoreCAM do not.")
     target = b.selectbox("Explain class", range(len(classes)), index=top, key="cam_class",
                          format_func=lambda i: pred.taxonomy.display_names[classes[i]])
     if method == "scorecam":   # issue 13: say so before it runs
         st.warning("ScoreCAM runs the network once per feature channel: it can take tens of seconds on a CPU.")
-    with st.spinner(f"Computing {method} ..."):
+    cam_name = explain.CAM_NAMES[method]
+    with st.spinner(f"Computing {cam_name} ..."):
         cam = cached_cam(crop_key, method, target, crop, clinical, model_id)
     st.image(cam.overlay(crop), width=420,
-             caption=f"{method} for {pred.taxonomy.display_names[classes[cam.target]]} ({cam.seconds:.2f} s): "
+             caption=f"{cam_name} for {pred.taxonomy.display_names[classes[cam.target]]} ({cam.seconds:.2f} s): "
                      "red = regions that raised this class's score")
     cam_quality = cached_quality(crop_key, ("cam", method, target), cam, crop, cached_mask(crop_key, crop), clinical,
                                  model_id)
-    st.caption(f"Map check ({method}, automatic lesion outline): {cam_quality.summary()}")
+    st.caption(f"Map check ({cam_name}, automatic lesion outline): {cam_quality.summary()}")
 
 with lime_tab:
     a, b = st.columns(2)
@@ -357,12 +358,12 @@ else:
 report_args = dict(
     crop=crop, result=result, taxonomy=pred.taxonomy, thresholds=thresholds, model_name=pred.card.name,
     model_version=pred.card.version,
-    figures={f"{cam.method} heat map": cam.overlay(crop), "LIME (green supports, red opposes)": lime_img,
+    figures={f"{cam_name} heat map": cam.overlay(crop), "LIME (green supports, red opposes)": lime_img,
              "Suggested biopsy site": biopsy_img},
     clinical={"age": clinical.age, "sex": clinical.sex, "site": clinical.site},
     extra={**({f"prediction set ({level:.0%})": conformal.describe(pset, level, pred.taxonomy.display_names)}
               if pset is not None else {}),
-           f"map check, {cam.method}": cam_quality.summary(), "map check, LIME": lime_quality.summary(),
+           f"map check, {cam_name}": cam_quality.summary(), "map check, LIME": lime_quality.summary(),
            "biopsy site (original pixels)": f"x={ox}, y={oy}" if site_.suggested else site_.note,
            "skin tone around the lesion": tone + (f" (ITA {ita:.0f}°, estimated from the photo's colours)"
                                                    if ita is not None else ""),

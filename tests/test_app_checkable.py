@@ -56,7 +56,7 @@ def test_prediction_set_map_checks_and_similar_cases(setup):
     assert not at.exception, at.exception
     text = page_text(at)
     assert "No prediction set: this model has no conformal calibration" in text
-    assert "Map check (gradcam" in text and "Map check (LIME" in text
+    assert "Map check (Grad-CAM" in text and "Map check (LIME" in text
     assert "Set the dataset folder" in text
 
     cal = C.fit_for_model(card, table, split)

@@ -248,10 +248,16 @@ def test_evaluation_views_have_distinct_roc_titles_and_no_none_cells(lab):
     grid = next(json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")
                 if "threshold" in json.dumps(json.loads(c.proto.spec)["layout"].get("xaxis", {})))
     assert grid["xaxis"]["title"]["text"] == "threshold"
-    sub = next(d.value for d in at.dataframe if "grouping" in d.value.columns)
-    assert not sub.isna().any().any() and "None" not in sub.astype(str).to_string()
-    tones = sub[sub["grouping"] == "skin_tone"]           # the skin-tone audit: every photo in one tone group
+    subs = [d.value for d in at.table if "grouping" in d.value.columns]
+    assert len(subs) == 2                                  # threshold-free, then at the current thresholds
+    for sub in subs:
+        text = sub.astype(str).to_string()
+        assert not sub.isna().any().any() and "None" not in text and "_" not in text and "nan" not in text
+    sub, at_thr = subs
+    tones = sub[sub["grouping"] == "skin tone"]           # the skin-tone audit: every photo in one tone group
     assert len(tones) and tones["n"].astype(int).sum() == sub[sub["grouping"] == "sex"]["n"].astype(int).sum()
-    assert {"sensitivity_95ci", "specificity_95ci"} <= set(sub.columns)
+    assert {"sensitivity (95% CI)", "specificity (95% CI)", "PPV"} <= set(at_thr.columns)
+    ages = list(sub[sub["grouping"] == "age band"]["group"])
+    assert ages == sorted(ages, key=lambda g: ["<30", "30-49", "50-69", "70+", "unknown"].index(g))
     if (sub == "–").any().any():
         assert any(c.value.startswith("–: not defined") for c in at.caption)

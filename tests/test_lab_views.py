@@ -111,3 +111,10 @@ def test_undefined_values_show_as_a_dash_never_none(ev, ham7):
     text = shown.astype(str).to_string()
     assert "None" not in text and "nan" not in text.lower() and not shown.isna().any().any()
     assert undefined and L.UNDEFINED in text and L.UNDEFINED_FOOTNOTE.startswith(L.UNDEFINED)
+
+
+def test_headers_read_as_words_and_values_carry_their_intervals():
+    assert L.header("sensitivity_95ci") == "sensitivity 95% CI" and L.header("n_positive") == "n positive"
+    assert L.header("ppv") == "PPV" and L.header("macro_auc") == "macro AUC" and L.header("mcnemar_p") == "McNemar p"
+    assert L.with_interval([0.6667, float("nan"), 0.5], ["0.55–0.78", None, ""]) == ["0.667 (0.55–0.78)", L.UNDEFINED,
+                                                                                     "0.500"]

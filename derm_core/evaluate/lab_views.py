@@ -110,6 +110,24 @@ UNDEFINED_FOOTNOTE = (f"{UNDEFINED}: not defined for this {{what}}: no images wi
                      "its images (macro AUC); most often one with few images.")
 
 
+HEADER_WORDS = {"ppv": "PPV", "npv": "NPV", "f1": "F1", "auc": "AUC", "ece": "ECE", "mcnemar": "McNemar",
+                "95ci": "95% CI", "sd": "SD"}
+
+
+def header(name) -> str:
+    """A column or group name as a person writes it: ``sensitivity_95ci`` -> "sensitivity 95% CI"."""
+    return " ".join(HEADER_WORDS.get(w, w) for w in str(name).split("_"))
+
+
+def with_interval(values, intervals, decimals: int = 3) -> list[str]:
+    """Each value with its interval text, "0.667 (0.55–0.78)"; :data:`UNDEFINED` where the value is."""
+    out = []
+    for v, ci in zip(values, intervals):
+        undefined = v is None or (isinstance(v, float) and math.isnan(v))
+        out.append(UNDEFINED if undefined else f"{v:.{decimals}f}" + (f" ({ci})" if ci else ""))
+    return out
+
+
 def display_table(df: pd.DataFrame, decimals: int = 3) -> tuple[pd.DataFrame, list[str], bool]:
     """``df`` as shown: every float column as text with ``decimals`` decimals, an undefined value
     (NaN or None: e.g. a sensitivity without positives) as :data:`UNDEFINED`, never "None".

@@ -365,10 +365,15 @@ def operating_point(ev: EvalSet, thresholds: Thresholds, target: str,
 
 
 def _group_order(grouping: str, labels) -> list[str]:
-    """A grouping's groups in reading order: skin tones lightest first, others alphabetically."""
+    """A grouping's groups in reading order: skin tones lightest first, age bands youngest first,
+    others alphabetically."""
     if grouping == "skin_tone":
         from derm_core.explain.skin_tone import order
         return order(np.unique(labels))
+    if grouping == "age_band":       # youngest first, "unknown" last
+        from derm_core.evaluate.evaluation import AGE_BANDS
+        rank = {name: k for k, (_, _, name) in enumerate(AGE_BANDS)}
+        return sorted(np.unique(labels), key=lambda g: (rank.get(g, len(rank)), g))
     return sorted(np.unique(labels))
 
 

@@ -40,6 +40,7 @@ from derm_core.model.networks import get_arch
 from derm_core.model.transforms import to_pil_preview
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "scorecam": ScoreCAM}
+CAM_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM", "scorecam": "Score-CAM"}  # as written
 SEGMENTATIONS = ("slic", "quickshift")
 
 # LIME defaults, for < 3 s LIME + biopsy with lite0 at 150x200 on a 2-core CPU (README
