@@ -29,11 +29,11 @@ from derm_core.evaluate.figures import (
     target_colours,
     training_figure,
 )
+from derm_core.explain.skin_tone import TONE_NAMES, UNKNOWN, table_itas, tone_group
 from derm_core.fit import config as TC
 from derm_core.fit import jobs
 from derm_core.model.checkpoint import ModelError, read_card
 from derm_core.model.networks import get_arch
-from derm_core.explain.skin_tone import TONE_NAMES, UNKNOWN, table_itas, tone_group
 from derm_core.settings import ENV_MODEL, ENV_PROFILES, ENV_RUNS, SHIPPED_MODEL, settings
 from derm_core.triage import profiles as P
 from derm_core.triage.rules import Thresholds

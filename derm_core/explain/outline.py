@@ -97,10 +97,11 @@ def read_outline_card(path: str | Path) -> tuple[Path, dict]:
     card = read_json(path, ModelError, "outline card")
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise ModelError(f"{path}: not an outline card (format {FORMAT!r} expected)")
-    for name, kind in (("weights_sha256", str), ("input_size", list), ("channels", list), ("training", dict),
-                       ("metrics", dict)):
-        if not isinstance(card.get(name, {}), kind) or (name != "metrics" and name not in card):
+    for name, kind in (("weights_sha256", str), ("input_size", list), ("channels", list), ("training", dict)):
+        if not isinstance(card.get(name), kind):
             raise ModelError(f"{path}: field {name!r} is missing or not a {kind.__name__}")
+    if not isinstance(card.get("metrics", {}), dict):          # optional: added by the release after training
+        raise ModelError(f"{path}: field 'metrics' is not a dict")
     if tuple(card["input_size"]) != INPUT:
         raise ModelError(f"{path}: made for input {card['input_size']}, this code uses {list(INPUT)}")
     return path, card

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 from derm_core.data.dataset import load_table
 from derm_core.data.splits import load_splits
