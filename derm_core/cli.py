@@ -466,6 +466,44 @@ def cmd_info(a) -> int:
     return 0
 
 
+def cmd_study_demo(a) -> int:
+    """A reader study read by simulated readers: the Results page filled before anyone reads."""
+    from derm_core.data.splits import held_out_cases
+    from derm_core.model.predictor import Predictor
+    from derm_core.settings import settings
+    from derm_core.study import results as R
+    from derm_core.study.cases import Study, StudySpec, create_study
+    from derm_core.study.simulate import simulate_readers
+    from derm_core.study.store import StudyStore
+    pred = Predictor.from_path(_model(a))
+    data = a.data or settings().data
+    table, pool = held_out_cases(data, pred.taxonomy, pred.card)
+    spec = StudySpec(a.name, str(data), a.question, a.cases, "class", None, False, "both", a.seed, "same",
+                     a.planted, True)
+    store = StudyStore(a.db)
+    sid = create_study(store, spec, table, pred.taxonomy, pred, pred.card.thresholds, pool,
+                       callback=lambda d, n: d % 10 == 0 or d == n and print(f"model output: {d} of {n} cases",
+                                                                            file=sys.stderr))
+    study = Study.load(store, sid)
+    simulate_readers(store, study, a.readers_per_level, seed=a.seed)
+    answers = store.answers(sid)
+    honest = R.honest(answers)
+    levels = R.level_table(R.reader_table(honest))
+    aucs = R.rating_rocs(honest, study)
+    orh, why = R.assistance_mrmc(answers, study)
+    _, reliance = R.over_reliance(answers, study)
+    print(f"study #{sid} {study.spec.name!r} in {store.path}: {study.describe()}")
+    print(f"cases from {pool}; {answers['reader_id'].nunique()} simulated readers")
+    print("accuracy per level (cases with the model's own advice):")
+    for r in levels.itertuples(index=False):
+        print(f"  {r.level:<22} {r.phase:<11} {r.accuracy_mean:6.1%}  ({r.n_readers} readers)")
+    print("ratings AUC, mean over readers: " + ", ".join(
+        f"{ph} {aucs.loc[aucs['phase'] == ph, 'auc'].mean():.3f}" for ph in ("unassisted", "assisted")))
+    print(f"MRMC: {orh.summary() if orh else why}")
+    print(f"over-reliance: {R.over_reliance_summary(reliance, study)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from derm_core.fit.config import add_config_arguments, cli_fields
     ap = _Parser(prog="python -m derm_core", description="DermTriage: skin-lesion triage engine")
@@ -541,6 +579,21 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--csv")
     _add_model(o)
     o.set_defaults(fn=cmd_fit_ood)
+
+    sd = sub.add_parser("study-demo", help="create a reader study (both parts on the same cases, planted advice, "
+                                           "malignancy ratings) and let simulated readers read it")
+    sd.add_argument("--data", help="dataset folder; default $DERMTRIAGE_DATA")
+    _add_model(sd)
+    sd.add_argument("--name", default="Simulated readers (demo)", help="the study's name (must be new)")
+    sd.add_argument("--question", default="diagnosis", choices=["diagnosis", "tier", "malignancy"])
+    sd.add_argument("--cases", type=_number(int, 1), default=40, help="cases per part (default 40)")
+    sd.add_argument("--planted", type=_number(float, 0.0, 0.5), default=0.15,
+                    help="share of the assisted cases with planted wrong advice (default 0.15)")
+    sd.add_argument("--readers-per-level", type=_number(int, 1), default=3,
+                    help="simulated readers of each experience level (default 3)")
+    sd.add_argument("--seed", type=_number(int, 0), default=0)
+    sd.add_argument("--db", help="study database; default $DERMTRIAGE_STUDY_DB (the app's)")
+    sd.set_defaults(fn=cmd_study_demo)
 
     i = sub.add_parser("info", help="show the settings ($DERMTRIAGE_* variables), model, device and fast path in use")
     i.add_argument("--json", action="store_true")

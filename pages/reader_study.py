@@ -21,13 +21,17 @@ from derm_core.settings import ENV_HOME, ENV_STUDY_DB
 from derm_core.study import results as R
 from derm_core.study.cases import (
     BALANCES,
+    CONFIDENCE_LEVELS,
+    DESIGNS,
     LEVELS,
+    MAX_PLANTED_SHARE,
     MODES,
     QUESTIONS,
     TIME_LIMITS,
     Study,
     StudyError,
     StudySpec,
+    advice,
     create_study,
     same_model,
     seconds_left,
@@ -53,7 +57,8 @@ CASE_PHOTO_PX, GRADCAM_PX = 480, 300   # at most; less where the column is narro
 SIDE_BY_SIDE_PX = 760                  # case photo and model output side by side from this main-area width
 CM_CELL_PX = 48                        # the confusion matrix's cells (at least)
 EXPORTS = {"answers": "Answers", "readers": "Readers", "levels": "Levels", "per-class": "Per answer option",
-           "model-answers": "Model's answers", "mrmc": "MRMC analysis"}   # export kind (file name) -> button label
+           "model-answers": "Model's answers", "reader-auc": "Reader AUCs", "over-reliance": "Over-reliance",
+           "mrmc": "MRMC analysis"}   # export kind (file name) -> button label
 
 st.title(":material/school: Reader study")
 disclaimer()
@@ -75,7 +80,7 @@ def fail(e: Exception) -> None:
     st.stop()
 
 
-def study_picker(key: str, studies: pd.DataFrame) -> Study:
+def study_picker(key: str, studies: pd.DataFrame, readers: bool = False) -> Study:
     ids = [int(i) for i in studies["id"]]
     names = dict(zip(ids, studies["name"]))
     wanted = params.get("study")
@@ -86,7 +91,7 @@ def study_picker(key: str, studies: pd.DataFrame) -> Study:
         study = Study.load(store, sid)
     except StudyStoreError as e:
         fail(e)
-    st.caption(study.describe())
+    st.caption(study.describe(readers))
     return study
 
 
@@ -118,9 +123,24 @@ def setup_section() -> None:
     show_clinical = c1.checkbox("Show clinical data (age, sex, site)", key="rs_new_clinical",
                                 help="The model also gets them only when readers see them.")
     seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="rs_new_seed")
+    design, planted = "different", 0
+    if mode == "both":
+        design = st.radio("Cases of the two parts", list(DESIGNS), format_func=DESIGNS.get, key="rs_new_design",
+                          index=1, help="With the same cases, each reader is compared with themselves on each case, "
+                                        "and the multi-reader multi-case analysis can be computed.")
+    c1, c2 = st.columns(2)
+    if mode != "unassisted":
+        planted = c1.slider("Planted wrong advice (share of AI-assisted cases)", 0, int(100 * MAX_PLANTED_SHARE), 0,
+                            step=5, format="%d%%", key="rs_new_planted",
+                            help="On this share of the assisted cases the AI's advice is deliberately wrong: a "
+                                 "plausible wrong class and its tier. Readers are not told which cases; each sees "
+                                 "them after finishing. Results report how often readers took the wrong advice.")
+    ask_confidence = c2.checkbox("Ask for a malignancy rating (1-5) with each answer", key="rs_new_confidence",
+                                 help="Gives each reader an ROC curve and AUC instead of a single point.")
     if st.button("Create study", type="primary", key="rs_create"):
         try:
-            spec = StudySpec(name, data_dir, question, int(n_cases), balance, limit, show_clinical, mode, int(seed))
+            spec = StudySpec(name, data_dir, question, int(n_cases), balance, limit, show_clinical, mode, int(seed),
+                             design, planted / 100, ask_confidence)
             if not data_dir:
                 raise StudyError("set the dataset folder in the sidebar first")
             table, pool = cached_cases(data_dir, str(pred.card.path), pred.taxonomy.classes)
@@ -128,11 +148,18 @@ def setup_section() -> None:
             sid = create_study(store, spec, table, pred.taxonomy, pred, thresholds, pool,
                                callback=lambda d, n: bar.progress(d / n, text=f"Model output: case {d} of {n}"))
             bar.empty()
+            made = store.cases(sid)
         except (StudyError, DataError, ImageError, StudyStoreError) as e:
             st.error(f"Study not created: {e}")
         else:
             st.success(f"Study **{spec.name}** created (#{sid}) from {pool}. Readers pick it in **Read**; the link "
                        f"`?study={sid}` opens it directly.")
+            if spec.planted_share:
+                n_planted, want = int(made["planted"].notna().sum()), round(spec.planted_share * spec.n_cases)
+                st.info(f"{n_planted} of the {spec.n_cases} AI-assisted cases carry planted wrong advice"
+                        + ("." if n_planted == want else f" ({want} were asked for, but the model is right on only "
+                                                         f"{n_planted} of them: advice is planted only where the "
+                                                         "model's own advice would be right)."))
     st.subheader("Studies")
     studies = load_studies()
     if len(studies):
@@ -184,20 +211,22 @@ def sign_in(study: Study) -> dict | None:
 
 
 def show_model_output(study: Study, case: dict, width: int) -> None:
+    """The AI's advice as readers see it (planted advice looks like any other)."""
     tax = study.taxonomy
+    shown = advice(case)
     st.markdown("**DermTriage's output**")
-    tier = case["model_tier"]
+    tier = shown["tier"]
     st.markdown(f"Risk tier: **{tier}** — {tax.tiers[tier].action}")
-    if study.thresholds is not None and isinstance(case.get("model_probs"), dict):   # as on the triage page
-        st.caption(f"Why this tier: {explain_tier(case['model_probs'], tax, study.thresholds.tiers)}")
-    for code, p in case["model_differential"]:
+    if study.thresholds is not None and isinstance(shown.get("probs"), dict):   # as on the triage page
+        st.caption(f"Why this tier: {explain_tier(shown['probs'], tax, study.thresholds.tiers)}")
+    for code, p in shown["differential"]:
         st.markdown(f"- {tax.display_names[code]} ({code}): {p:.0%}")
     pred = get_predictor()
     if not same_model(study.model, pred.card):
         st.caption(f"Grad-CAM not shown: this study froze the output of model {study.model.get('name')} "
                    f"({study.model.get('version')}), and another model is loaded.")
         return
-    top = tax.index(case["model_differential"][0][0])
+    top = tax.index(shown["differential"][0][0])
     clinical = None
     if study.spec.show_clinical:
         clinical = Clinical.parse(case["age"], case["sex"], case["site"])
@@ -210,12 +239,39 @@ def show_model_output(study: Study, case: dict, width: int) -> None:
     st.image(overlay, width=min(GRADCAM_PX, width), caption=f"Grad-CAM for {tax.display_names[tax.classes[top]]}")
 
 
+def debrief(study: Study, answers: pd.DataFrame, me: dict) -> None:
+    """After the last case: which advice was planted, and what the reader answered there."""
+    try:
+        rows = R.debriefing(answers, store.cases(study.id), me["id"], study)
+    except StudyStoreError as e:
+        fail(e)
+    if not len(rows):
+        return
+    st.subheader("Debriefing: planted advice")
+    followed = int(rows["followed"].sum())
+    st.markdown(f"On **{len(rows)}** of the AI-assisted cases the AI's advice was **deliberately wrong**, to measure "
+                f"how far readers rely on it (Tschandl et al. 2020 found that faulty advice misled readers at every "
+                f"level of experience). You took the wrong advice on **{followed}** of them.")
+    width = column_width("rs-debrief-width")
+    per_row = max(1, min(4, width // 200))
+    for start in range(0, len(rows), per_row):
+        cols = st.columns(per_row)
+        for col, r in zip(cols, rows.iloc[start:start + per_row].itertuples(index=False)):
+            with col:
+                try:
+                    col.image(strip_metadata(load_image(r.image_path)), width="stretch")
+                except (ImageError, OSError):
+                    col.caption("(image unavailable)")
+                col.markdown(f"Case {r.case} · advice shown: **{r.advice}** · correct: **{r.correct_answer}** · "
+                             f"yours: **{r.your_answer}**" + (" — you followed the planted advice" if r.followed else ""))
+
+
 def read_section() -> None:
     studies = load_studies()
     if not len(studies):
         st.info("No study yet: a teacher creates one in **Set up**.")
         return
-    study = study_picker("rs_read_study", studies)
+    study = study_picker("rs_read_study", studies, readers=True)
     me = sign_in(study)
     if me is None:
         return
@@ -235,16 +291,19 @@ def read_section() -> None:
     st.progress(done / max(total, 1), text=f"{done} of {total} cases answered")
     if case is None:
         st.success(f"All {total} cases answered — thank you, {me['name']}.")
-        mine = R.reader_table(store.answers(study.id), reader_id=me["id"])
+        answers = store.answers(study.id)
+        mine = R.reader_table(answers, reader_id=me["id"])
         for _, r in mine.iterrows():
             st.markdown(f"- {PHASE_TITLE[r['phase']] if study.spec.mode == 'both' else r['phase']}: accuracy "
                         f"**{r['accuracy']:.0%}** ({r['n_cases']} cases, {r['n_timed_out']} timed out)")
+        debrief(study, answers, me)
         st.caption("See where you stand in **Results**.")
         return
 
     phase = case["phase"]
     if study.spec.mode == "both":
-        st.subheader(PHASE_TITLE[phase] + ("" if phase == "unassisted" else " (a different case set)"))
+        again = "the same cases again, in another order" if study.spec.design == "same" else "a different case set"
+        st.subheader(PHASE_TITLE[phase] + ("" if phase == "unassisted" else f" ({again})"))
     try:
         shown_at = store.mark_shown(me["id"], int(case["id"]))
     except StudyStoreError as e:
@@ -279,12 +338,16 @@ def read_section() -> None:
             show_model_output(study, case, col_px)
     answer = st.radio(f"Your answer: {QUESTIONS[study.question].lower()}", list(study.choices), index=None,
                       format_func=study.label, key=f"rs_answer_{case['id']}")
+    confidence = None
+    if study.spec.ask_confidence:
+        confidence = st.radio("How likely is this lesion to be malignant?", list(CONFIDENCE_LEVELS), index=None,
+                              format_func=CONFIDENCE_LEVELS.get, horizontal=True, key=f"rs_confidence_{case['id']}")
     if st.button("Submit answer", type="primary", key="rs_submit"):
-        if answer is None:
-            st.warning("Choose an answer first.")
+        if answer is None or (study.spec.ask_confidence and confidence is None):
+            st.warning("Choose an answer first." if answer is None else "Rate how likely the lesion is malignant.")
             return
         try:
-            row = store.record_answer(me["id"], int(case["id"]), answer)
+            row = store.record_answer(me["id"], int(case["id"]), answer, confidence=confidence)
         except AlreadyAnswered:
             st.session_state["rs_flash"] = ["That case was already answered (another tab?); moving on."]
         except StudyStoreError as e:
@@ -303,9 +366,11 @@ def results_section() -> None:
         return
     study = study_picker("rs_res_study", studies)
     try:
-        answers, cases = store.answers(study.id), store.cases(study.id)
+        all_answers, all_cases = store.answers(study.id), store.cases(study.id)
     except StudyStoreError as e:
         fail(e)
+    # every figure but the over-reliance section is on the cases whose advice was the model's own
+    answers, cases = R.honest(all_answers), R.honest(all_cases)
     thr, thr_note = study.thresholds, "frozen at creation"
     if study.model:
         pred = get_predictor()
@@ -316,9 +381,12 @@ def results_section() -> None:
         st.caption(f"Model **{study.model.get('name')}** ({study.model.get('version')}) on the same cases, at "
                    f"thresholds **{thr.name}** ({thr_note}). Timed-out answers count as wrong and are left out of "
                    "sensitivity, specificity and the ROC points.")
-    if not len(answers):
+    if not len(all_answers):
         st.info("No answers yet.")
         return
+    if study.spec.planted_share:
+        st.caption("Cases with planted wrong advice are left out of every figure above **Over-reliance**, which "
+                   "analyses them.")
     readers = R.reader_table(answers)
     phases = R.answered_phases(answers, study)
 
@@ -334,17 +402,25 @@ def results_section() -> None:
     target = st.selectbox("Positive class", R.targets(study), key="rs_res_target",   # full width: long labels
                           format_func=lambda t: R.target_label(study, t))
     points = R.reader_points(answers, study, target, phase)
+    rated = study.spec.ask_confidence and target == R.malignant_target(study)
+    curves = R.rating_rocs(answers, study, phase) if rated else None
     ev = R.eval_set(cases, study, phase)
     mpt = R.model_point(ev, thr, target) if ev is not None and thr is not None else None
     roc_col, note_col, width = two_columns("rs-roc-row")
     fig = reader_roc_figure(ev, target, f"{R.target_label(study, target)} · {phase} part · {len(points)} reader{'s' if len(points) != 1 else ''}",
                             points, R.level_points(points), mpt, f"model at {thr.name}" if thr else "model",
                             width=width, answers_pt=R.model_answer_point(model, study, target, phase),
-                            answers_label="model's top diagnosis")
+                            answers_label="model's top diagnosis", curves=curves)
     roc_col.plotly_chart(fig, width="content", key="rs_roc")
     note_col.caption("Each small dot is one reader's (1 - specificity, sensitivity) for this positive class, coloured "
                      "by experience level; diamonds are the level averages. Points above and left of the curve beat "
-                     "the model. " + R.model_point_note(study, target, mpt, thr.name if thr else "—"))
+                     "the model. " + R.model_point_note(study, target, mpt, thr.name if thr else "—")
+                     + (" Thin lines: each reader's ROC curve from their 1-5 malignancy ratings." if rated else ""))
+    if study.spec.ask_confidence:
+        st.markdown("**Each reader's AUC from their malignancy ratings** (malignant against benign; a rating given "
+                    "after the time limit still counts)")
+        aucs = R.rating_rocs(answers, study)
+        words_table(aucs.drop(columns=["reader_id", "fpr", "tpr"]), UNDEFINED_NOTE)
 
     st.subheader("Per answer option: sensitivity and specificity")
     classes = R.class_table(answers, study)
@@ -374,10 +450,29 @@ def results_section() -> None:
             st.caption(f"Test: {test['test']}; paired t-test "
                        f"{'not computable (too few readers or no differences)' if pd.isna(test['ttest_p']) else 'p = ' + format(test['ttest_p'], '.3f')}.")
             words_table(per.drop(columns=["reader_id"]), UNDEFINED_NOTE)
-            orh, why = R.assistance_mrmc(answers)
+            orh, why = R.assistance_mrmc(answers, study)
             st.markdown(f"**Multi-reader multi-case analysis.** {orh.summary() if orh else why}")
+            if orh:
+                st.caption(f"Obuchowski-Rockette with Hillis' degrees of freedom on {R.mrmc.FOM_NAME[orh.fom]} "
+                           f"({'from the malignancy ratings' if orh.fom == 'auc' else 'timed out counts wrong'}): "
+                           "readers and cases both random, so the interval says what another group of readers on "
+                           "other cases could find.")
         else:
             st.info("No reader has finished cases in both parts yet.")
+
+    reliance = None
+    if study.spec.planted_share:
+        st.subheader("Over-reliance: planted wrong advice")
+        reliance, summary = R.over_reliance(all_answers, study)
+        st.markdown(R.over_reliance_summary(summary, study))
+        if len(reliance):
+            words_table(reliance.drop(columns=["reader_id"]), UNDEFINED_NOTE)
+            st.caption("followed: share of the planted cases answered with the planted advice; accuracy unassisted: "
+                       "the same reader without the AI on " + ("the same cases" if study.spec.design == "same" else
+                       "their unassisted cases, weighted to the planted cases' mix of correct answers")
+                       + "; switched: of the planted cases they answered right without the AI, the share where they "
+                         "then took the wrong advice (same cases only). Each reader sees the planted cases after "
+                         "finishing.")
 
     if len(model):
         st.subheader("Each reader against the model (same cases)")
@@ -385,8 +480,11 @@ def results_section() -> None:
         words_table(R.mcnemar_vs_model(answers, model).drop(columns=["reader_id"]), UNDEFINED_NOTE)
 
     st.subheader("Export")
-    files = {"answers": R.answers_export(answers, study), "readers": table, "levels": levels,
+    files = {"answers": R.answers_export(all_answers, study), "readers": table, "levels": levels,
              "per-class": classes, "model-answers": R.answers_export(model, study) if len(model) else None,
+             "reader-auc": (R.rating_rocs(answers, study).drop(columns=["fpr", "tpr"])
+                            if study.spec.ask_confidence else None),
+             "over-reliance": reliance if reliance is not None and len(reliance) else None,
              "mrmc": R.mrmc_export(orh) if orh else None}
     st.caption("Each button downloads one CSV file.")
     row = st.container(horizontal=True, wrap=True)     # buttons at their own width, onto a new row when narrow

@@ -90,7 +90,8 @@ def test_teacher_sets_up_two_readers_read_at_once_and_results_show_them_on_the_r
     assert not teacher.exception, teacher.exception
     assert "not a medical device" in page_text(teacher) and str(env["db"]) in page_text(teacher)
     teacher.text_input(key="rs_new_name").input("Ward round")
-    teacher.radio(key="rs_new_mode").set_value("both")
+    teacher.radio(key="rs_new_mode").set_value("both").run()
+    teacher.radio(key="rs_new_design").set_value("different")      # as in the GP study: two case sets
     teacher.number_input(key="rs_new_n").set_value(3)
     teacher.selectbox(key="rs_new_balance").set_value("tier")       # one case per risk tier and part
     teacher.selectbox(key="rs_new_limit").set_value(45)
@@ -211,3 +212,70 @@ def test_setup_errors_and_a_broken_database_are_reported(env, tmp_path, monkeypa
     assert not at.exception, at.exception
     errors = " ".join(e.value for e in at.error)
     assert "cannot be used" in errors and str(broken) in errors and "damaged" in errors
+
+
+def test_same_cases_planted_advice_and_ratings_from_set_up_to_debriefing_and_results(env):
+    """Issue 20 end to end on the page: the same cases in both parts, planted wrong advice shown like any
+    advice, a 1-5 rating required with each answer, the reader debriefed, and the results' MRMC on the
+    ratings' AUC, reader AUCs and the over-reliance figures."""
+    teacher = _page()
+    teacher.text_input(key="rs_new_name").input("Trust check")
+    teacher.radio(key="rs_new_question").set_value("malignancy")
+    teacher.radio(key="rs_new_mode").set_value("both").run()
+    assert teacher.radio(key="rs_new_design").value == "same"            # the default with both parts
+    teacher.number_input(key="rs_new_n").set_value(8)
+    teacher.selectbox(key="rs_new_balance").set_value("tier")
+    teacher.slider(key="rs_new_planted").set_value(25)
+    teacher.checkbox(key="rs_new_confidence").check()
+    teacher.button(key="rs_create").click().run()
+    assert not teacher.exception, teacher.exception
+    store = StudyStore(env["db"])
+    sid = int(store.studies()["id"].iloc[0])
+    cases = store.cases(sid)
+    un, ai = cases[cases["phase"] == "unassisted"], cases[cases["phase"] == "assisted"]
+    assert set(un["image_id"]) == set(ai["image_id"]) and len(un) == 8       # the same cases, crossed
+    planted = {int(r.id): r.planted for r in ai.itertuples() if r.planted}
+    assert 1 <= len(planted) <= 2 and un["planted"].isna().all()
+    assert f"{len(planted)} of the 8 AI-assisted cases carry planted wrong advice" in page_text(teacher)
+    truth = dict(zip(cases["id"], cases["truth"]))
+
+    def read(at, name, level, choose, rate):
+        _sign_in(at, name, level)
+        for _ in range(16):
+            radio, cid = _answer_radio(at)
+            if cid in planted:      # shown like any advice: its tier, and no word that it was planted
+                assert f"Risk tier: **{planted[cid]['tier']}**" in page_text(at) and "planted wrong" not in page_text(at)
+            radio.set_value(next(o for o in radio.options if o.startswith(choose(cid))))
+            at.button(key="rs_submit").click().run()
+            assert "Rate how likely the lesion is malignant." in page_text(at)       # a rating is required
+            at.radio(key=f"rs_confidence_{cid}").set_value(rate(cid))
+            at.button(key="rs_submit").click().run()
+            assert not at.exception, at.exception
+        return at
+
+    # Ann is right alone and takes every planted advice; Bob calls everything benign
+    ann = read(_page(), "Ann", "dermatologist", lambda c: planted[c]["answer"] if c in planted else truth[c],
+               lambda c: 5 if (planted[c]["answer"] if c in planted else truth[c]) == "malignant" else 1)
+    assert "Debriefing: planted advice" in page_text(ann)
+    assert f"You took the wrong advice on **{len(planted)}** of them" in page_text(ann)
+    read(_page(), "Bob", "student", lambda c: "benign", lambda c: 3)
+    got = store.answers(sid)
+    assert got["confidence"].notna().all() and got["planted"].sum() == 2 * len(planted)
+
+    res = _page()
+    res.radio(key="rs_section").set_value("Results").run()
+    res.selectbox(key="rs_res_target").set_value("tier:high-risk").run()
+    assert not res.exception, res.exception
+    text = page_text(res)
+    mrmc_line = next(line for line in text.splitlines() if line.startswith("**Multi-reader multi-case analysis.**"))
+    assert "AUC" in mrmc_line and "x 6 cases" in mrmc_line or "AUC needs" in mrmc_line   # ORH on the ratings
+    bob = sum(p["answer"] == "benign" for p in planted.values()) / len(planted)     # Bob follows where it says benign
+    assert f"took the wrong advice {(1 + bob) / 2:.0%} of the time" in text
+    reliance = next(d.value for d in res.table if "followed" in d.value.columns).set_index("reader")
+    assert float(reliance.loc["Ann", "followed"]) == 1.0 and float(reliance.loc["Ann", "switched"]) == 1.0
+    aucs = next(d.value for d in res.table if "AUC" in d.value.columns).set_index(["reader", "phase"])
+    assert float(aucs.loc[("Bob", "unassisted"), "AUC"]) == 0.5                      # all 3s: no ranking
+    roc = json.loads(next(c for c in res.get("plotly_chart") if "1 - specificity" in c.proto.spec).proto.spec)
+    assert sum("ratings AUC" in (t.get("hovertemplate") or "") for t in roc["data"]) == 2   # a curve each
+    labels = {b.proto.label for b in res.get("download_button")}
+    assert {"Reader AUCs", "Over-reliance", "MRMC analysis"} <= labels

@@ -463,7 +463,7 @@ def _same_point(a: dict, b: dict | None) -> bool:
 def reader_roc_figure(ev, target: str, title: str, points: pd.DataFrame, averages: pd.DataFrame,
                       model_pt: dict | None = None, model_label: str = "model", side: int = PLOT_SIDE_PX,
                       width: int | None = None, answers_pt: dict | None = None,
-                      answers_label: str = "model's answers") -> go.Figure:
+                      answers_label: str = "model's answers", curves: pd.DataFrame | None = None) -> go.Figure:
     """The model's ROC curve for ``target`` on the study's cases, each reader's
     (1 - specificity, sensitivity) point coloured by experience level, each level's average
     (large diamond, outlined), the model's own operating point (black star) and, where it
@@ -478,6 +478,8 @@ def reader_roc_figure(ev, target: str, title: str, points: pd.DataFrame, average
         points, averages: :func:`~derm_core.study.results.reader_points` and
             :func:`~derm_core.study.results.level_points` for one part of the study.
         answers_pt: :func:`~derm_core.study.results.model_answer_point` (None: not drawn).
+        curves: :func:`~derm_core.study.results.rating_rocs`: each reader's ROC curve from their
+            confidence ratings, a thin line in their level's colour (None: not drawn).
     """
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbbbbb", dash="dot", width=1),
@@ -491,6 +493,13 @@ def reader_roc_figure(ev, target: str, title: str, points: pd.DataFrame, average
     elif ev is not None:
         fig.add_annotation(text="no model ROC: these cases lack positives or negatives for this target",
                            x=0.5, y=0.05, showarrow=False, font=dict(size=11))
+    for r in (curves.itertuples(index=False) if curves is not None else ()):
+        if len(r.fpr):
+            fig.add_trace(go.Scatter(
+                x=r.fpr, y=r.tpr, mode="lines", line=dict(color=LEVEL_COLOURS.get(r.level, OTHER_COLOUR), width=1),
+                opacity=0.6, legendgroup=r.level, showlegend=False, line_shape="linear",
+                hovertemplate=f"{r.reader}: ratings AUC {r.auc:.3f}<br>1-specificity %{{x:.3f}}<br>"
+                              "sensitivity %{y:.3f}<extra></extra>"))
     pts = points[points["sensitivity"].notna() & points["fpr"].notna()] if len(points) else points
     for level in dict.fromkeys(list(LEVEL_COLOURS) + sorted(set(pts["level"]) if len(pts) else [])):
         g = pts[pts["level"] == level] if len(pts) else pts

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from derm_core.evaluate.metrics import confusion as confusion_matrix
 from derm_core.evaluate.operating import TIER_PREFIX, EvalSet, flags, operating_point, rates
@@ -76,12 +77,14 @@ def model_as_reader(cases: pd.DataFrame, study: Study, thresholds: Thresholds | 
         thresholds.check(tax)
         answers = [model_answer(triage(np.array([p[c] for c in tax.classes]), tax, thresholds), study.question, tax)
                    for p in cases["model_probs"]]
+    planted = cases["planted"].notna().to_numpy() if "planted" in cases else np.zeros(len(cases), bool)
     return pd.DataFrame({"answer_id": -1, "study_id": study.id, "reader_id": -1, "reader": MODEL_READER,
                          "level": MODEL_LEVEL, "case_id": cases["id"].to_numpy(), "phase": cases["phase"].to_numpy(),
                          "position": cases["position"].to_numpy(), "image_id": cases["image_id"].to_numpy(),
                          "label": cases["label"].to_numpy(), "truth": cases["truth"].to_numpy(), "answer": answers,
                          "timed_out": False, "seconds": np.nan, "shown_at": np.nan, "answered_at": np.nan,
-                         "model_answer": answers})[cols]
+                         "model_answer": answers, "confidence": np.nan, "planted": planted,
+                         "planted_answer": None})[cols + ["confidence", "planted", "planted_answer"]]
 
 
 # ---------------------------------------------------------------------- summaries
@@ -384,9 +387,12 @@ MRMC_NEEDS_SAME_CASES = (
     "cannot separate that from the AI's effect: the paired test over readers above is the comparison here.")
 
 
-def assistance_mrmc(answers: pd.DataFrame) -> tuple[mrmc.MRMCResult | None, str]:
-    """ORH on accuracy (timed out = wrong) over the readers who answered in both parts, when
-    they read the same cases in both (fully crossed); else None and, in plain words, why not."""
+def assistance_mrmc(answers: pd.DataFrame, study: Study | None = None) -> tuple[mrmc.MRMCResult | None, str]:
+    """ORH over the readers who answered in both parts, when they read the same cases in both
+    (fully crossed); else None and, in plain words, why not. The figure of merit is the AUC of
+    the readers' malignancy ratings where the study asks for them, else accuracy (timed out =
+    wrong). Cases with planted advice are left out (their advice is not the AI's)."""
+    answers = honest(answers)
     df = scored(answers[(answers["reader_id"] >= 0) & answers["phase"].isin(PHASES)])
     both = df.groupby("reader_id")["phase"].nunique() == len(PHASES)
     df = df[df["reader_id"].isin(both[both].index)]
@@ -394,12 +400,15 @@ def assistance_mrmc(answers: pd.DataFrame) -> tuple[mrmc.MRMCResult | None, str]
         return None, "The multi-reader multi-case analysis needs at least two readers who answered in both parts."
     if not set(df.loc[df["phase"] == PHASES[0], "image_id"]) & set(df.loc[df["phase"] == PHASES[1], "image_id"]):
         return None, MRMC_NEEDS_SAME_CASES
-    # accuracy as the FOM: every case's truth is "right" (1), a reader's call whether they answered correctly
+    if study is not None and study.spec.ask_confidence:
+        fom, score, truth = "auc", df["confidence"].astype(float), malignant(df["label"], study).astype(int)
+    else:   # accuracy: every case's truth is "right" (1), a reader's call whether they answered correctly
+        fom, score, truth = "accuracy", df["correct"].astype(float), 1
     long = pd.DataFrame({"reader": df["reader"], "case": df["image_id"], "modality": df["phase"],
-                         "score": df["correct"].astype(float), "truth": 1})
+                         "score": score, "truth": truth})
     try:
         c = mrmc.crossed(long)
-        return mrmc.orh(c.truth, c.scores, "accuracy", readers=c.readers), ""
+        return mrmc.orh(c.truth, c.scores, fom, readers=c.readers), ""
     except mrmc.MRMCError as e:
         return None, f"The multi-reader multi-case analysis cannot be computed yet: {e}."
 
@@ -428,6 +437,140 @@ def mcnemar_vs_model(answers: pd.DataFrame, model: pd.DataFrame) -> pd.DataFrame
     return pd.DataFrame(rows, columns=cols)
 
 
+# ---------------------------------------------------------------------- planted advice
+def honest(rows: pd.DataFrame) -> pd.DataFrame:
+    """The answers (or cases) without the cases whose advice was planted, in every part (with the
+    same cases in both parts, a planted case's unassisted reading goes too, so both parts keep the
+    same cases): what the accuracy, ROC and assistance figures are computed on."""
+    if "planted" not in rows or not len(rows):
+        return rows
+    # answers hold a bool, cases the planted advice (a dict) or None
+    planted = rows["planted"].map(lambda v: isinstance(v, dict) or (isinstance(v, (bool, np.bool_)) and bool(v)))
+    return rows[~rows["image_id"].isin(rows.loc[planted, "image_id"])]
+
+
+def _standardised_accuracy(answers: pd.DataFrame, truths: pd.Series) -> float:
+    """Accuracy of ``answers`` (scored) re-weighted to the mix of correct answers in ``truths``:
+    each truth's accuracy weighted by how often it occurs there (truths without answers left out)."""
+    acc = answers.groupby("truth")["correct"].mean()
+    w = truths.value_counts()
+    w = w[w.index.isin(acc.index)]
+    return float((acc[w.index] * w).sum() / w.sum()) if len(w) else math.nan
+
+
+def over_reliance(answers: pd.DataFrame, study: Study) -> tuple[pd.DataFrame, dict]:
+    """How the readers fared on the cases whose advice was planted (deliberately wrong), per reader.
+
+    Columns: ``n_planted``; ``followed`` (share of them answered with the planted answer; a timed
+    out answer follows nothing); ``accuracy_planted``; ``accuracy_unassisted`` (the same reader
+    without the AI on comparable cases: the very cases when both parts show the same cases, else
+    their unassisted cases re-weighted to the planted cases' mix of correct answers; NaN without
+    an unassisted part); ``difference`` (planted minus unassisted); ``accuracy_honest_advice``
+    (assisted cases with the model's own advice); ``switched`` (same cases only: of the planted
+    cases they answered right without the AI, the share where they then took the wrong advice).
+
+    The summary adds means over readers and a Wilcoxon signed-rank p on ``difference``.
+    """
+    cols = ["reader_id", "reader", "level", "n_planted", "followed", "accuracy_planted", "accuracy_unassisted",
+            "difference", "accuracy_honest_advice", "switched"]
+    df = scored(answers[answers["reader_id"] >= 0]) if len(answers) else scored(answers)
+    same = study.spec.design == "same"
+    rows = []
+    for (rid, name, level), g in df[df["planted"].astype(bool)].groupby(["reader_id", "reader", "level"], sort=False):
+        mine = df[df["reader_id"] == rid]
+        un = mine[mine["phase"] == "unassisted"]
+        if same:
+            un = un[un["image_id"].isin(g["image_id"])]
+        acc_un = _standardised_accuracy(un, g["truth"])
+        ok = mine[(mine["phase"] == "assisted") & ~mine["planted"].astype(bool)]
+        switched = math.nan
+        if same:
+            right_alone = set(un.loc[un["correct"], "image_id"])
+            took = g[g["image_id"].isin(right_alone)]
+            switched = float((took["given"] == took["planted_answer"]).mean()) if len(took) else math.nan
+        acc_p = float(g["correct"].mean())
+        rows.append((rid, name, level, len(g), float((g["given"] == g["planted_answer"]).mean()), acc_p, acc_un,
+                     acc_p - acc_un, float(ok["correct"].mean()) if len(ok) else math.nan, switched))
+    table = pd.DataFrame(rows, columns=cols)
+    d = table["difference"].dropna().to_numpy(float)
+    summary = {"n_readers": len(table), "n_planted_cases": int(df.loc[df["planted"].astype(bool), "image_id"].nunique()),
+               "followed": float(table["followed"].mean()) if len(table) else math.nan,
+               "accuracy_planted": float(table["accuracy_planted"].mean()) if len(table) else math.nan,
+               "accuracy_unassisted": float(np.nanmean(table["accuracy_unassisted"])) if len(d) else math.nan,
+               "difference": float(d.mean()) if len(d) else math.nan, "wilcoxon_p": math.nan}
+    if len(d) >= 2 and np.any(d != 0):
+        summary["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
+    return table, summary
+
+
+def over_reliance_summary(summary: dict, study: Study) -> str:
+    """The over-reliance figures in plain words, for the page."""
+    if not summary["n_readers"]:
+        return "No reader has answered a case with planted advice yet."
+    text = (f"On the {summary['n_planted_cases']} cases with planted wrong advice, readers took the wrong advice "
+            f"{summary['followed']:.0%} of the time on average and answered {summary['accuracy_planted']:.0%} "
+            "correctly")
+    if math.isnan(summary["difference"]):
+        return text + " (no unassisted part to compare with)."
+    base = "the same cases" if study.spec.design == "same" else "comparable cases (same correct answers)"
+    p = summary["wilcoxon_p"]
+    test = "" if math.isnan(p) else f"; Wilcoxon signed-rank over {summary['n_readers']} readers p = {p:.3f}"
+    return (text + f", against {summary['accuracy_unassisted']:.0%} without the AI on {base}: "
+            f"{100 * summary['difference']:+.1f} percentage points{test}.")
+
+
+def debriefing(answers: pd.DataFrame, cases: pd.DataFrame, reader_id: int, study: Study) -> pd.DataFrame:
+    """What a reader is told after finishing: each case whose advice was planted, the advice
+    shown, the correct answer and theirs. Columns: case, image_path, advice, correct_answer,
+    your_answer, followed."""
+    cols = ["case", "image_path", "advice", "correct_answer", "your_answer", "followed"]
+    if not len(cases) or "planted" not in cases or cases["planted"].isna().all():
+        return pd.DataFrame(columns=cols)
+    mine = scored(answers[answers["reader_id"] == reader_id]).set_index("case_id")
+    rows = []
+    for c in cases[cases["planted"].notna()].itertuples(index=False):
+        adv = c.planted
+        a = mine.loc[c.id] if c.id in mine.index else None
+        given = None if a is None else a["given"]
+        rows.append((f"{PHASES.index(c.phase) + 1}.{c.position + 1}", c.image_path,
+                     f"{study.label(adv['answer'])} (tier {adv['tier']})", study.label(c.truth),
+                     "not answered" if a is None else "timed out" if given is None else study.label(given),
+                     given == adv["answer"]))
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ---------------------------------------------------------------------- confidence ratings
+def malignant(labels, study: Study) -> np.ndarray:
+    """Whether each recorded diagnosis is malignant (its tier above the least urgent): what the
+    readers' 1-5 malignancy ratings are scored against."""
+    return _truth_positive(labels, study, malignant_target(study))
+
+
+def malignant_target(study: Study) -> str:
+    """The binary target the malignancy ratings rank: the second tier or more urgent."""
+    return TIER_PREFIX + study.taxonomy.tier_names[1]
+
+
+def rating_rocs(answers: pd.DataFrame, study: Study, phase: str | None = None) -> pd.DataFrame:
+    """Each reader's ROC curve and AUC from their malignancy ratings, per part (every rating as
+    given, timed out included: the reader gave it). Columns: the reader keys, n_positive,
+    n_negative, auc (NaN without both classes), fpr and tpr (lists, for the figure)."""
+    cols = _KEYS + ["n_positive", "n_negative", "auc", "fpr", "tpr"]
+    df = in_phase(answers, phase)
+    df = df[df["confidence"].notna()] if "confidence" in df else df.iloc[:0]
+    rows = []
+    for key, g in df.groupby(_KEYS, sort=False):
+        y, score = malignant(g["label"], study), g["confidence"].to_numpy(float)
+        n1, n0 = int(y.sum()), int((~y).sum())
+        if n1 and n0:
+            fpr, tpr, _ = roc_curve(y, score)
+            auc = float(roc_auc_score(y, score))
+        else:
+            fpr, tpr, auc = [], [], math.nan
+        rows.append((*key, n1, n0, auc, list(map(float, fpr)), list(map(float, tpr))))
+    return pd.DataFrame(rows, columns=cols)
+
+
 # ---------------------------------------------------------------------- export
 def _iso(t) -> str:
     return "" if t is None or (isinstance(t, float) and math.isnan(t)) else \
@@ -449,5 +592,7 @@ def answers_export(answers: pd.DataFrame, study: Study) -> pd.DataFrame:
         "recorded_diagnosis": df["label"], "correct_answer": df["truth"], "answer": df["answer"],
         "correct": df["correct"], "timed_out": df["timed_out"].astype(bool), "seconds": df["seconds"].round(3),
         "shown_at": [_iso(t) for t in df["shown_at"]], "answered_at": [_iso(t) for t in df["answered_at"]],
-        "model_answer": df["model_answer"]})
+        "model_answer": df["model_answer"], "confidence": df["confidence"].astype("Int64"),
+        "planted_advice": df["planted"].astype(bool), "planted_answer": df["planted_answer"],
+        "followed_planted": df["planted"].astype(bool) & (df["given"] == df["planted_answer"])})
 

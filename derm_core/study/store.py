@@ -135,9 +135,58 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX answer_by_study ON answer(study_id)",
         "CREATE INDEX case_by_study ON study_case(study_id, phase, position)",
     ),
+    (   # 2: the same cases in both parts (design), planted wrong advice, confidence ratings.
+        # study_case is rebuilt (SQLite cannot change a UNIQUE constraint in place): an image may
+        # now appear once per part, and an assisted case may carry planted advice.
+        """ALTER TABLE study ADD COLUMN design TEXT NOT NULL DEFAULT 'different'
+           CHECK (design IN ('different', 'same'))""",
+        """ALTER TABLE study ADD COLUMN planted_share REAL NOT NULL DEFAULT 0
+           CHECK (planted_share >= 0 AND planted_share <= 0.5)""",
+        "ALTER TABLE study ADD COLUMN ask_confidence INTEGER NOT NULL DEFAULT 0 CHECK (ask_confidence IN (0, 1))",
+        "ALTER TABLE answer ADD COLUMN confidence INTEGER CHECK (confidence IS NULL OR confidence BETWEEN 1 AND 5)",
+        """CREATE TABLE study_case_v2 (
+            id                 INTEGER PRIMARY KEY,
+            study_id           INTEGER NOT NULL REFERENCES study(id),
+            phase              TEXT NOT NULL CHECK (phase IN ('unassisted', 'assisted')),
+            position           INTEGER NOT NULL CHECK (position >= 0),
+            image_id           TEXT NOT NULL,
+            image_path         TEXT NOT NULL,
+            label              TEXT NOT NULL,
+            truth              TEXT NOT NULL,
+            age                REAL CHECK (age IS NULL OR age BETWEEN 0 AND 120),
+            sex                TEXT,
+            site               TEXT,
+            model_probs        TEXT CHECK (model_probs IS NULL OR json_valid(model_probs)),
+            model_differential TEXT CHECK (model_differential IS NULL OR json_valid(model_differential)),
+            model_tier         TEXT,
+            model_answer       TEXT,
+            planted            TEXT CHECK (planted IS NULL OR (json_valid(planted) AND phase = 'assisted')),
+            CHECK (phase = 'unassisted' OR (model_probs IS NOT NULL AND model_answer IS NOT NULL)),
+            UNIQUE (study_id, phase, image_id),
+            UNIQUE (study_id, phase, position),
+            UNIQUE (id, study_id),
+            UNIQUE (id, study_id, phase),
+            FOREIGN KEY (study_id, truth) REFERENCES choice(study_id, code),
+            FOREIGN KEY (study_id, model_answer) REFERENCES choice(study_id, code)
+        ) STRICT""",
+        """INSERT INTO study_case_v2 (id, study_id, phase, position, image_id, image_path, label, truth, age, sex, site,
+                                     model_probs, model_differential, model_tier, model_answer)
+           SELECT id, study_id, phase, position, image_id, image_path, label, truth, age, sex, site,
+                  model_probs, model_differential, model_tier, model_answer FROM study_case""",
+        "DROP TABLE study_case",
+        "ALTER TABLE study_case_v2 RENAME TO study_case",
+        """CREATE TRIGGER study_case_phase_fits_mode BEFORE INSERT ON study_case
+           WHEN NOT EXISTS (SELECT 1 FROM study s WHERE s.id = NEW.study_id AND s.mode IN ('both', NEW.phase))
+           BEGIN SELECT RAISE(ABORT, 'case phase does not fit the study mode'); END""",
+        "CREATE INDEX case_by_study ON study_case(study_id, phase, position)",
+        """CREATE TRIGGER answer_confidence_as_asked BEFORE INSERT ON answer
+           WHEN (SELECT ask_confidence FROM study s WHERE s.id = NEW.study_id) != (NEW.confidence IS NOT NULL)
+           BEGIN SELECT RAISE(ABORT, 'a confidence rating is given exactly when the study asks for one'); END""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = frozenset({"study", "choice", "study_case", "reader", "shown", "answer"})
+_CASE_JSON = ("model_probs", "model_differential", "planted")   # study_case columns stored as JSON
 
 
 def home_dir() -> Path:
@@ -174,10 +223,10 @@ class StudyStore:
         self.migrate()
 
     # ------------------------------------------------------------------ plumbing
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, foreign_keys: bool = True) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         con.row_factory = sqlite3.Row
-        con.execute("PRAGMA foreign_keys = ON")
+        con.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         return con
 
@@ -195,10 +244,11 @@ class StudyStore:
         return StudyStoreError(f"the study database {p} failed while {doing}: {e}", p)
 
     @contextmanager
-    def _tx(self, doing: str, write: bool = True):
-        """One connection and one transaction (``BEGIN IMMEDIATE`` for writes): all or nothing."""
+    def _tx(self, doing: str, write: bool = True, foreign_keys: bool = True):
+        """One connection and one transaction (``BEGIN IMMEDIATE`` for writes): all or nothing.
+        ``foreign_keys=False`` only for migrations that rebuild a table, which then check them."""
         try:
-            con = self._connect()
+            con = self._connect(foreign_keys)
         except sqlite3.Error as e:
             raise self._error(e, doing) from None
         try:
@@ -241,12 +291,18 @@ class StudyStore:
             version = self._check_version(con, migrations)
         if version == len(migrations):
             return version
-        with self._tx("updating its schema") as con:
+        # foreign keys off while a step rebuilds a table others refer to (SQLite's documented
+        # procedure), then checked over the whole file before the transaction commits
+        with self._tx("updating its schema", foreign_keys=False) as con:
             version = self._check_version(con, migrations)
             for step in range(version, len(migrations)):
                 for statement in migrations[step]:
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {step + 1}")
+            broken = con.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise sqlite3.IntegrityError(f"the schema update left {len(broken)} rows whose references "
+                                             f"fail (first in table {broken[0][0]})")
         return len(migrations)
 
     def _check_version(self, con: sqlite3.Connection, migrations) -> int:
@@ -281,10 +337,14 @@ class StudyStore:
         row["show_clinical"] = int(bool(row["show_clinical"]))
         row.setdefault("created_at", time.time())
         row.setdefault("pool", "")
+        row["ask_confidence"] = int(bool(row.get("ask_confidence", False)))
+        row.setdefault("design", "different")
+        row.setdefault("planted_share", 0.0)
         cols = ["name", "created_at", "data_dir", "pool", "question", "balance", "mode", "n_cases", "time_limit_s",
-                "show_clinical", "seed", "taxonomy", "model", "thresholds"]
+                "show_clinical", "seed", "taxonomy", "model", "thresholds", "design", "planted_share",
+                "ask_confidence"]
         case_cols = ["phase", "position", "image_id", "image_path", "label", "truth", "age", "sex", "site",
-                     "model_probs", "model_differential", "model_tier", "model_answer"]
+                     "model_probs", "model_differential", "model_tier", "model_answer", "planted"]
         with self._tx(f"creating study {study.get('name')!r}") as con:
             if con.execute("SELECT 1 FROM study WHERE name = ?", (row.get("name"),)).fetchone():
                 raise StudyIntegrityError(f"a study named {row.get('name')!r} already exists in {self.path}; "
@@ -296,7 +356,7 @@ class StudyStore:
             rows = []
             for r in cases.to_dict("records"):
                 r = {c: _plain(r.get(c)) for c in case_cols}
-                for k in ("model_probs", "model_differential"):
+                for k in _CASE_JSON:
                     r[k] = None if r[k] is None else json.dumps(r[k])
                 rows.append([sid] + [r[c] for c in case_cols])
             con.executemany(f"INSERT INTO study_case (study_id, {', '.join(case_cols)}) "
@@ -328,6 +388,7 @@ class StudyStore:
         for k in ("taxonomy", "model", "thresholds"):
             out[k] = None if out[k] is None else json.loads(out[k])
         out["show_clinical"] = bool(out["show_clinical"])
+        out["ask_confidence"] = bool(out["ask_confidence"])
         out["choices"] = choices
         return out
 
@@ -339,8 +400,8 @@ class StudyStore:
                                (int(study_id),)).fetchall()
         df = pd.DataFrame([dict(r) for r in rows])
         if len(df):
-            for k in ("model_probs", "model_differential"):
-                df[k] = [None if v is None else json.loads(v) for v in df[k]]
+            for k in _CASE_JSON:     # (pandas may hold a missing value as NaN)
+                df[k] = pd.Series([json.loads(v) if isinstance(v, str) else None for v in df[k]], dtype=object)
         return df
 
     # ------------------------------------------------------------------ readers
@@ -386,7 +447,7 @@ class StudyStore:
         if r is None:
             return None
         out = dict(r)
-        for k in ("model_probs", "model_differential"):
+        for k in _CASE_JSON:
             out[k] = None if out[k] is None else json.loads(out[k])
         return out
 
@@ -413,14 +474,17 @@ class StudyStore:
                 raise StudyIntegrityError(f"no reader {reader_id} in {self.path}", self.path)
         return float(r[0])
 
-    def record_answer(self, reader_id: int, case_id: int, answer: str, now: float | None = None) -> dict:
-        """Store one answer; the seconds taken and whether it came after the study's time limit
-        are computed here from the stored shown time. Returns the stored row.
+    def record_answer(self, reader_id: int, case_id: int, answer: str, now: float | None = None,
+                      confidence: int | None = None) -> dict:
+        """Store one answer (with its 1-5 malignancy ``confidence`` when the study asks for one);
+        the seconds taken and whether it came after the study's time limit are computed here from
+        the stored shown time. Returns the stored row.
 
         Raises:
             AlreadyAnswered: this reader already answered this case.
             StudyIntegrityError: the case was not shown to the reader, belongs to another
-                study, or ``answer`` is not one of the study's choices.
+                study, ``answer`` is not one of the study's choices, or a confidence rating is
+                missing where the study asks for one (or given where it does not).
         """
         now = time.time() if now is None else float(now)
         doing = f"recording reader {reader_id}'s answer to case {case_id}"
@@ -450,9 +514,9 @@ class StudyStore:
             try:
                 aid = con.execute(
                     """INSERT INTO answer (study_id, reader_id, case_id, phase, answer, shown_at, answered_at,
-                                           seconds, timed_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                           seconds, timed_out, confidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (ctx["study_id"], int(reader_id), int(case_id), ctx["phase"], str(answer), shown_at, answered_at,
-                     seconds, timed_out)).lastrowid
+                     seconds, timed_out, None if confidence is None else int(confidence))).lastrowid
             except sqlite3.IntegrityError as e:
                 if "UNIQUE" in str(e):
                     raise AlreadyAnswered(f"this case was already answered by this reader (study database "
@@ -462,18 +526,23 @@ class StudyStore:
         return dict(row)
 
     def answers(self, study_id: int) -> pd.DataFrame:
-        """Every answer of a study with its reader and case: one row per (reader, case)."""
+        """Every answer of a study with its reader and case: one row per (reader, case), with the
+        reader's ``confidence`` (None when not asked) and, for a case whose advice was planted,
+        ``planted`` True and the advice's answer in ``planted_answer``."""
         cols = ["answer_id", "study_id", "reader_id", "reader", "level", "case_id", "phase", "position", "image_id",
-                "label", "truth", "answer", "timed_out", "seconds", "shown_at", "answered_at", "model_answer"]
+                "label", "truth", "answer", "timed_out", "seconds", "shown_at", "answered_at", "model_answer",
+                "confidence", "planted", "planted_answer"]
         with self._tx("reading answers", write=False) as con:
             rows = con.execute(
                 """SELECT a.id, a.study_id, a.reader_id, r.name, r.level, a.case_id, a.phase, c.position, c.image_id,
-                          c.label, c.truth, a.answer, a.timed_out, a.seconds, a.shown_at, a.answered_at, c.model_answer
+                          c.label, c.truth, a.answer, a.timed_out, a.seconds, a.shown_at, a.answered_at, c.model_answer,
+                          a.confidence, c.planted IS NOT NULL, json_extract(c.planted, '$.answer')
                    FROM answer a JOIN reader r ON r.id = a.reader_id JOIN study_case c ON c.id = a.case_id
                    WHERE a.study_id = ? ORDER BY r.id, CASE a.phase WHEN 'unassisted' THEN 0 ELSE 1 END, c.position""",
                 (int(study_id),)).fetchall()
         df = pd.DataFrame([tuple(r) for r in rows], columns=cols)
         df["timed_out"] = df["timed_out"].astype(bool)
+        df["planted"] = df["planted"].astype(bool)
         return df
 
 
