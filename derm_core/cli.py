@@ -500,6 +500,8 @@ def cmd_study_demo(a) -> int:
     print("ratings AUC, mean over readers: " + ", ".join(
         f"{ph} {aucs.loc[aucs['phase'] == ph, 'auc'].mean():.3f}" for ph in ("unassisted", "assisted")))
     print(f"MRMC: {orh.summary() if orh else why}")
+    on_accuracy, why = R.assistance_mrmc(answers)          # the same cases, scored on accuracy
+    print(f"MRMC on accuracy: {on_accuracy.summary() if on_accuracy else why}")
     print(f"over-reliance: {R.over_reliance_summary(reliance, study)}")
     return 0
 

@@ -130,13 +130,17 @@ def setup_section() -> None:
                                         "and the multi-reader multi-case analysis can be computed.")
     c1, c2 = st.columns(2)
     if mode != "unassisted":
-        planted = c1.slider("Planted wrong advice (share of AI-assisted cases)", 0, int(100 * MAX_PLANTED_SHARE), 0,
+        planted = c1.slider("Planted wrong advice", 0, int(100 * MAX_PLANTED_SHARE), 0,
                             step=5, format="%d%%", key="rs_new_planted",
-                            help="On this share of the assisted cases the AI's advice is deliberately wrong: a "
+                            help="The share of the AI-assisted cases on which the AI's advice is deliberately "
+                                 "wrong: a "
                                  "plausible wrong class and its tier. Readers are not told which cases; each sees "
                                  "them after finishing. Results report how often readers took the wrong advice.")
-    ask_confidence = c2.checkbox("Ask for a malignancy rating (1-5) with each answer", key="rs_new_confidence",
-                                 help="Gives each reader an ROC curve and AUC instead of a single point.")
+    ask_confidence = c2.checkbox("Malignancy rating 1-5", key="rs_new_confidence",
+                                 help="Readers also rate, with each answer, how likely the lesion is malignant (1 "
+                                      "certainly benign … 5 certainly malignant). Each reader then gets an ROC curve "
+                                      "and an AUC instead of a single point, and the multi-reader multi-case "
+                                      "analysis uses the AUC.")
     if st.button("Create study", type="primary", key="rs_create"):
         try:
             spec = StudySpec(name, data_dir, question, int(n_cases), balance, limit, show_clinical, mode, int(seed),
@@ -412,6 +416,9 @@ def results_section() -> None:
                             width=width, answers_pt=R.model_answer_point(model, study, target, phase),
                             answers_label="model's top diagnosis", curves=curves)
     roc_col.plotly_chart(fig, width="content", key="rs_roc")
+    orh, why = R.assistance_mrmc(answers, study) if study.spec.mode == "both" else (None, "")
+    if orh:                                            # the AI's effect in words, beside the overlay
+        note_col.markdown(f"**The AI's effect (multi-reader multi-case analysis):** {orh.summary()}")
     note_col.caption("Each small dot is one reader's (1 - specificity, sensitivity) for this positive class, coloured "
                      "by experience level; diamonds are the level averages. Points above and left of the curve beat "
                      "the model. " + R.model_point_note(study, target, mpt, thr.name if thr else "—")
@@ -435,10 +442,9 @@ def results_section() -> None:
                                      title=f"{pick}, {phase} part", cell_px=CM_CELL_PX, width=cm_width),
                     width="content", key="rs_cm")
 
-    orh = None                                         # the MRMC result, when the parts share their cases
     if study.spec.mode == "both":
         st.subheader("AI-assisted vs unassisted")
-        per, test = R.assistance_comparison(readers)
+        per, test = R.assistance_comparison(readers, same_cases=study.spec.design == "same")
         if test["n_readers"]:
             c = st.columns(4)
             c[0].metric("Readers in both parts", test["n_readers"])
@@ -450,7 +456,6 @@ def results_section() -> None:
             st.caption(f"Test: {test['test']}; paired t-test "
                        f"{'not computable (too few readers or no differences)' if pd.isna(test['ttest_p']) else 'p = ' + format(test['ttest_p'], '.3f')}.")
             words_table(per.drop(columns=["reader_id"]), UNDEFINED_NOTE)
-            orh, why = R.assistance_mrmc(answers, study)
             st.markdown(f"**Multi-reader multi-case analysis.** {orh.summary() if orh else why}")
             if orh:
                 st.caption(f"Obuchowski-Rockette with Hillis' degrees of freedom on {R.mrmc.FOM_NAME[orh.fom]} "

@@ -34,7 +34,7 @@ from derm_core.triage.rules import Thresholds, TriageResult, triage
 
 QUESTIONS = {"diagnosis": "Diagnosis (one of the classes)", "tier": "Risk tier",
              "malignancy": "Benign or malignant"}
-BALANCES = {"class": "equal number per class", "tier": "equal number per risk tier", "data": "as in the data"}
+BALANCES = {"class": "equal per class", "tier": "equal per risk tier", "data": "as in the data"}
 MODES = {"unassisted": "unassisted", "assisted": "AI-assisted (model output and Grad-CAM shown)",
          "both": "both in sequence: unassisted, then AI-assisted"}
 DESIGNS = {"different": "a different case set in each part",

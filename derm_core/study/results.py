@@ -350,9 +350,10 @@ def model_point_note(study: Study, target: str, point: dict | None, thresholds_n
 
 
 # ---------------------------------------------------------------------- tests
-def assistance_comparison(readers: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+def assistance_comparison(readers: pd.DataFrame, same_cases: bool = False) -> tuple[pd.DataFrame, dict]:
     """Assisted minus unassisted accuracy of each reader who did both parts, and a paired test
-    over those readers: Wilcoxon signed-rank (exact for small groups) and a paired t-test.
+    over those readers: Wilcoxon signed-rank (exact for small groups) and a paired t-test
+    (``same_cases``: both parts showed the same cases, which only changes how the test is described).
     A p-value is NaN where the test is undefined (fewer than 2 readers, no variation)."""
     r = readers[(readers["reader_id"] >= 0) & readers["phase"].isin(PHASES)]
     acc = {p: r[r["phase"] == p].set_index(["reader_id", "reader", "level"])["accuracy"] for p in PHASES}
@@ -368,8 +369,9 @@ def assistance_comparison(readers: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     out = {"n_readers": n, "mean_unassisted": float(wide["unassisted"].mean()) if n else math.nan,
            "mean_assisted": float(wide["assisted"].mean()) if n else math.nan,
            "mean_difference": float(d.mean()) if n else math.nan, "wilcoxon_p": math.nan, "ttest_p": math.nan,
-           "test": "paired over readers (the two parts use different cases, so McNemar does not apply): "
-                   "Wilcoxon signed-rank and paired t-test on per-reader accuracy"}
+           "test": "paired over readers" + ("" if same_cases else " (the two parts use different cases, so "
+                                                                   "McNemar does not apply)")
+                   + ": Wilcoxon signed-rank and paired t-test on per-reader accuracy"}
     if n >= 2:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

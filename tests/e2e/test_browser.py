@@ -421,6 +421,15 @@ def test_reader_study_create_sign_in_and_answer(page, app_server):
     wait_idle(page)
     page.get_by_test_id("stRadio").filter(has_text="Mode").get_by_text(re.compile("both in sequence")).click()
     wait_idle(page)
+    # issue 20: the same cases in both parts (the default), 50% planted advice, a 1-5 rating per answer
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    for _ in range(10):
+        slider.press("ArrowRight")
+    wait_idle(page)
+    page.get_by_text("Malignancy rating 1-5").click()
+    wait_idle(page)
+    visual_check(page, "reader-study-setup")
     page.get_by_role("button", name="Create study").click()
     page.get_by_text(re.compile(r"Study e2e study created")).first.wait_for()
     wait_idle(page)
@@ -440,10 +449,17 @@ def test_reader_study_create_sign_in_and_answer(page, app_server):
         answers = page.get_by_test_id("stRadio").filter(has_text="Your answer").first
         answers.locator("label").nth(1).click()        # the first answer option
         wait_idle(page)
+        rating = page.get_by_test_id("stRadio").filter(has_text="How likely is this lesion to be malignant").first
+        rating.locator("label").nth(1 + done % 5).click()
+        wait_idle(page)
         page.get_by_role("button", name="Submit answer").click()
         page.get_by_text(f"{done + 1} of 4 cases answered").first.wait_for()
         wait_idle(page)
     page.get_by_text(re.compile("All 4 cases answered")).first.wait_for()
+    planted = store_cases(app_server)["planted"].notna().sum()
+    if planted:                                   # the reader is told which advice was planted
+        page.get_by_text("Debriefing: planted advice").first.wait_for()
+    visual_check(page, "reader-study-finished")
     shot(page, "reader-study")
     page.get_by_test_id("stRadio").first.get_by_text("Results", exact=True).click()
     wait_idle(page)
@@ -454,8 +470,14 @@ def test_reader_study_create_sign_in_and_answer(page, app_server):
     studies = store.studies()
     assert list(studies["name"]) == ["e2e study"]
     got = store.answers(int(studies["id"].iloc[0]))
-    assert len(got) == 4 and set(got["reader"]) == {"Dr Browser"}
+    assert len(got) == 4 and set(got["reader"]) == {"Dr Browser"} and got["confidence"].between(1, 5).all()
     assert sorted(got["phase"].value_counts().items()) == [("assisted", 2), ("unassisted", 2)]
+
+
+def store_cases(app_server):
+    from derm_core.study.store import StudyStore
+    store = StudyStore(app_server.root / "home" / "studies.sqlite3")
+    return store.cases(int(store.studies()["id"].iloc[0]))
 
 
 # ============================================================================ privacy
