@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
+import subprocess
 from urllib.parse import urlparse
 
 import pytest
@@ -265,6 +267,15 @@ def test_triage_upload_crop_differential_lime_and_report(page, app_server, tmp_p
         img = Image.open(io.BytesIO(data))
         assert not img.getexif() and "exif" not in img.info
         assert b"Exif" not in data and b"eXIf" not in data
+    # ... and as a PDF, kept with its pages rendered for a person to read (pdftoppm, where installed)
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download case report (PDF)").click()
+    pdf = ARTIFACTS / "case-report.pdf"
+    dl.value.save_as(pdf)
+    assert pdf.read_bytes().startswith(b"%PDF")
+    if shutil.which("pdftoppm"):
+        subprocess.run(["pdftoppm", "-png", "-r", "80", str(pdf), str(ARTIFACTS / "case-report-page")], check=True)
+        assert list(ARTIFACTS.glob("case-report-page*.png"))
 
     # similar cases: indexed from the page, shown in the same session right after (issue 17)
     page.get_by_text(re.compile(r"are not indexed yet")).first.wait_for()
