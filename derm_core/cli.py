@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from derm_core.errors import ConfigError
+
 
 def _check_out_file(path, flag: str) -> Path:
     """Refuse an output file path that cannot be written, before any work starts.
@@ -19,7 +21,6 @@ def _check_out_file(path, flag: str) -> Path:
     """
     import os
 
-    from derm_core.errors import ConfigError
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{flag} {p} is a folder; give a file name (e.g. {p / 'report.json'})")
@@ -39,7 +40,6 @@ def _check_out_dir(path, flag: str) -> Path:
     """Refuse an output folder that is a file or lies under one, before any work starts."""
     import os
 
-    from derm_core.errors import ConfigError
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {p} is a file, not a folder")
@@ -55,7 +55,6 @@ def _check_out_dir(path, flag: str) -> Path:
 
 def _clinical(a):
     from derm_core.data.clinical import Clinical
-    from derm_core.errors import ConfigError
     try:
         c = Clinical.parse(a.age, a.sex, a.site)
     except ValueError as e:
@@ -142,6 +141,21 @@ class _TierTarget(argparse.Action):
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), (tier, v)])
 
 
+class _MemberArg(argparse.Action):
+    """``--member ARCH SEED``: a registry architecture and a whole-number seed, checked at parse time."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from derm_core.model.networks import list_archs
+        arch, seed = values
+        if arch not in list_archs():
+            raise argparse.ArgumentError(self, f"{arch!r} is not a known architecture; choose one of {list_archs()}")
+        try:
+            seed = _number(int, 0)(seed)
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentError(self, f"seed {seed}: {e}") from None
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), (arch, seed)])
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with DermTriage's promise for a user error: one ``error: ...`` line, exit code 2."""
 
@@ -175,7 +189,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def _crop_photo(photo, crop):
     """(cropped photo, crop box used, how it was chosen) for ``--crop``."""
     from derm_core.data.images import crop_photo
-    from derm_core.errors import ConfigError, ImageError
+    from derm_core.errors import ImageError
     w, h = photo.size
     if crop == "none":
         return photo, (0, 0, w, h), "none (the whole photo)"
@@ -247,6 +261,45 @@ def cmd_train(a) -> int:
         return 3
     if path:
         print(json.dumps({"model": str(path), "metrics": _headline(path)}, indent=2))
+    return 0
+
+
+def _member_plan(a, cfg) -> list:
+    """The members of ``train-ensemble``: each ``--member ARCH SEED``, or ``--members N`` of
+    ``--arch`` with seeds ``--seed``, ``--seed`` + 1, ..."""
+    from derm_core.fit.ensemble import MemberPlan
+    if a.member:
+        return [MemberPlan(arch, seed) for arch, seed in a.member]
+    return [MemberPlan(cfg.arch, cfg.seed + i) for i in range(a.members)]
+
+
+def cmd_train_ensemble(a) -> int:
+    from derm_core.fit.config import config_from_args
+    from derm_core.fit.ensemble import train_ensemble
+    from derm_core.fit.run_folder import claim, validate_config
+    from derm_core.fit.train import Stopped
+    cfg = config_from_args(a)
+    plan = _member_plan(a, cfg)
+    command = _command(a)
+    from dataclasses import replace
+    for m in plan:
+        validate_config(replace(cfg, arch=m.arch, seed=m.seed))
+    if len(plan) < 2:
+        raise ConfigError("an ensemble needs at least two members: give --member twice or more, or --members 2+")
+    try:
+        with claim(cfg, command, force=a.force):
+            path = train_ensemble(cfg, plan, command)
+    except Stopped as e:
+        print(e, file=sys.stderr)
+        return 3
+    print(json.dumps({"model": str(path), "metrics": _headline(path)}, indent=2))
+    return 0
+
+
+def cmd_ensemble(a) -> int:
+    from derm_core.fit.ensemble import combine
+    path = combine(a.runs, a.data, a.out, _command(a))
+    print(json.dumps({"model": str(path), "metrics": _headline(path)}, indent=2))
     return 0
 
 
@@ -350,6 +403,11 @@ def cmd_explain(a) -> int:
               f"not explained (out of scope): {gate.withheld}; pass --anyway to explain it regardless")
         return 0
     outline = suggest_mask(photo)   # the whole photo is explained: points map to it as on the triage page
+    if a.member is not None and (a.method == "lime" or not pred.card.is_ensemble):
+        raise ConfigError(f"--member names an ensemble's member for the Grad-CAM family; "
+                          f"{'LIME explains the whole model' if a.method == 'lime' else 'this model is one network'}")
+    if a.member is not None and a.member > len(pred.card.members):
+        raise ConfigError(f"--member {a.member}: this ensemble has {len(pred.card.members)} members")
     if a.method == "lime":
         lime = E.lime_explanation(pred, photo, clinical=clinical, num_samples=E.LIME_SAMPLES if a.samples is None else a.samples,
                                   seed=a.seed)
@@ -364,11 +422,15 @@ def cmd_explain(a) -> int:
         if a.method == "scorecam":
             print("note: ScoreCAM runs the network once per feature channel; it can take tens of seconds on a CPU",
                   file=sys.stderr)
-        cam = E.cam_heatmap(pred, photo, method=a.method, clinical=clinical)
+        cam = E.cam_heatmap(pred, photo, method=a.method, clinical=clinical,
+                            member=None if a.member is None else a.member - 1)
         cam.overlay(photo).save(out / f"{a.method}.png")
         x, y = cam.geometry.point_to_photo(*E.cam_peak(cam.heatmap))
         result.update(target=pred.taxonomy.classes[cam.target], cam_peak={"x": x, "y": y},
                       files=[str(out / f"{a.method}.png")])
+        if cam.member is not None:
+            result["explains"] = f"member {cam.member + 1} of {len(pred.card.members)}: " \
+                                 f"{pred.card.members[cam.member].label}"
     result["seconds"] = round(time.perf_counter() - t0, 3)
     from derm_core.explain.mapquality import quality_fields  # issue 12: how far to trust the map
     result["map_quality"] = quality_fields(pred, photo, lime if a.method == "lime" else cam, outline, clinical)
@@ -519,6 +581,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(t, names=["device"])       # after the CLI-only flags, where --help has always listed it
     t.set_defaults(fn=cmd_train)
 
+    te = sub.add_parser("train-ensemble", help="train several models on one split, one after another (each "
+                                               "resumable), and combine them into one calibrated ensemble")
+    add_config_arguments(te)
+    te.add_argument("--members", type=_number(int, 2, 20), default=3,
+                    help="members of --arch, seeds --seed, --seed + 1, ... (default 3)")
+    te.add_argument("--member", nargs=2, action=_MemberArg, metavar=("ARCH", "SEED"),
+                    help="a member of this architecture and seed (repeatable; replaces --members)")
+    te.add_argument("--force", action="store_true", help="resume the run in --out even though its settings differ")
+    te.set_defaults(fn=cmd_train_ensemble)
+
+    en = sub.add_parser("ensemble", help="combine finished runs of one split into one calibrated ensemble "
+                                         "(the members' logits averaged)")
+    en.add_argument("runs", nargs="+", help="the members: finished runs' folders or model cards")
+    en.add_argument("--data", help="the runs' dataset folder; default $DERMTRIAGE_DATA")
+    en.add_argument("--out", required=True, help="the ensemble's run folder")
+    en.set_defaults(fn=cmd_ensemble)
+
     e = sub.add_parser("evaluate", help="evaluate a model on every image of a dataset folder")
     e.add_argument("--data", help="dataset folder; default $DERMTRIAGE_DATA")
     e.add_argument("--csv")
@@ -555,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LIME sampling seed (the same seed gives the same weights)")
     _add_clinical(x)
     _add_model(x)
+    x.add_argument("--member", type=_number(int, 1),
+                   help="an ensemble's member the Grad-CAM family explains, 1 = the first (the default); "
+                        "LIME always explains the whole ensemble")
     x.add_argument("--anyway", action="store_true", help="explain a photo the out-of-scope check refuses")
     x.add_argument("--json", action="store_true")
     x.set_defaults(fn=cmd_explain)

@@ -172,6 +172,7 @@ class CamResult:
     method: str
     seconds: float
     image_size: tuple[int, int]    # original photo (width, height)
+    member: int | None = None      # the ensemble member whose layer it shows (None: a single network)
 
     @property
     def geometry(self) -> CoverGeometry:
@@ -237,10 +238,24 @@ def _check_same_photo(image: Image.Image, image_size: tuple[int, int]) -> None:
                          f"got {image.size[0]}x{image.size[1]}")
 
 
+def cam_member(predictor, member: int | None) -> int | None:
+    """The ensemble member a CAM explains (default the first), checked; None for one network.
+    A class-activation map needs one convolutional layer, so an ensemble's is one member's."""
+    members = getattr(predictor.model, "members", None)
+    if members is None:
+        return None
+    m = 0 if member is None else member
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 0 <= m < len(members):
+        raise ValueError(f"member must be 0..{len(members) - 1} for this {len(members)}-member ensemble, got {member!r}")
+    return int(m)
+
+
 def cam_heatmap(predictor, image: Image.Image, target: int | None = None, method: str = "gradcam",
-                clinical: Clinical | None = None) -> CamResult:
+                clinical: Clinical | None = None, member: int | None = None) -> CamResult:
     """Class-activation heatmap of ``target`` (default: the class the predictor predicts,
-    flip TTA included) for one photo, computed on the single, un-flipped view.
+    flip TTA included) for one photo, computed on the single, un-flipped view. For an ensemble
+    it is the map of one ``member`` (default the first; see :func:`cam_member`), for the
+    class the ensemble predicts.
 
     The shared model is left exactly as it was: no hooks, no gradients, same outputs.
     """
@@ -250,10 +265,13 @@ def cam_heatmap(predictor, image: Image.Image, target: int | None = None, method
         raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(CAM_METHODS)}") from None
     _check_target(target, len(predictor.taxonomy.classes))
     start = time.perf_counter()
+    member = cam_member(predictor, member)
     target = predicted_class(predictor, image, clinical) if target is None else int(target)
     heat = None
     with predictor.lock, torch.inference_mode(False), torch.enable_grad():
         view = _private_view(predictor.model)
+        if member is not None:
+            view = view.members[member]
         layer = _cam_layer(view)
         layer.register_forward_hook(_graph_cut, prepend=True)  # runs before CAM's own hooks
         x = predictor.preprocess([image])
@@ -265,7 +283,7 @@ def cam_heatmap(predictor, image: Image.Image, target: int | None = None, method
     heat = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float32)), 0.0, 1.0)
     if heat.shape != tuple(predictor.card.input_size):
         raise RuntimeError(f"{method} returned a {heat.shape} map for a {predictor.card.input_size} input")
-    return CamResult(heat, target, method, time.perf_counter() - start, tuple(image.size))
+    return CamResult(heat, target, method, time.perf_counter() - start, tuple(image.size), member)
 
 
 def predicted_class(predictor, image: Image.Image, clinical: Clinical | None = None) -> int:

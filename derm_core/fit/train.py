@@ -186,11 +186,12 @@ def _val_metrics(y, logits) -> dict:
             **{f"val_{k}": head[k] for k in ("accuracy", "balanced_accuracy", "macro_auc")}}
 
 
-def train(cfg: TrainConfig, command: str = "") -> Path | None:
+def train(cfg: TrainConfig, command: str = "", stop_file: Path | None = None) -> Path | None:
     """Train, calibrate, pick thresholds, evaluate; returns the model card path (rank 0).
 
-    Resumes from ``<out>/last.*`` when present. Creating ``<out>/STOP`` stops the run
-    cleanly after the current batch, leaving a resumable checkpoint.
+    Resumes from ``<out>/last.*`` when present. Creating ``<out>/STOP`` (or ``stop_file``:
+    an ensemble's, for its members) stops the run cleanly after the current batch, leaving a
+    resumable checkpoint.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(cfg.device)
@@ -203,20 +204,22 @@ def train(cfg: TrainConfig, command: str = "") -> Path | None:
     from derm_core.fit.run_folder import claim  # limits, one process per run folder, same settings on resume (issue 13)
     try:
         with claim(cfg, command, rank):
-            return _train(cfg, command, device, rank, world)
+            return _train(cfg, command, device, rank, world, stop_file)
     finally:
         if world > 1:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, world: int) -> Path | None:
+def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, world: int,
+           stop_file: Path | None = None) -> Path | None:
     if cfg.monitor not in MONITORS:
         raise ValueError(f"monitor must be one of {MONITORS}, got {cfg.monitor!r}")
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        (out / "STOP").unlink(missing_ok=True)
+    stop_file = Path(stop_file) if stop_file else out / "STOP"
+    if rank == 0 and stop_file.parent == out:
+        stop_file.unlink(missing_ok=True)
     _seed_all(cfg.seed)
     tax = load_taxonomy(cfg.taxonomy)
     data_dir = resolve_data_dir(cfg.data)
@@ -285,7 +288,6 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
         preprocessing=Preprocessing(tuple(size), tuple(dcfg["mean"]), tuple(dcfg["std"]), cfg.tta,
                                     dcfg["interpolation"]),
         thresholds=Thresholds({c: 0.5 for c in tax.classes}, {t: 0.5 for t in tax.tier_names[1:]}, "uncalibrated"))
-    stop_file = out / "STOP"
     bad_epochs = sum(1 for h in history if h["epoch"] > best["epoch"])
     frozen: list[str] = []        # the early layers frozen now (set on the first epoch this process runs)
     for epoch in range(start_epoch, cfg.epochs):

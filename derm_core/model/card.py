@@ -22,7 +22,7 @@ from typing import Any
 from derm_core.data.taxonomy import Taxonomy
 from derm_core.errors import ModelError
 from derm_core.model.decision import BalancedRule
-from derm_core.model.networks import list_archs
+from derm_core.model.networks import ENSEMBLE, list_archs
 from derm_core.model.ood import SCORES as OOD_SCORES
 from derm_core.triage.rules import Thresholds
 
@@ -85,6 +85,32 @@ class TrainingRecord:
         if self.wall_time_s is not None:
             out["wall_time_s"] = self.wall_time_s
         return out
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member of an ensemble card: its network and where it came from (the run it was
+    trained in: its card's name, version and weights hash, and how it was trained)."""
+
+    arch: str
+    name: str = ""
+    version: str = ""
+    weights_sha256: str | None = None
+    training: dict = field(default_factory=dict)     # command, seed, epochs, wall time, validation metrics
+
+    def to_json(self) -> dict:
+        return {"arch": self.arch, "name": self.name, "version": self.version, "weights_sha256": self.weights_sha256,
+                "training": self.training}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Member:
+        return cls(d["arch"], d.get("name") or "", str(d.get("version") or ""), d.get("weights_sha256"),
+                   dict(d.get("training") or {}))
+
+    @property
+    def label(self) -> str:
+        """How pages name the member: its run and network."""
+        return f"{self.name or 'member'} ({self.arch})"
 
 
 @dataclass(frozen=True)
@@ -162,6 +188,7 @@ class ModelCard:
     timm_name: str | None = None
     weights_file: str | None = None
     recalibrations: tuple[dict, ...] = ()
+    members: tuple[Member, ...] = ()                     # an ensemble's members (arch is then "ensemble")
     extra: dict = field(default_factory=dict)            # top-level keys this version does not interpret, kept
     format_version: int = FORMAT_VERSION
     path: Path | None = field(default=None, compare=False)
@@ -174,6 +201,18 @@ class ModelCard:
     @property
     def input_size(self) -> tuple[int, int]:
         return self.preprocessing.input_size
+
+    @property
+    def is_ensemble(self) -> bool:
+        return bool(self.members)
+
+    @property
+    def architecture(self) -> str:
+        """The network in words: the arch, or an ensemble's members' archs."""
+        if not self.members:
+            return self.arch
+        archs = [m.arch for m in self.members]
+        return f"ensemble of {len(archs)}: " + ", ".join(f"{archs.count(a)} x {a}" for a in dict.fromkeys(archs))
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -255,6 +294,8 @@ class ModelCard:
             d["recalibrations"] = list(self.recalibrations)
         if self.weights_file:
             d["weights_file"] = self.weights_file
+        if self.members:
+            d["members"] = [m.to_json() for m in self.members]
         if self.out_of_scope is not None:
             o = self.out_of_scope
             d["out_of_scope"] = {"score": o.score, "threshold": o.threshold,
@@ -300,7 +341,8 @@ class ModelCard:
             metrics=dict(d.get("metrics") or {}), name=d.get("name") or (path.stem if path else "model"),
             version=str(d.get("version", "0")),
             timm_name=d.get("timm_name"), weights_file=d.get("weights_file"),
-            recalibrations=tuple(d.get("recalibrations") or ()), extra={k: v for k, v in d.items() if k not in _KNOWN},
+            recalibrations=tuple(d.get("recalibrations") or ()),
+            members=tuple(Member.from_json(m) for m in d.get("members") or ()), extra={k: v for k, v in d.items() if k not in _KNOWN},
             path=path)
 
 
@@ -329,7 +371,7 @@ def migrate(data: dict, where: str = "model card") -> dict:
 
 REQUIRED = ("arch", "taxonomy", "use_metadata", "preprocessing", "temperature", "thresholds")
 _KNOWN = {*REQUIRED, "format_version", "name", "version", "timm_name", "classes", "training", "decision_rules",
-          "metrics", "recalibrations", "weights_file", "out_of_scope"}
+          "metrics", "recalibrations", "weights_file", "out_of_scope", "members"}
 
 
 def _validate(d: dict, where: str) -> Taxonomy:
@@ -342,7 +384,17 @@ def _validate(d: dict, where: str) -> Taxonomy:
     missing = [k for k in REQUIRED if k not in d]
     if missing:
         raise ModelError(f"{where} lacks {missing}")
-    if not isinstance(d["arch"], str) or d["arch"] not in list_archs():
+    members = d.get("members")
+    if d["arch"] == ENSEMBLE or members is not None:
+        if d["arch"] != ENSEMBLE or not isinstance(members, list) or len(members) < 2:
+            raise ModelError(f"{where}: an ensemble has arch {ENSEMBLE!r} and a list of at least two 'members'; "
+                             f"this card has arch {d['arch']!r} and members {members!r}")
+        for i, m in enumerate(members):
+            if not isinstance(m, dict) or m.get("arch") not in list_archs():
+                raise bad(f"members[{i}]", f"must be an object whose 'arch' is one of {list_archs()}, not {m!r}")
+            if m.get("training") is not None and not isinstance(m["training"], dict):
+                raise bad(f"members[{i}].training", f"must be an object, not {m['training']!r}")
+    elif not isinstance(d["arch"], str) or d["arch"] not in list_archs():
         raise ModelError(f"{where}: unknown architecture {d['arch']!r} (field 'arch')")
     if not isinstance(d["taxonomy"], dict):
         raise bad("taxonomy", f"must be an object with the classes and tiers, not {d['taxonomy']!r}")

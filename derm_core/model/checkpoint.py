@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from derm_core.errors import ModelError
 from derm_core.model.card import ModelCard
-from derm_core.model.networks import DermNet, create_model
+from derm_core.model.networks import DermNet, EnsembleNet, create_model
 from derm_core.settings import SHIPPED_MODEL
 
 __all__ = ["ModelCard", "ModelError", "atomic_save_tensors", "atomic_write_bytes", "atomic_write_json",
@@ -195,16 +195,30 @@ def embedding_width(card: ModelCard) -> int | None:
     weights file's header without loading the tensors; None when that cannot be read.
     Stored embeddings (caches, the similar-case index) of another width are not this model's."""
     from safetensors import safe_open
+    last: dict[str, tuple[int, str]] = {}      # each network's last head layer (an ensemble has one per member)
     try:
         with safe_open(str(card.weights_path), "pt") as f:
-            heads = [k for k in f.keys() if k.startswith("head.") and k.endswith(".weight")]
-            shape = f.get_slice(heads[-1]).get_shape() if heads else None
+            for k in f.keys():
+                m = re.fullmatch(r"((?:members\.\d+\.)?)head\.(\d+)\.weight", k)
+                if m:
+                    last[m.group(1)] = max(last.get(m.group(1), (-1, k)), (int(m.group(2)), k))
+            shapes = [f.get_slice(k).get_shape() for _, k in last.values()]
     except (SafetensorError, OSError, TypeError, ValueError):
         return None
-    return int(shape[1]) if shape and len(shape) == 2 else None
+    if not shapes or any(len(s) != 2 for s in shapes):
+        return None
+    return sum(int(s[1]) for s in shapes)
 
 
-def load_model(path: str | Path | None = None) -> tuple[DermNet, ModelCard]:
+def empty_network(card: ModelCard) -> DermNet | EnsembleNet:
+    """The network a card describes, with random weights (the weights file is loaded into it)."""
+    n = len(card.classes)
+    if card.members:
+        return EnsembleNet([create_model(m.arch, n, card.use_metadata, pretrained="none") for m in card.members])
+    return create_model(card.arch, n, card.use_metadata, pretrained="none")
+
+
+def load_model(path: str | Path | None = None) -> tuple[DermNet | EnsembleNet, ModelCard]:
     """Load weights + card (default: the shipped model), refusing anything inconsistent.
 
     Raises:
@@ -218,11 +232,11 @@ def load_model(path: str | Path | None = None) -> tuple[DermNet, ModelCard]:
         state = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"{weights} is not a readable safetensors file (truncated or corrupt?): {e}") from None
-    model = create_model(card.arch, len(card.classes), card.use_metadata, pretrained="none")
+    model = empty_network(card)
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or extra:
-        raise ModelError(f"{weights} does not match a {card.arch} with {len(card.classes)} classes "
+        raise ModelError(f"{weights} does not match a {card.architecture} with {len(card.classes)} classes "
                          f"(metadata={card.use_metadata}): missing {missing[:3]}, unexpected {extra[:3]}")
     bad = [k for k in own if own[k].shape != state[k].shape]
     if bad:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from derm_core.errors import ConfigError
+from derm_core.model.networks import Stacked
 from derm_core.settings import settings
 
 PATHS = ("cuda-amp", "cpu-bf16", "fp32")
@@ -142,15 +143,21 @@ class Runner:
             return self._forward
 
     def _trace(self):
-        """A frozen TorchScript copy of the backbone, or None where tracing fails.
-
-        On the bf16 path an EfficientNet-style backbone is split after its first
-        ``FP32_BLOCKS`` blocks: the high-resolution start, where bf16 rounding moved the
-        shipped model's probabilities by up to 0.05, stays fp32, the rest runs in bf16.
-        Other backbones stay fp32 (frozen)."""
+        """A frozen TorchScript copy of the backbone (an ensemble's: each member's), or None
+        where tracing fails."""
         if not is_dermnet(self.model):
             return None
         bb = copy.deepcopy(self.model.backbone).eval()
+        if isinstance(bb, Stacked):
+            parts = [self._trace_one(p) for p in bb.parts]
+            return None if any(p is None for p in parts) else Stacked(parts)
+        return self._trace_one(bb)
+
+    def _trace_one(self, bb: nn.Module):
+        """One backbone frozen. On the bf16 path an EfficientNet-style backbone is split after
+        its first ``FP32_BLOCKS`` blocks: the high-resolution start, where bf16 rounding moved the
+        shipped model's probabilities by up to 0.05, stays fp32, the rest runs in bf16.
+        Other backbones stay fp32 (frozen)."""
         x = torch.zeros(2, 3, *self.input_size).contiguous(memory_format=torch.channels_last)
         parts = [bb]
         if self.dtype == torch.bfloat16 and all(hasattr(bb, n) for n in ("conv_stem", "bn1", "blocks", "conv_head")):

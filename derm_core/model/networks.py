@@ -49,6 +49,7 @@ ARCHS: dict[str, ArchCfg] = {
     "tiny_test": ArchCfg("test_efficientnet", "backbone.bn2", (48, 64), ("conv_stem", "bn1"), paper="test-only"),
 }
 DEFAULT_ARCH = "tf_efficientnet_lite0"
+META_FEATURES = 64   # width of the metadata branch's output, joined to the image features
 
 
 def list_archs() -> list[str]:
@@ -74,8 +75,9 @@ class DermNet(nn.Module):
         self.arch = arch
         self.backbone = timm.create_model(get_arch(arch).timm_name, pretrained=False, num_classes=0)
         n = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
-        self.meta = nn.Sequential(nn.Linear(META_DIM, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU()) if use_metadata else None
-        self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(n + (64 if use_metadata else 0), num_classes))
+        k = META_FEATURES
+        self.meta = nn.Sequential(nn.Linear(META_DIM, k), nn.ReLU(), nn.Linear(k, k), nn.ReLU()) if use_metadata else None
+        self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(n + (k if use_metadata else 0), num_classes))
         self.register_buffer("missing_meta", torch.from_numpy(encode(Clinical())), persistent=False)
 
     @property
@@ -96,6 +98,80 @@ class DermNet(nn.Module):
 
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(x, meta))
+
+
+ENSEMBLE = "ensemble"   # a card's ``arch`` when it lists members (see :class:`EnsembleNet`)
+
+
+class Stacked(nn.Module):
+    """Modules run side by side on one input, their outputs joined along the features: the
+    members' backbones of an ensemble (each traced on its own on the CPU fast path)."""
+
+    def __init__(self, parts):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=1)
+
+
+class MeanHead(nn.Module):
+    """The members' heads, each on its own slice of the joined embedding, logits averaged."""
+
+    def __init__(self, heads, widths: list[int]):
+        super().__init__()
+        self.heads, self.widths = nn.ModuleList(heads), list(widths)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return torch.stack([h(c) for h, c in zip(self.heads, e.split(self.widths, dim=1))]).mean(0)
+
+
+class EnsembleNet(nn.Module):
+    """DermNets of one taxonomy, input and metadata use whose logits are averaged.
+
+    It is DermNet-shaped (``backbone``, ``fuse``, ``head``, ``embed``), so inference, flip TTA,
+    the CPU fast path, the out-of-scope gate, similar cases and LIME treat it as one model: its
+    embedding is the members' embeddings side by side, and since each head is linear, averaging
+    over flips before the heads equals averaging the members' logits. ``backbone`` and ``head``
+    are views over the members' own modules (not registered twice, so the weights file holds
+    ``members.<i>.*`` once). Grad-CAM explains one named member (``members[i]``)."""
+
+    arch = ENSEMBLE
+
+    def __init__(self, members: list[DermNet]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
+        if len({m.use_metadata for m in members}) != 1:
+            raise ValueError("the ensemble's members must all use clinical data, or none")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def use_metadata(self) -> bool:
+        return self.members[0].use_metadata
+
+    @property
+    def embed_widths(self) -> list[int]:
+        return [m.head[-1].in_features for m in self.members]
+
+    @property
+    def backbone(self) -> Stacked:
+        return Stacked([m.backbone for m in self.members])
+
+    @property
+    def head(self) -> MeanHead:
+        return MeanHead([m.head for m in self.members], self.embed_widths)
+
+    def fuse(self, f: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        extra = META_FEATURES if self.use_metadata else 0
+        parts = f.split([w - extra for w in self.embed_widths], dim=1)
+        return torch.cat([m.fuse(p, meta) for m, p in zip(self.members, parts)], dim=1)
+
+    def embed(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([m.embed(x, meta) for m in self.members], dim=1)
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.stack([m(x, meta) for m in self.members]).mean(0)
 
 
 def create_model(arch: str, num_classes: int, use_metadata: bool = False, pretrained: str = "offline") -> DermNet:
