@@ -190,7 +190,7 @@ def active_thresholds(pred: Predictor) -> Thresholds:
 
 def model_caption(pred: Predictor, thresholds_name: str) -> None:
     card = pred.card
-    st.caption(f"Model **{card.name}** ({card.arch}, version {card.version}, "
+    st.caption(f"Model **{card.name}** ({card.architecture}, version {card.version}, "
                f"{'uses' if card.use_metadata else 'ignores'} clinical data) · thresholds: **{thresholds_name}**")
 
 

@@ -32,6 +32,7 @@ from derm_core.evaluate.figures import (
 from derm_core.explain.skin_tone import TONE_NAMES, UNKNOWN, table_itas, tone_group
 from derm_core.fit import config as TC
 from derm_core.fit import jobs
+from derm_core.fit.ensemble import MemberPlan
 from derm_core.model.checkpoint import ModelError, read_card
 from derm_core.model.networks import get_arch
 from derm_core.settings import ENV_MODEL, ENV_PROFILES, ENV_RUNS, SHIPPED_MODEL, settings
@@ -75,7 +76,7 @@ def model_options() -> dict[str, str]:
             card = read_card(path)
         except (ModelError, OSError):
             continue
-        opts.setdefault(str(card.path), f"{label}: {card.name} ({card.arch}, {card.version})")
+        opts.setdefault(str(card.path), f"{label}: {card.name} ({card.architecture}, {card.version})")
     return opts
 
 
@@ -93,7 +94,7 @@ def monitor(run: Path) -> None:
         c[0].metric("Elapsed", fmt_s(s.elapsed_s))
         c[1].metric("Remaining", fmt_s(s.eta_s) if s.active else "—")
         c[2].metric("Epoch", s.epoch_text, help="The epoch in progress while training, else the last finished one.")
-        c[3].metric("Loss", s.loss_text, help="Training loss: the last batches' while an epoch runs, else the last "
+        c[3].metric("Training loss", s.loss_text, help="Training loss: the last batches' while an epoch runs, else the last "
                     "finished epoch's.")
         if s.history:
             st.plotly_chart(training_figure(s.history), key=f"curves-{run.name}")
@@ -139,6 +140,7 @@ def setting_select(col, label: str, name: str, key: str, **kw):
 
 
 NEW_MODEL = "a new model"
+MAX_MEMBERS = 10          # ensemble members the form offers
 
 
 def train_section() -> None:
@@ -189,6 +191,11 @@ def train_section() -> None:
         workers = setting_number(e[2], "Data-loader workers", "workers", "lab_workers")
         tta = e[3].checkbox("Flip TTA", TC.default("tta"), key="lab_tta",
                             help="Test-time augmentation: average the predictions of the photo and its mirror images.")
+        n_members = st.columns(4)[0].number_input(
+            "Ensemble members", 1, MAX_MEMBERS, 1, key="lab_members",
+            help="1: one model. 2 or more: that many models of this architecture (seeds 0, 1, ...) trained one after "
+                 "another on one split, then averaged into one ensemble with one calibration. Each member takes as "
+                 "long as one model.")
     go = st.button("Start training", type="primary", key="lab_start", disabled=bool(active))
     if go and not data:
         st.error("Cannot start training: choose the dataset folder in the sidebar (or type one above).")
@@ -203,9 +210,10 @@ def train_section() -> None:
             from derm_core.data.taxonomy import load_taxonomy
             n = len(load_table(cfg.data, load_taxonomy(cfg.taxonomy), check_files=False))
             run = jobs.new_run_dir(name or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}")
-            jobs.start(run, cfg)
+            plan = [MemberPlan(arch, cfg.seed + i) for i in range(int(n_members))] if n_members > 1 else None
+            jobs.start(run, cfg, members=plan)
             st.session_state["lab_run"] = str(run)
-            st.toast(f"Training started on {n} images in {run}")
+            st.toast(f"Training {f'an ensemble of {len(plan)} members' if plan else 'started'} on {n} images in {run}")
         except (DataError, FileNotFoundError, ValueError, jobs.JobError) as err:
             st.error(f"Cannot start training: {err}")
         else:
@@ -406,11 +414,12 @@ def tune(card, res: dict, folder: str, split: str) -> None:
     auc = [f"{lo:.3f}–{hi:.3f}" if lo == lo and hi == hi else "" for lo, hi in zip(table["auc_low"], table["auc_high"])]
     show = table.assign(auc=L.with_interval(table["auc"], auc)).rename(
         columns={"label": "class / tier", "n": "positives", "auc": "AUC (95% CI)", "youden": "Youden threshold"})
-    words_table(show[["class / tier", "positives", "threshold", "sensitivity", "specificity", "ppv", "npv", "f1",
-                      "AUC (95% CI)"]], L.UNDEFINED_FOOTNOTE.format(what="class or tier"))
+    words_table(show[["class / tier", "positives", "threshold", "sensitivity", "specificity", "ppv", "npv", "f1"]],
+                L.UNDEFINED_FOOTNOTE.format(what="class or tier"))
     st.caption("Counts at the current thresholds (tp: flagged with the condition, fp: flagged without it, fn: missed, "
-               "tn: correctly cleared) and the threshold that maximises sensitivity + specificity:")
-    words_table(show[["class / tier", "tp", "fp", "fn", "tn", "Youden threshold"]])
+               "tn: correctly cleared), then the threshold-free AUC with its interval and the threshold that "
+               "maximises sensitivity + specificity:")
+    words_table(show[["class / tier", "tp", "fp", "fn", "tn", "AUC (95% CI)", "Youden threshold"]])
 
     st.subheader("Risk tiers assigned at the current thresholds")
     c1, c2 = st.columns([3, 2])

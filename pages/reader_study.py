@@ -296,10 +296,12 @@ def read_section() -> None:
     if case is None:
         st.success(f"All {total} cases answered — thank you, {me['name']}.")
         answers = store.answers(study.id)
-        mine = R.reader_table(answers, reader_id=me["id"])
+        mine = R.reader_table(R.honest(answers), reader_id=me["id"])     # as Results counts them
+        left_out = " besides the planted ones below" if study.spec.planted_share else ""
         for _, r in mine.iterrows():
             st.markdown(f"- {PHASE_TITLE[r['phase']] if study.spec.mode == 'both' else r['phase']}: accuracy "
-                        f"**{r['accuracy']:.0%}** ({r['n_cases']} cases, {r['n_timed_out']} timed out)")
+                        f"**{r['accuracy']:.0%}** on {r['n_cases']} case{'s' if r['n_cases'] != 1 else ''}"
+                        f"{left_out} ({r['n_timed_out']} timed out)")
         debrief(study, answers, me)
         st.caption("See where you stand in **Results**.")
         return
@@ -419,9 +421,12 @@ def results_section() -> None:
     orh, why = R.assistance_mrmc(answers, study) if study.spec.mode == "both" else (None, "")
     if orh:                                            # the AI's effect in words, beside the overlay
         note_col.markdown(f"**The AI's effect (multi-reader multi-case analysis):** {orh.summary()}")
-    note_col.caption("Each small dot is one reader's (1 - specificity, sensitivity) for this positive class, coloured "
-                     "by experience level; diamonds are the level averages. Points above and left of the curve beat "
-                     "the model. " + R.model_point_note(study, target, mpt, thr.name if thr else "—")
+    note_col.caption(("Each small dot is one reader's (1 - specificity, sensitivity) for this positive class, coloured "
+                      "by experience level; diamonds are the level averages. Points above and left of the curve beat "
+                      "the model. " if len(points) else
+                      "No reader point yet: a reader's sensitivity and specificity need answered cases with and "
+                      "without this positive class in this part. ")
+                     + R.model_point_note(study, target, mpt, thr.name if thr else "—")
                      + (" Thin lines: each reader's ROC curve from their 1-5 malignancy ratings." if rated else ""))
     if study.spec.ask_confidence:
         st.markdown("**Each reader's AUC from their malignancy ratings** (malignant against benign; a rating given "
@@ -470,8 +475,11 @@ def results_section() -> None:
         st.subheader("Over-reliance: planted wrong advice")
         reliance, summary = R.over_reliance(all_answers, study)
         st.markdown(R.over_reliance_summary(summary, study))
-        if len(reliance):
-            words_table(reliance.drop(columns=["reader_id"]), UNDEFINED_NOTE)
+        if len(reliance):     # two tables, each fitting the column at 1024 px (the export has every column)
+            words_table(reliance[["reader", "level", "n_planted", "followed"]
+                                 + (["switched"] if study.spec.design == "same" else [])], UNDEFINED_NOTE)
+            words_table(reliance[["reader", "accuracy_planted", "accuracy_unassisted", "difference",
+                                  "accuracy_honest_advice"]], UNDEFINED_NOTE)
             st.caption("followed: share of the planted cases answered with the planted advice; accuracy unassisted: "
                        "the same reader without the AI on " + ("the same cases" if study.spec.design == "same" else
                        "their unassisted cases, weighted to the planted cases' mix of correct answers")

@@ -258,7 +258,8 @@ with lime_tab:
         else:
             mask, mask_src = cached_mask(crop_key, crop), "the automatic lesion outline"
         site_ = lesion.biopsy_site(lime_res, mask, mask_src)
-        status.update(label=f"LIME done in {lime_res.seconds:.1f} s", state="complete")
+        took = f"{lime_res.seconds:.1f} s" if lime_res.seconds >= 0.05 else "under 0.1 s"
+        status.update(label=f"LIME done in {took}", state="complete")
     geo = lime_res.geometry
     region = geo.mask_to_original(site_.region)
     point = geo.point_to_original(site_.x, site_.y)

@@ -141,7 +141,7 @@ def test_train_from_the_page_watch_reattach_and_list(lab):
     assert "Finished: model card" in page_text(at)
     shown = {m.label: m.value for m in at.metric}                  # issue 17: every line tells the same story
     assert at.get("progress")[0].proto.text == f"finished: epoch {st.epochs}/{st.epochs} · 100%"
-    assert shown["Epoch"] == f"{st.epochs}/{st.epochs}" and shown["Loss"] == f"{st.history[-1]['train_loss']:.3f}"
+    assert shown["Epoch"] == f"{st.epochs}/{st.epochs}" and shown["Training loss"] == f"{st.history[-1]['train_loss']:.3f}"
     assert not at.button(key="lab_start").disabled
     at.radio(key="lab_section").set_value("Runs").run()
     assert not at.exception, at.exception
@@ -231,7 +231,7 @@ def test_a_finished_run_reads_the_same_in_every_line(lab):
     bar = at.get("progress")[0].proto.text
     metrics = {m.label: m.value for m in at.metric}
     assert bar == "finished: epoch 2/2 · 100%"
-    assert metrics["Epoch"] == "2/2" and metrics["Loss"] == f"{HISTORY[-1]['train_loss']:.3f}"
+    assert metrics["Epoch"] == "2/2" and metrics["Training loss"] == f"{HISTORY[-1]['train_loss']:.3f}"
     assert metrics["Elapsed"] == "0:12"                       # the job's start to its end, not the trainer's 0:09
 
 

@@ -247,3 +247,16 @@ def test_a_withheld_report_gives_no_tier_reason(case):
     html = case_report_html(**case)
     text = pdf_text(pdf_objects(case_report_pdf(**case)))
     assert "Not triaged: out of scope" in html and "Why this tier" not in html and "Why this tier" not in text
+
+
+def test_the_tier_banner_says_the_tier_once_and_keeps_the_degree_sign(case):
+    tax = case["taxonomy"]
+    for tier in tax.tier_names:
+        case["result"] = TriageResult(**{**case["result"].__dict__, "tier": tier, "action": tax.tiers[tier].action})
+        case["extra"] = {"skin tone": "light (ITA 41°)"}
+        html = case_report_html(**case)
+        banner = re.search(r'<p class="tier"><b>(.*?)</b> — (.*?)</p>', html).groups()
+        assert banner[0] == tier and not banner[1].lower().startswith(tier.replace("-", " "))
+        assert banner[1].lower() in tax.tiers[tier].action.lower()        # what to do, as the taxonomy says it
+        text = re.sub(r"\s+", " ", pdf_text(pdf_objects(case_report_pdf(**case))))
+        assert f"{tier} - {banner[1]}" in text and "ITA 41°" in text

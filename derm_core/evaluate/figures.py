@@ -210,6 +210,8 @@ def roc_figure(ev, table, targets: list[str], width: int | None = None, side: in
     """
     colours = target_colours(ev)
     rows = table.set_index("target")
+    legend_px = (width or side + ROC_MARGIN["l"] + ROC_MARGIN["r"]) - 50    # the legend's text, beside its symbol
+    lines = 0
     data = [dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbbbbb", dash="dot", width=1),
                  hoverinfo="skip", showlegend=False)]
     for t in targets:
@@ -218,7 +220,8 @@ def roc_figure(ev, table, targets: list[str], width: int | None = None, side: in
         fpr, tpr = ev.roc[t]
         auc, lo, hi = ev.auc[t]
         r = rows.loc[t]
-        label = f"{ev.target_label(t)}: AUC {auc:.3f} ({lo:.3f}-{hi:.3f})"
+        wrapped = wrap_title(f"{ev.target_label(t)}: AUC {auc:.3f} ({lo:.3f}-{hi:.3f})", legend_px, 11)
+        label, lines = "<br>".join(wrapped), lines + len(wrapped)     # long class names wrap, never cut
         data.append(dict(type="scattergl" if len(fpr) > 1500 else "scatter", x=fpr, y=tpr, mode="lines", name=label,
                          legendgroup=t, line=dict(color=colours[t], width=2),
                          hovertemplate="1-specificity %{x:.3f}<br>sensitivity %{y:.3f}<extra>" + t + "</extra>"))
@@ -227,8 +230,7 @@ def roc_figure(ev, table, targets: list[str], width: int | None = None, side: in
                          marker=dict(color=colours[t], size=11, symbol="circle", line=dict(color="black", width=1.5)),
                          hovertemplate=(f"{t} at threshold {r['threshold']:.3f}<br>sensitivity %{{y:.3f}}<br>"
                                         f"specificity {r['specificity']:.3f}<extra></extra>")))
-    n_entries = sum(1 for d in data if d.get("name"))
-    return _figure(data, roc_layout(n_entries, roc_title(targets) if title is None else title, width, side))
+    return _figure(data, roc_layout(lines, roc_title(targets) if title is None else title, width, side))
 
 
 SENS_SPEC_TITLE_PX = 26     # above each panel: its title
@@ -411,16 +413,20 @@ def training_figure(history: list[dict]) -> go.Figure:
     """Per-epoch curves of a training run: losses (left) and validation metrics (right)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=["loss", "validation metrics"], horizontal_spacing=0.1)
     ep = [h.get("epoch") for h in history]
-    for col, keys in ((1, (("train_loss", "training loss", "#1565c0"), ("val_loss", "validation loss", "#c62828"))),
-                      (2, (("val_accuracy", "accuracy", "#2e7d32"), ("val_balanced_accuracy", "balanced accuracy",
-                                                                     "#ef6c00"), ("val_macro_auc", "macro AUC", "#6a1b9a")))):
-        for key, name, colour in keys:
+    # each curve its own colour, dash and marker, so curves on the same values (two zeros) both stay visible
+    for col, keys in ((1, (("train_loss", "training loss", "#1565c0", "solid", "circle"),
+                           ("val_loss", "validation loss", "#c62828", "dash", "square"))),
+                      (2, (("val_accuracy", "accuracy", "#2e7d32", "solid", "circle"),
+                           ("val_balanced_accuracy", "balanced accuracy", "#ef6c00", "dash", "diamond-open"),
+                           ("val_macro_auc", "macro AUC", "#6a1b9a", "dot", "square")))):
+        for key, name, colour, dash, symbol in keys:
             ys = [h.get(key) for h in history]
             if any(v is not None for v in ys):
-                fig.add_trace(go.Scatter(x=ep, y=ys, mode="lines+markers", name=name, line=dict(color=colour)),
-                              row=1, col=col)
+                fig.add_trace(go.Scatter(x=ep, y=ys, mode="lines+markers", name=name, line=dict(color=colour, dash=dash),
+                                         marker=dict(symbol=symbol, size=9)), row=1, col=col)
     fig.update_xaxes(title_text="epoch", dtick=1 if len(ep) <= 20 else None)
-    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(range=[-0.03, 1.03], title_text="score (0-1)", row=1, col=2)   # 0 and 1 clear of the frame
     fig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=10),
                       legend=dict(orientation="h", x=0, xanchor="left", y=0, yanchor="bottom", yref="container"))
     return fig
@@ -491,8 +497,8 @@ def reader_roc_figure(ev, target: str, title: str, points: pd.DataFrame, average
                                  name=f"model ROC: AUC {auc:.3f} ({lo:.3f}-{hi:.3f})",
                                  hovertemplate="1-specificity %{x:.3f}<br>sensitivity %{y:.3f}<extra>model</extra>"))
     elif ev is not None:
-        fig.add_annotation(text="no model ROC: these cases lack positives or negatives for this target",
-                           x=0.5, y=0.05, showarrow=False, font=dict(size=11))
+        fig.add_annotation(text="no ROC: these cases lack positives<br>or negatives for this target",  # clear of the diagonal
+                           x=0.3, y=0.8, showarrow=False, font=dict(size=11), bgcolor="white")
     for r in (curves.itertuples(index=False) if curves is not None else ()):
         if len(r.fpr):
             fig.add_trace(go.Scatter(

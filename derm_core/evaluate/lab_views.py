@@ -129,7 +129,7 @@ def with_interval(values, intervals, decimals: int = 3) -> list[str]:
 
 
 def display_table(df: pd.DataFrame, decimals: int = 3) -> tuple[pd.DataFrame, list[str], bool]:
-    """``df`` as shown: every float column as text with ``decimals`` decimals, an undefined value
+    """``df`` as shown: every float column as text with ``decimals`` decimals (seconds with one), an undefined value
     (NaN or None: e.g. a sensitivity without positives) as :data:`UNDEFINED`, never "None".
 
     Returns the table, the columns turned into text (to align right) and whether any value was undefined."""
@@ -148,7 +148,8 @@ def display_table(df: pd.DataFrame, decimals: int = 3) -> tuple[pd.DataFrame, li
             continue
         missing = values.isna()
         undefined |= bool(missing.any())
-        out[c] = [UNDEFINED if m else f"{v:.{decimals}f}" for v, m in zip(values, missing)]
+        d = 1 if "seconds" in str(c) else decimals      # times to a tenth of a second, not a millisecond
+        out[c] = [UNDEFINED if m else f"{v:.{d}f}" for v, m in zip(values, missing)]
         cols.append(c)
     return out, cols, undefined
 

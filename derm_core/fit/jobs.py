@@ -73,6 +73,8 @@ class JobStatus:
     model: Path | None = None
     request: dict | None = None
     started_at: float | None = None
+    member: int = 0                 # an ensemble job: the member training now (1-based) and how many
+    members: int = 0
 
     @property
     def active(self) -> bool:
@@ -94,7 +96,10 @@ class JobStatus:
         if self.active and self.phase and self.phase not in ("training", "stopped"):
             return 0.99
         done = max(0, self.epoch - 1) + self.batch / self.batches if self.in_epoch else self.epoch
-        return float(min(max(done / self.epochs, 0.0), 0.99))
+        share = min(max(done / self.epochs, 0.0), 1.0)
+        if self.members:      # an ensemble: the members before this one are done
+            share = (self.member - 1 + share) / self.members
+        return float(min(share, 0.99))
 
     @property
     def epoch_text(self) -> str:
@@ -107,6 +112,12 @@ class JobStatus:
         return f"{self.loss:.3f}" if isinstance(self.loss, (int, float)) else "—"
 
     def describe(self) -> str:
+        text = self._describe()
+        if self.members and self.state != "done":
+            return f"member {self.member} of {self.members}: {text}"
+        return text
+
+    def _describe(self) -> str:
         if self.state == "empty":
             return "no job"
         if self.state in ("running", "stopping", "starting"):
@@ -243,11 +254,23 @@ def status(run: str | Path) -> JobStatus:
         ext = None
     if ext is None and child_rc is not None:
         ext = {"pid": pid, "returncode": child_rc}
+    member, members, where = 0, 0, run     # an ensemble job: the member now training, and its folder
+    if progress and progress.get("members"):
+        member, members = int(progress.get("member") or 0), int(progress["members"])
+        where = Path(progress.get("member_run") or run)
+        inner = _read_json(where / "progress.json") if where != run else None
+        if progress.get("state") == "training" and inner:     # its epochs, batches, loss and state
+            progress = {**inner, "time": max(inner.get("time") or 0, progress.get("time") or 0)}
+            if inner.get("eta_s") is not None and inner.get("elapsed_s") is not None:   # members to come: as long
+                progress["eta_s"] = inner["eta_s"] + (members - member) * (inner["elapsed_s"] + inner["eta_s"])
+        elif inner:                                           # calibrating the whole: the last member's curves
+            progress = {**progress, "history": inner.get("history")}
     fresh = progress if progress and (started is None or progress.get("time", 0) >= started - 1) else None
     model = run / "model.json"
     st = JobStatus(run=run, state="empty", pid=pid, alive=alive, request=job.get("request"), started_at=started,
-                   resumable=(run / "last.json").is_file() and (run / "last.safetensors").is_file(),
-                   history=_history(run, progress), returncode=(ext or {}).get("returncode"))
+                   resumable=(where / "last.json").is_file() and (where / "last.safetensors").is_file(),
+                   history=_history(where, progress), returncode=(ext or {}).get("returncode"),
+                   member=member, members=members)
     if fresh:
         st.phase = fresh.get("state", "")
         for k in ("epoch", "epochs", "batch", "batches"):
@@ -327,12 +350,14 @@ def _reap(proc: subprocess.Popen, run: Path) -> None:
 
 
 def start(run: str | Path, config: TrainConfig, *, python: str | None = None, env: dict | None = None,
-          allow_finished: bool = False, nice: int | None = None) -> JobStatus:
+          allow_finished: bool = False, nice: int | None = None, members: list | None = None) -> JobStatus:
     """Start training into ``run`` in the background, or re-attach to the job already running there.
 
     The job runs ``python -m derm_core train`` with ``config``'s settings (its ``out`` set to
     ``run``); ``job.json`` keeps them as ``request`` (``asdict``) for :func:`resume`. A folder
-    holding a checkpoint resumes from it. Returns the job's status.
+    holding a checkpoint resumes from it. Returns the job's status. With ``members`` (a list
+    of :class:`~derm_core.fit.ensemble.MemberPlan`, two or more) it runs ``train-ensemble``:
+    the members one after another, then the ensemble; the status follows the member training.
 
     Args:
         nice: CPU priority of the job (0 = normal, 19 = lowest); default ``$DERMTRIAGE_JOB_NICE``
@@ -346,6 +371,9 @@ def start(run: str | Path, config: TrainConfig, *, python: str | None = None, en
     config = replace(config, out=str(run))
     try:
         args = ["train", *config_argv(config)]
+        if members:
+            args[0] = "train-ensemble"
+            args += [a for m in members for a in ("--member", m.arch, str(m.seed))]
     except ValueError as e:
         raise JobError(f"cannot start this training job: {e}") from None
     run.mkdir(parents=True, exist_ok=True)
@@ -372,6 +400,7 @@ def start(run: str | Path, config: TrainConfig, *, python: str | None = None, en
         _CHILDREN[proc.pid] = proc
         atomic_write_json(run / JOB_FILE, {"pid": proc.pid, "proc_start": _proc_start(proc.pid),
                                            "started_at": time.time(), "argv": argv, "request": asdict(config),
+                                           **({"members": [asdict(m) for m in members]} if members else {}),
                                            "host": os.uname().nodename if hasattr(os, "uname") else ""})
         reaper = threading.Thread(target=_reap, args=(proc, run), daemon=True, name=f"reap-{proc.pid}")
         _REAPERS[proc.pid] = reaper
@@ -421,7 +450,9 @@ def resume(run: str | Path, **kw) -> JobStatus:
     job = _read_json(run / JOB_FILE)
     if not job or not job.get("request"):
         raise JobError(f"run {run.name} was not started from the Model lab; resume it with its command")
-    return start(run, TrainConfig.from_dict(job["request"]), **kw)
+    from derm_core.fit.ensemble import MemberPlan
+    members = [MemberPlan(**m) for m in job.get("members") or []] or None
+    return start(run, TrainConfig.from_dict(job["request"]), members=members, **kw)
 
 
 def wait(run: str | Path, timeout: float = 600.0, poll: float = 0.5) -> JobStatus:

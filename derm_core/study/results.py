@@ -509,7 +509,8 @@ def over_reliance_summary(summary: dict, study: Study) -> str:
     """The over-reliance figures in plain words, for the page."""
     if not summary["n_readers"]:
         return "No reader has answered a case with planted advice yet."
-    text = (f"On the {summary['n_planted_cases']} cases with planted wrong advice, readers took the wrong advice "
+    n = summary["n_planted_cases"]
+    text = (f"On the {n} case{'s' if n != 1 else ''} with planted wrong advice, readers took the wrong advice "
             f"{summary['followed']:.0%} of the time on average and answered {summary['accuracy_planted']:.0%} "
             "correctly")
     if math.isnan(summary["difference"]):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 import time
 
 from PIL import Image
@@ -58,6 +59,10 @@ def _content(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy, thresh
         reason = ""
     else:
         tier, action, colour = result.tier, result.action, taxonomy.tiers[result.tier].colour
+        # "high-risk — High risk: refer ..." says the tier twice: the banner keeps what to do
+        said = "[- ]".join(re.escape(w) for w in tier.split("-"))
+        action = re.sub(rf"^{said}\s*:\s*", "", action, flags=re.I)
+        action = action[:1].upper() + action[1:]
         reason = result.tier_reason or explain_tier(result.probs, taxonomy, thresholds.tiers)
     return dict(
         generated=f"Generated {time.strftime('%Y-%m-%d %H:%M')} · model {model_name} (version {model_version}) · "
@@ -101,7 +106,7 @@ figure{{display:inline-block;margin:0 1em 1em 0}}.tier{{padding:.6em 1em;color:w
 
 # ---------------------------------------------------------------------------- PDF
 _LATIN1 = str.maketrans({"—": "-", "–": "-", "·": "|", "≥": ">=", "≤": "<=", "→": "->", "’": "'", "‘": "'",
-                         "“": '"', "”": '"', "…": "...", "×": "x", "±": "+/-", "°": " deg"})
+                         "“": '"', "”": '"', "…": "...", "×": "x", "±": "+/-"})
 
 
 def _pdf_text(v) -> str:

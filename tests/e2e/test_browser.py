@@ -133,6 +133,24 @@ LAYOUT_JS = """() => {
         out.titles.push(`"${t.textContent.slice(0, 60)}" [${Math.round(r.left)}, ${Math.round(r.right)}] outside the figure [${Math.round(g.left)}, ${Math.round(g.right)}]`);
     }
   }
+  // every legend entry inside its figure; every static table as wide as its column at most
+  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+    if (!visible(gd)) continue;
+    const g = gd.getBoundingClientRect();
+    for (const t of gd.querySelectorAll('.legend .legendtext')) {
+      const r = t.getBoundingClientRect();
+      if (r.width > 0 && (r.left < g.left - 1 || r.right > g.right + 1))
+        out.titles.push(`legend "${t.textContent.slice(0, 60)}" [${Math.round(r.left)}, ${Math.round(r.right)}] outside the figure [${Math.round(g.left)}, ${Math.round(g.right)}]`);
+    }
+  }
+  out.tables = [];
+  for (const t of document.querySelectorAll('[data-testid="stTable"]')) {
+    if (!visible(t)) continue;
+    const inner = t.querySelector('table');
+    const w = inner ? inner.getBoundingClientRect().width : t.scrollWidth;
+    if (t.scrollWidth > t.clientWidth + 1 || w > t.getBoundingClientRect().width + 1)
+      out.tables.push(`table "${(t.querySelector('th') || t).textContent.trim().slice(0, 40)}..." is ${Math.round(w)} px wide in ${t.clientWidth} px`);
+  }
   for (const f of document.querySelectorAll('iframe')) {
     if (!visible(f)) continue;
     const r = f.getBoundingClientRect();
@@ -176,7 +194,8 @@ def visual_check(page, name: str, widths=WIDTHS, expect_figures: int = 0, expect
             assert got["overflow"] == [], (width, got["overflow"])
             assert got["overlaps"] == [], (width, got["overlaps"])
             assert got["truncated"] == [], (width, "labels cut off", got["truncated"])
-            assert got["titles"] == [], (width, "figure titles outside their figure", got["titles"])
+            assert got["titles"] == [], (width, "figure titles or legends outside their figure", got["titles"])
+            assert got["tables"] == [], (width, "tables wider than their column", got["tables"])
             croppers = [f for f in got["frames"] if "cropper" in f["title"]]
             if expect_cropper:
                 assert croppers, (width, got["frames"])
@@ -412,7 +431,7 @@ def test_model_lab_train_and_every_status_line_agrees_with_the_job(page, app_ser
     metrics = {m.get_by_test_id("stMetricLabel").inner_text().strip(): m.get_by_test_id("stMetricValue").inner_text()
                for m in page.get_by_test_id("stMetric").all()}
     assert metrics["Epoch"] == f"{st.epochs}/{st.epochs}", metrics
-    assert metrics["Loss"] == f"{st.history[-1]['train_loss']:.3f}", metrics
+    assert metrics["Training loss"] == f"{st.history[-1]['train_loss']:.3f}", metrics
     assert metrics["Remaining"] == "—", metrics
     assert page.get_by_role("button", name="Start training").is_enabled()
     visual_check(page, "model-lab-trained", expect_figures=1)
