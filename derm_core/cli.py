@@ -274,6 +274,8 @@ def _member_plan(a, cfg) -> list:
 
 
 def cmd_train_ensemble(a) -> int:
+    from dataclasses import replace
+
     from derm_core.fit.config import config_from_args
     from derm_core.fit.ensemble import train_ensemble
     from derm_core.fit.run_folder import claim, validate_config
@@ -281,7 +283,6 @@ def cmd_train_ensemble(a) -> int:
     cfg = config_from_args(a)
     plan = _member_plan(a, cfg)
     command = _command(a)
-    from dataclasses import replace
     for m in plan:
         validate_config(replace(cfg, arch=m.arch, seed=m.seed))
     if len(plan) < 2:

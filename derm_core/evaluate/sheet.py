@@ -21,6 +21,10 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{v:.1%}"
 
 
+def _minutes(seconds) -> str:
+    return "n/a" if seconds is None else f"{seconds / 60:.0f} min"
+
+
 def _ci(rep: dict, key: str, sub: str | None = None) -> str:
     iv = rep.get("intervals", {}).get(key)
     if sub is not None and isinstance(iv, dict):
@@ -68,19 +72,18 @@ def model_sheet(card) -> str:
         wall = t.wall_time_s
         if card.is_ensemble:
             lines += [f"The members' logits are averaged; the ensemble is calibrated as one model. Training wall time "
-                      f"of all members {'n/a' if wall is None else f'{wall / 60:.0f} min'}.", ""]
+                      f"of all members {_minutes(wall)}.", ""]
             lines += _table(["member", "network", "seed", "epochs", "wall time", "validation accuracy",
                              "validation macro AUC"],
                             [[f"{i}: {m.name}", f"`{m.arch}`", m.training.get("seed", "n/a"),
                               m.training.get("epochs_run", "n/a"),
-                              "n/a" if m.training.get("wall_time_s") is None else f"{m.training['wall_time_s'] / 60:.0f} min",
+                              _minutes(m.training.get("wall_time_s")),
                               _pct(m.training.get("val", {}).get("accuracy")),
                               _f(m.training.get("val", {}).get("macro_auc"))] for i, m in enumerate(card.members, 1)])
         else:
             lines.append(f"{details.get('epochs_run', 'n/a')} epochs on `{details.get('device', 'n/a')}` "
                          f"({details.get('cpu_threads', 'n/a')} CPU threads), best epoch {details.get('best_epoch', 'n/a')} "
-                         f"by `{(t.config or {}).get('monitor', 'n/a')}`; wall time of the epochs "
-                         f"{'n/a' if wall is None else f'{wall / 60:.0f} min'}.")
+                         f"by `{(t.config or {}).get('monitor', 'n/a')}`; wall time of the epochs {_minutes(wall)}.")
     if release:
         lines += ["", "Release (calibration, thresholds, prediction sets, out-of-scope gate, reports and this sheet):", "",
                   "```bash", release.get("command", "n/a"), "```", "",

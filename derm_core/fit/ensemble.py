@@ -10,7 +10,7 @@ rule, one conformal calibration and one out-of-scope gate, from the ensemble's o
 validation logits. ``release`` ships it like any other run.
 
 :func:`train_ensemble` trains the members one after another (each a resumable ``train`` run
-in ``<out>/members/<i>``, all on ``<out>/split.csv``) and combines them: the Model lab's
+in ``<out>/members/member-<i>``, all on ``<out>/split.csv``) and combines them: the Model lab's
 ensemble job. ``<out>/progress.json`` says which member is training.
 """
 from __future__ import annotations
@@ -19,8 +19,6 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import numpy as np
 
 from derm_core.data.dataset import load_table, resolve_data_dir
 from derm_core.data.splits import load_splits
@@ -77,9 +75,10 @@ def combine(runs: list, data, out, command: str = "", progress=print) -> Path:
     for c in cards:
         if not c.split_file.is_file():
             raise ModelError(f"{c.path}: its split file {c.split_file} is missing; an ensemble needs its members' split")
-        splits.append(load_splits(table, c.split_file).to_numpy())
+        splits.append(load_splits(table, c.split_file))
+    split = splits[0]
     for c, s in zip(cards[1:], splits[1:]):
-        n = int((s != splits[0]).sum())
+        n = int((s != split).sum())
         if n:
             raise ModelError(f"{c.path} was trained on another split than {first.path} ({n} photos differ): one "
                              f"member's validation and test photos would be another's training photos. Train the "
@@ -92,7 +91,7 @@ def combine(runs: list, data, out, command: str = "", progress=print) -> Path:
     seconds = [m.training.get("wall_time_s") for m in members]
     commands = [cmd for c in cards for cmd in ((c.training.details.get("commands") or [c.training.command])
                                                 if c.training else [])]
-    counts = {s: int((splits[0] == s).sum()) for s in ("train", "val", "test")}
+    counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
     card = ModelCard(
         arch=ENSEMBLE, taxonomy=first.taxonomy, use_metadata=first.use_metadata, preprocessing=first.preprocessing,
         temperature=1.0, thresholds=Thresholds({c: 0.5 for c in first.classes},
@@ -101,11 +100,10 @@ def combine(runs: list, data, out, command: str = "", progress=print) -> Path:
         training=TrainingRecord(command=command, config={"members": [str(c.path) for c in cards]},
                                 split_file="split.csv", data={**(first.training.data if first.training else {}),
                                                               "folder": str(data_dir), "n_images": len(table)},
-                                wall_time_s=round(float(np.sum([s or 0 for s in seconds])), 1),
+                                wall_time_s=round(float(sum(s or 0 for s in seconds)), 1),
                                 details={"wall_time_note": "the members' training seconds, summed",
                                          "commands": [*commands, command], "split_counts": counts}))
     model = EnsembleNet([m for m, _ in loaded])
-    split = load_splits(table, out / "split.csv")
     targets = dict(first.tier_sensitivity_targets or DEFAULT_TIER_SENSITIVITY)
     return finish(model, card, table, split, out / "model", targets, progress=progress)
 
@@ -126,7 +124,7 @@ def train_ensemble(cfg, plan: list[MemberPlan], command: str = "") -> Path:
     """Train the members one after another, then combine them in ``cfg.out``.
 
     Each member is a ``train`` run of ``cfg`` with its own arch and seed in
-    ``<out>/members/<i>``, on the ensemble's split ``<out>/split.csv`` (made by the first
+    ``<out>/members/member-<i>``, on the ensemble's split ``<out>/split.csv`` (made by the first
     member). A member with a finished model is kept; an unfinished one resumes. ``cfg.out/STOP``
     stops the member that is training (resumable), and so the ensemble."""
     from derm_core.fit.train import train
@@ -134,21 +132,21 @@ def train_ensemble(cfg, plan: list[MemberPlan], command: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "STOP").unlink(missing_ok=True)
     split = Path(cfg.split_file) if cfg.split_file else out / "split.csv"
+
+    def note(state: str, member: int = len(plan), **more) -> None:      # what the job's status reads
+        atomic_write_json(out / PROGRESS, {"state": state, "member": member, "members": len(plan), **more,
+                                           "time": time.time()})
     cards = []
     for i, m in enumerate(plan):
         folder = member_dir(out, i)
-        atomic_write_json(out / PROGRESS, {"state": "training", "member": i + 1, "members": len(plan),
-                                           "member_run": str(folder), "time": time.time()})
+        note("training", i + 1, member_run=str(folder))
         if (folder / "model.json").is_file():
             cards.append(folder / "model.json")
             continue
         path = train(replace(cfg, arch=m.arch, seed=m.seed, out=str(folder), split_file=str(split)),
                      command=f"{command} (member {i + 1} of {len(plan)})", stop_file=out / "STOP")
         cards.append(path)
-    atomic_write_json(out / PROGRESS, {"state": "calibrating", "member": len(plan), "members": len(plan),
-                                       "time": time.time()})
-    path = combine(cards, cfg.data, out, command, progress=lambda s: atomic_write_json(
-        out / PROGRESS, {"state": s, "member": len(plan), "members": len(plan), "time": time.time()}))
-    atomic_write_json(out / PROGRESS, {"state": "done", "member": len(plan), "members": len(plan),
-                                       "model": str(path), "time": time.time()})
+    note("calibrating")
+    path = combine(cards, cfg.data, out, command, progress=note)
+    note("done", model=str(path))
     return path
