@@ -17,6 +17,7 @@ import copy
 import functools
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -69,6 +70,36 @@ def is_dermnet(model: nn.Module) -> bool:
 
 
 FP32_BLOCKS = 4   # EfficientNet blocks kept fp32 on the bf16 path (see _trace)
+# Views per call of a frozen CPU backbone, and how many such calls run at once. A call's
+# activations must stay in the CPU's cache: on the 2-core EPYC (bf16, Lite0 at 150x200) 8 views
+# ran at 261 views/s, 16 at 186, 32 at 139 and 256 (an evaluation batch of 64 with 4 flips) at
+# about 75; two calls side by side keep both cores busier (evaluation pass 0.86x the wall
+# time of one call at a time, farm-bench median of 4 pairs). Measured by
+# bench/bench_fastpath.py --chunks.
+CPU_CHUNK = 8
+CPU_CALLS = 2
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(CPU_CALLS, thread_name_prefix="backbone")
+
+
+class _Chunked(nn.Module):
+    """A backbone fed at most ``size`` images per call, ``CPU_CALLS`` calls at a time, outputs joined."""
+
+    def __init__(self, backbone: nn.Module, size: int = CPU_CHUNK):
+        super().__init__()
+        self.backbone, self.size = backbone, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) <= self.size:
+            return self.backbone(x)
+        return torch.cat(list(_pool().map(self._one, x.split(self.size))))
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():   # inference mode is per thread
+            return self.backbone(x)
 
 
 class _Cast(nn.Sequential):
@@ -117,8 +148,8 @@ class Runner:
 
     On a CPU the backbone runs as a frozen TorchScript copy (batch norm folded; bf16 on the
     ``cpu-bf16`` path), built on first use in a few seconds for the model's input size (the
-    "same" padding of TF-ported networks is traced as constants) and shared by every thread;
-    a backbone that cannot be traced stays eager, and so does every backbone while ``eager``.
+    "same" padding of TF-ported networks is traced as constants), shared by every thread and
+    fed ``chunk`` views per call (:data:`CPU_CHUNK`); a backbone that cannot be traced stays eager, and so does every backbone while ``eager``.
     """
 
     def __init__(self, model: nn.Module, tta: bool, device: torch.device, input_size: tuple[int, int],
@@ -126,6 +157,7 @@ class Runner:
         self.model, self.tta, self.device, self.input_size = model, tta, device, tuple(input_size)
         self.path = path or fast_path(device)
         self.eager = False
+        self.chunk = CPU_CHUNK
         self._eager = TTAForward(model, tta)
         self._forward: TTAForward | None = None
         self._lock = threading.Lock()
@@ -139,7 +171,8 @@ class Runner:
             return self._eager
         with self._lock:
             if self._forward is None:
-                self._forward = TTAForward(self.model, self.tta, self._trace())
+                traced = self._trace()
+                self._forward = TTAForward(self.model, self.tta, None if traced is None else _Chunked(traced, self.chunk))
             return self._forward
 
     def _trace(self):
