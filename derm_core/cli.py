@@ -247,9 +247,11 @@ def _add_clinical(p):
 
 
 def cmd_train(a) -> int:
-    from derm_core.fit.config import config_from_args
+    from derm_core.fit.config import config_from_args, for_device
     from derm_core.fit.train import Stopped, train
+    from derm_core.model.device import pick_device
     cfg = config_from_args(a)        # --no-resume and --new both set resume=False
+    cfg = for_device(cfg, pick_device(cfg.device))   # the batch size is part of the settings a resume checks
     command = _command(a)
     from derm_core.fit.run_folder import claim, validate_config
     validate_config(cfg)             # before any data is read (also checked again inside train)
@@ -276,11 +278,13 @@ def _member_plan(a, cfg) -> list:
 def cmd_train_ensemble(a) -> int:
     from dataclasses import replace
 
-    from derm_core.fit.config import config_from_args
+    from derm_core.fit.config import config_from_args, for_device
     from derm_core.fit.ensemble import train_ensemble
     from derm_core.fit.run_folder import claim, validate_config
     from derm_core.fit.train import Stopped
+    from derm_core.model.device import pick_device
     cfg = config_from_args(a)
+    cfg = for_device(cfg, pick_device(cfg.device))
     plan = _member_plan(a, cfg)
     command = _command(a)
     for m in plan:

@@ -174,7 +174,9 @@ def train_section() -> None:
     side = TC.bounds("image_size")
     h = c[2].number_input("Image height", *side, None, key="lab_h", placeholder=f"default {h0}")
     w = c[3].number_input("Image width", *side, None, key="lab_w", placeholder=f"default {w0}")
-    batch = setting_number(c[4], "Batch size", "batch_size", "lab_batch")
+    batch = setting_number(c[4], "Batch size", "batch_size", "lab_batch", placeholder="CPU 32, GPU 128",
+                           help="Empty: the device's default. The learning rate is for batch 32 and is scaled by "
+                                "the square root of batch / 32.")
     metadata = st.checkbox("Fuse clinical data (age, sex, body site)", TC.default("metadata"), key="lab_meta")
     with st.expander("More options"):
         d = st.columns(4)
@@ -201,7 +203,7 @@ def train_section() -> None:
         st.error("Cannot start training: choose the dataset folder in the sidebar (or type one above).")
     elif go:
         cfg = TC.TrainConfig(data=data, arch=arch, epochs=int(epochs), lr=float(lr), metadata=metadata,
-                             image_size=(int(h or h0), int(w or w0)) if (h or w) else None, batch_size=int(batch),
+                             image_size=(int(h or h0), int(w or w0)) if (h or w) else None, batch_size=int(batch) if batch else None,
                              taxonomy=taxonomy, limit=int(limit) or None, patience=int(patience),
                              pretrained=pretrained, workers=int(workers), tta=tta,
                              device=None if device == "auto" else device, monitor=monitor_on,

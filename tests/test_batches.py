@@ -89,3 +89,17 @@ def test_ranks_take_disjoint_shares(synthetic_data, ham7):
                          rank=rank, world=2)
         ids.append({round(float(x[i, 0].mean()) * 255) for x, _, _ in b for i in range(len(x))})
     assert not ids[0] & ids[1]
+
+
+def test_sync_free_elastic_field_touches_only_the_elastic_images():
+    """The GPU's way (no host sync: every image draws a field, zeroed where not elastic), tried on
+    a CPU against the CPU's way (only the elastic images draw one): the same images are distorted
+    and the others get the same affine grid."""
+    kw = {**NO_AUG, "rotation": 30.0, "elastic_p": 0.5}
+    fast = BatchAugment([0, 0, 0], [1, 1, 1], **kw, sync_free=True).grid(12, 30, 40, torch.Generator().manual_seed(0))
+    cpu = BatchAugment([0, 0, 0], [1, 1, 1], **kw).grid(12, 30, 40, torch.Generator().manual_seed(0))
+    affine = BatchAugment([0, 0, 0], [1, 1, 1], **{**kw, "elastic_p": 0.0}).grid(12, 30, 40,
+                                                                                   torch.Generator().manual_seed(0))
+    moved_fast, moved_cpu = ((g - affine).abs().amax((1, 2, 3)) > 1e-6 for g in (fast, cpu))
+    assert 0 < int(moved_cpu.sum()) < 12 and torch.equal(moved_fast, moved_cpu)
+    assert torch.equal(fast[~moved_fast], cpu[~moved_cpu])

@@ -17,7 +17,7 @@ REQUIRED_REPORT_KEYS = {"accuracy", "balanced_accuracy", "macro_auc", "per_class
 
 
 def _cfg(data, out, **kw):
-    base = dict(data=str(data), out=str(out), arch="tiny_test", epochs=2, batch_size=16, lr=3e-3,
+    base = dict(data=str(data), out=str(out), arch="tiny_test", epochs=2, batch_size=16, lr=4.2e-3,   # 3e-3 at batch 16
                 pretrained="none", workers=0, patience=5)
     return TrainConfig(**{**base, **kw})
 

@@ -48,10 +48,19 @@ def test_the_parser_defaults_are_trainconfigs():
             assert a.default == TC.default(a.dest), a.dest
     cfg = TrainConfig()
     assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.lr, cfg.monitor, cfg.ema_decay, cfg.freeze_epochs) == \
-        (DEFAULT_ARCH, 12, 32, 1e-3, "val_loss", 0.998, 1)
+        (DEFAULT_ARCH, 12, None, 1e-3, "val_loss", 0.998, 1)
     assert cfg.tier_sensitivity == {"high-risk": 0.9, "dangerous": 0.9}
     assert cfg.tier_sensitivity is not TrainConfig().tier_sensitivity          # a fresh dict each time
     assert TC.choices("arch") == tuple(list_archs()) and TC.choices("monitor") == TC.MONITORS
+
+
+def test_the_batch_size_follows_the_device_and_scales_the_learning_rate():
+    cfg = TrainConfig(lr=1e-3)
+    assert TC.for_device(cfg, "cpu").batch_size == 32 and TC.for_device(cfg, "cuda:0").batch_size == 128
+    assert TC.for_device(replace(cfg, batch_size=64), "cuda").batch_size == 64      # asked for: kept
+    assert TC.scaled_lr(TC.for_device(cfg, "cpu")) == 1e-3                          # the shipped CPU recipe
+    assert TC.scaled_lr(replace(cfg, batch_size=128)) == pytest.approx(2e-3)       # sqrt(128 / 32)
+    assert _parse(["--out", "o", "--batch-size", "48"]).batch_size == 48
 
 
 def test_the_special_values_keep_their_meaning():

@@ -42,12 +42,12 @@ from derm_core.fit.batches import BatchAugment, TrainBatches, image_cache, metad
 
 # The training settings are defined once, in derm_core.fit.config (the CLI's options, the
 # Model lab's form and the background job's arguments are derived from them).
-from derm_core.fit.config import LOSSES, MONITORS, TrainConfig  # noqa: E402,F401
+from derm_core.fit.config import LOSSES, MONITORS, TrainConfig, for_device, scaled_lr  # noqa: E402,F401
 from derm_core.model.calibration import fit_temperature, softmax
 from derm_core.model.card import ModelCard, Preprocessing, TrainingRecord
 from derm_core.model.checkpoint import atomic_save_tensors, atomic_write_json, load_model, read_card, save_model
 from derm_core.model.decision import BalancedRule, class_prior
-from derm_core.model.device import pick_device
+from derm_core.model.device import amp_dtype, pick_device
 from derm_core.model.networks import create_model, data_config, freeze_early, get_arch
 from derm_core.model.ood import fit_for_model
 from derm_core.model.predictor import Predictor
@@ -201,6 +201,7 @@ def train(cfg: TrainConfig, command: str = "", stop_file: Path | None = None) ->
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
     rank = dist.get_rank() if world > 1 else 0
+    cfg = for_device(cfg, device)
     from derm_core.fit.run_folder import claim  # limits, one process per run folder, same settings on resume (issue 13)
     try:
         with claim(cfg, command, rank):
@@ -243,7 +244,8 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
         raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
     loader = TrainBatches(image_cache(parts["train"], size, progress=rank == 0), metadata_matrix(parts["train"]),
                           parts["train"]["y"].to_numpy(), cfg.batch_size, BatchAugment(dcfg["mean"], dcfg["std"]),
-                          meta_dropout=cfg.meta_dropout if cfg.metadata else 0.0, seed=cfg.seed, rank=rank, world=world)
+                          meta_dropout=cfg.meta_dropout if cfg.metadata else 0.0, seed=cfg.seed, rank=rank, world=world,
+                          device=device)
 
     _seed_all(cfg.seed)
     model = create_model(cfg.arch, len(tax.classes), cfg.metadata, "none" if cfg.init_from else cfg.pretrained)
@@ -259,13 +261,13 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
     adjust = (logit_adjustment(y_train, len(tax.classes), cfg.logit_tau) if cfg.loss == "logit_adjusted"
               else torch.zeros(len(tax.classes))).to(device)
     # every parameter is in the optimizer; AdamW skips the frozen ones (no gradient) until they thaw
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=scaled_lr(cfg), weight_decay=cfg.weight_decay)
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None
     evaluated = (lambda: ema.module) if ema is not None else (lambda: model)  # what is validated and shipped
     steps_per_epoch = max(1, len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.epochs * steps_per_epoch, steps_per_epoch // 2 + 1))
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp = amp_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)   # bf16 needs no loss scaling
 
     sign = 1.0 if cfg.monitor == "val_loss" else -1.0  # lower is better for the loss only
     start_epoch, history, best = 0, [], {"epoch": -1, "score": float("inf"), "monitor": cfg.monitor}
@@ -304,9 +306,7 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
         t_epoch, losses = time.time(), []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False)
         for b, (x, meta, y) in enumerate(bar):
-            x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
-            meta, y = meta.to(device), y.to(device)
-            with torch.autocast(device.type, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = net(x, meta if cfg.metadata else None)
                 loss = torch.nn.functional.cross_entropy(logits.float() + adjust, y, weight=weights,
                                                          label_smoothing=cfg.label_smoothing)
@@ -317,14 +317,15 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
             sched.step()
             if ema is not None:
                 ema.update(model, step=sched.last_epoch)
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            losses.append(loss.detach())   # read every 10th step: a GPU step does not wait for the host
             if rank == 0 and (b % 10 == 0 or b == len(loader) - 1):
+                recent = float(torch.stack(losses[-20:]).mean())
+                bar.set_postfix(loss=f"{recent:.3f}")
                 done = (epoch - start_epoch) * len(loader) + b + 1
                 left = (cfg.epochs - epoch) * len(loader) - b - 1
                 el = time.time() - t0
                 _write_progress(out, state="training", epoch=epoch + 1, epochs=cfg.epochs, batch=b + 1,
-                                batches=len(loader), loss=float(np.mean(losses[-20:])), elapsed_s=el,
+                                batches=len(loader), loss=recent, elapsed_s=el,
                                 eta_s=el / done * left, history=history)
             if stop_file.exists():
                 if rank == 0:
@@ -336,7 +337,7 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
         if rank == 0:
             pv = Predictor(evaluated(), provisional, device=device).predict_table(parts["val"], tta=False, progress=False)
             logits_val = pv["logits"] + adjust.cpu().numpy()      # posterior logits
-            row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
+            row = {"epoch": epoch + 1, "train_loss": float(torch.stack(losses).mean()) if losses else float("nan"), "lr": sched.get_last_lr()[0],
                    "seconds": time.time() - t_epoch, **_val_metrics(parts["val"]["y"].to_numpy(), logits_val)}
             history.append(row)
             with open(out / "log.jsonl", "a") as f:

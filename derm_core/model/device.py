@@ -59,3 +59,12 @@ def device_or_cpu() -> tuple[torch.device, str | None]:
         return pick_device(), None
     except ConfigError as e:
         return torch.device("cpu"), f"{e}. Running on the CPU instead."
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for training on ``device``: bf16 on a GPU that has it (no loss
+    scaling needed), fp16 on an older GPU (with a GradScaler), None (fp32) on a CPU, where
+    bf16 training was not validated."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
