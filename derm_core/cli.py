@@ -434,8 +434,7 @@ def cmd_explain(a) -> int:
         result.update(target=pred.taxonomy.classes[cam.target], cam_peak={"x": x, "y": y},
                       files=[str(out / f"{a.method}.png")])
         if cam.member is not None:
-            result["explains"] = f"member {cam.member + 1} of {len(pred.card.members)}: " \
-                                 f"{pred.card.members[cam.member].label}"
+            result["explains"] = E.cam_scope(pred.card, cam.member)
     result["seconds"] = round(time.perf_counter() - t0, 3)
     from derm_core.explain.mapquality import quality_fields  # issue 12: how far to trust the map
     result["map_quality"] = quality_fields(pred, photo, lime if a.method == "lime" else cam, outline, clinical)

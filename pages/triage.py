@@ -204,8 +204,9 @@ top = classes.index(result.differential[0][0])
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def cached_cam(key, method: str, target: int, _crop: Image.Image, _clinical: Clinical, model_id: str):
-    return explain.cam_heatmap(pred, _crop, target, method, _clinical)
+def cached_cam(key, method: str, target: int, _crop: Image.Image, _clinical: Clinical, model_id: str,
+               member: int | None = None):
+    return explain.cam_heatmap(pred, _crop, target, method, _clinical, member)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -233,12 +234,20 @@ with cam_tab:
                          format_func=lambda i: pred.taxonomy.display_names[classes[i]])
     if method == "scorecam":   # issue 13: say so before it runs
         st.warning("ScoreCAM runs the network once per feature channel: it can take tens of seconds on a CPU.")
+    member = None
+    if pred.card.is_ensemble:   # a class-activation map needs one network's layer: the user picks the member
+        member = st.selectbox("Ensemble member", range(len(pred.card.members)), key="cam_member",
+                              format_func=lambda i: explain.cam_scope(pred.card, i),
+                              help="The ensemble averages its members' outputs. A heat map shows one member's "
+                                   "evidence; LIME (next tab) explains the whole ensemble.")
     cam_name = explain.CAM_NAMES[method]
     with st.spinner(f"Computing {cam_name} ..."):
-        cam = cached_cam(crop_key, method, target, crop, clinical, model_id)
+        cam = cached_cam(crop_key, method, target, crop, clinical, model_id, member)
+    scope = explain.cam_scope(pred.card, cam.member)
     st.image(cam.overlay(crop), width=420,
              caption=f"{cam_name} for {pred.taxonomy.display_names[classes[cam.target]]} ({cam.seconds:.2f} s): "
-                     "red = regions that raised this class's score")
+                     "red = regions that raised this class's score"
+                     + (f". It explains ensemble {scope}, not the whole ensemble" if scope else ""))
     cam_quality = cached_quality(crop_key, ("cam", method, target), cam, crop, cached_mask(crop_key, crop), clinical,
                                  model_id)
     st.caption(f"Map check ({cam_name}, automatic lesion outline): {cam_quality.summary()}")
@@ -269,6 +278,7 @@ with lime_tab:
     lime_img = lime_res.overlay_on_image(crop, width=2 * shown_w)
     x1.image(lime_img, width="stretch",
              caption=f"Green supports, red opposes {pred.taxonomy.display_names[classes[lime_res.target]]}"
+                     + (f" (the whole ensemble of {len(pred.card.members)} members)" if pred.card.is_ensemble else "")
                      + ("; greyed: outside the model's centre crop" if lime_res.cut_away else ""))
     with x2:
         biopsy_img = mark_biopsy(crop, region, point, shown_w, mask) if site_.suggested else crop
@@ -359,7 +369,8 @@ else:
 report_args = dict(
     crop=crop, result=result, taxonomy=pred.taxonomy, thresholds=thresholds, model_name=pred.card.name,
     model_version=pred.card.version,
-    figures={f"{cam_name} heat map": cam.overlay(crop), "LIME (green supports, red opposes)": lime_img,
+    figures={f"{cam_name} heat map" + (f" (ensemble {scope})" if scope else ""): cam.overlay(crop),
+             "LIME (green supports, red opposes)" + (" (whole ensemble)" if pred.card.is_ensemble else ""): lime_img,
              "Suggested biopsy site": biopsy_img},
     clinical={"age": clinical.age, "sex": clinical.sex, "site": clinical.site},
     extra={**({f"prediction set ({level:.0%})": conformal.describe(pset, level, pred.taxonomy.display_names)}

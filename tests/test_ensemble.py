@@ -163,3 +163,37 @@ def test_release_ships_an_ensemble_with_its_members_in_the_sheet(ens, tmp_path):
     sheet = (tmp_path / "bundle" / "MODEL.md").read_text()
     assert "ensemble of 2: 2 x tiny_test" in sheet and "| 2: member-2 | `tiny_test` | 8 |" in sheet
     assert Predictor.from_path(path, device="cpu").predict(photo(data), anyway=True).tier
+
+
+def test_the_triage_page_says_which_member_grad_cam_explains(ens, monkeypatch):
+    """An ensemble on the triage page: a member picker for the heat map, whose caption names the
+    member; LIME's caption says it explains the whole ensemble."""
+    import io
+
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+    root, data = ens
+    monkeypatch.setenv("DERMTRIAGE_MODEL", str(root / "ens" / "model.json"))
+    monkeypatch.delenv("DERMTRIAGE_DATA", raising=False)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.session_state["lime_samples"] = 50
+    at.run()
+    buf = io.BytesIO()
+    photo(data).save(buf, format="PNG")
+    at.file_uploader[0].set_value(("lesion.png", buf.getvalue(), "image/png"))
+    at.run()
+    assert not at.exception, at.exception
+
+    def captions():
+        return [str(i.caption) for e in at.get("image") for i in e.proto.imgs]
+    if "triage_anyway" in [b.key for b in at.button]:   # a tiny model's out-of-scope gate flags most photos
+        at.button(key="triage_anyway").click().run()
+        assert not at.exception, at.exception
+    picker = at.selectbox(key="cam_member")
+    assert picker.options == ["member 1 of 2: member-1 (tiny_test)", "member 2 of 2: member-2 (tiny_test)"]
+    assert any("It explains ensemble member 1 of 2" in c for c in captions())
+    assert any("the whole ensemble of 2 members" in c for c in captions())
+    picker.set_value(1).run()
+    assert not at.exception, at.exception
+    assert any("It explains ensemble member 2 of 2: member-2 (tiny_test)" in c for c in captions())

@@ -211,3 +211,22 @@ def test_elapsed_never_decreases_and_the_end_agrees(tmp_path):
     ended = json.loads((run / "exit.json").read_text())["ended_at"]
     assert seen[-1][1] == pytest.approx(ended - json.loads((run / "job.json").read_text())["started_at"])
     assert jobs.status(run).elapsed_s == seen[-1][1]         # read again later: the same
+
+
+def test_an_ensemble_job_reports_each_member_then_finishes_as_one_model(tmp_path):
+    from derm_core.fit.ensemble import MemberPlan
+    data = write_dataset(tmp_path / "data", per_class=6)
+    run = tmp_path / "runs" / "ens"
+    plan = [MemberPlan("tiny_test", 0), MemberPlan("tiny_test", 1)]
+    jobs.start(run, _request(data, epochs=20), nice=19, members=plan)
+    first = _wait_for(lambda: (s := jobs.status(run)).phase == "training" and s.batches > 0 and s)
+    assert (first.member, first.members) == (1, 2) and first.describe().startswith("member 1 of 2")
+    assert 0 <= first.fraction < 0.5                       # member 1 of 2: at most half of the job
+    second = _wait_for(lambda: (s := jobs.status(run)).member == 2 and s.phase == "training" and s.batches > 0 and s,
+                       timeout=300)
+    assert 0.5 <= second.fraction < 1 and second.eta_s is not None
+    st = jobs.wait(run, timeout=300)
+    assert st.state == "done", (st.error, st.log_tail)
+    card = json.loads((run / "model.json").read_text())
+    assert card["arch"] == "ensemble" and [m["training"]["seed"] for m in card["members"]] == [0, 1]
+    assert card["training"]["command"].startswith("python -m derm_core train-ensemble ")

@@ -250,6 +250,14 @@ def cam_member(predictor, member: int | None) -> int | None:
     return int(m)
 
 
+def cam_scope(card, member: int | None) -> str:
+    """What a class-activation map explains, for captions: an ensemble's named member (LIME,
+    which needs only the outputs, explains the whole ensemble); '' for one network."""
+    if member is None or not card.is_ensemble:
+        return ""
+    return f"member {member + 1} of {len(card.members)}: {card.members[member].label}"
+
+
 def cam_heatmap(predictor, image: Image.Image, target: int | None = None, method: str = "gradcam",
                 clinical: Clinical | None = None, member: int | None = None) -> CamResult:
     """Class-activation heatmap of ``target`` (default: the class the predictor predicts,
