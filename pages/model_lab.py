@@ -203,7 +203,8 @@ def train_section() -> None:
         st.error("Cannot start training: choose the dataset folder in the sidebar (or type one above).")
     elif go:
         cfg = TC.TrainConfig(data=data, arch=arch, epochs=int(epochs), lr=float(lr), metadata=metadata,
-                             image_size=(int(h or h0), int(w or w0)) if (h or w) else None, batch_size=int(batch) if batch else None,
+                             image_size=(int(h or h0), int(w or w0)) if (h or w) else None,
+                             batch_size=int(batch) if batch else None,
                              taxonomy=taxonomy, limit=int(limit) or None, patience=int(patience),
                              pretrained=pretrained, workers=int(workers), tta=tta,
                              device=None if device == "auto" else device, monitor=monitor_on,

@@ -110,7 +110,8 @@ class BatchAugment:
             torch.stack([sin * sx * flip_x / r, cos * sy * flip_y, ty], 1)], 1)
         g = TF.affine_grid(theta, [n, 3, h, w], align_corners=False)
         elastic = torch.rand(n, generator=gen, device=gen.device) < self.elastic_p
-        if self.sync_free or (self.sync_free is None and gen.device.type != "cpu"):   # no host sync: a field for every image, zero where not elastic
+        if self.sync_free or (self.sync_free is None and gen.device.type != "cpu"):
+            # no host sync: a field for every image, zero where not elastic
             coarse = torch.randn(n, 2, 6, 8, generator=gen, device=gen.device) * self.elastic_alpha
             return g + self._field(coarse * elastic.view(n, 1, 1, 1), h, w)
         if elastic.any():

@@ -337,7 +337,8 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
         if rank == 0:
             pv = Predictor(evaluated(), provisional, device=device).predict_table(parts["val"], tta=False, progress=False)
             logits_val = pv["logits"] + adjust.cpu().numpy()      # posterior logits
-            row = {"epoch": epoch + 1, "train_loss": float(torch.stack(losses).mean()) if losses else float("nan"), "lr": sched.get_last_lr()[0],
+            train_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": sched.get_last_lr()[0],
                    "seconds": time.time() - t_epoch, **_val_metrics(parts["val"]["y"].to_numpy(), logits_val)}
             history.append(row)
             with open(out / "log.jsonl", "a") as f:

@@ -149,7 +149,8 @@ class Runner:
     On a CPU the backbone runs as a frozen TorchScript copy (batch norm folded; bf16 on the
     ``cpu-bf16`` path), built on first use in a few seconds for the model's input size (the
     "same" padding of TF-ported networks is traced as constants), shared by every thread and
-    fed ``chunk`` views per call (:data:`CPU_CHUNK`); a backbone that cannot be traced stays eager, and so does every backbone while ``eager``.
+    fed ``chunk`` views per call (:data:`CPU_CHUNK`); a backbone that cannot be traced stays
+    eager, and so does every backbone while ``eager``.
     """
 
     def __init__(self, model: nn.Module, tta: bool, device: torch.device, input_size: tuple[int, int],
