@@ -299,7 +299,8 @@ def read_section() -> None:
         st.success(f"All {total} cases answered — thank you, {me['name']}.")
         answers = store.answers(study.id)
         mine = R.reader_table(R.honest(answers), reader_id=me["id"])     # as Results counts them
-        left_out = " besides the planted ones below" if study.spec.planted_share else ""
+        left_out = (" (cases with planted advice are left out of both parts, as in Results)"
+                    if study.spec.planted_share else "")
         for _, r in mine.iterrows():
             st.markdown(f"- {PHASE_TITLE[r['phase']] if study.spec.mode == 'both' else r['phase']}: accuracy "
                         f"**{r['accuracy']:.0%}** on {r['n_cases']} case{'s' if r['n_cases'] != 1 else ''}"
@@ -410,6 +411,7 @@ def results_section() -> None:
     target = st.selectbox("Positive class", R.targets(study), key="rs_res_target",   # full width: long labels
                           format_func=lambda t: R.target_label(study, t))
     points = R.reader_points(answers, study, target, phase)
+    points = points.dropna(subset=["sensitivity", "specificity"])   # a point needs cases with and without the class
     rated = study.spec.ask_confidence and target == R.malignant_target(study)
     curves = R.rating_rocs(answers, study, phase) if rated else None
     ev = R.eval_set(cases, study, phase)

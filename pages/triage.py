@@ -147,7 +147,7 @@ if result.out_of_scope:
     st.warning("**Triaged anyway.** The out-of-scope check flagged this photo as unlike the dermatoscopic lesion "
                "photos the model was trained on; the output below may mean nothing.", icon=":material/report:")
 tier_rank = pred.taxonomy.tiers[result.tier].rank
-TIER_BOX[min(tier_rank, 2)](f"**Risk tier: {result.tier}** — {result.action}")
+TIER_BOX[min(tier_rank, 2)](f"**Risk tier: {result.tier}** — {result.what_to_do}")
 st.markdown(f"**Why this tier:** {result.tier_reason}")
 for note in result.notes:
     st.caption(note)
@@ -370,7 +370,8 @@ report_args = dict(
     crop=crop, result=result, taxonomy=pred.taxonomy, thresholds=thresholds, model_name=pred.card.name,
     model_version=pred.card.version,
     figures={f"{cam_name} heat map" + (f" (ensemble {scope})" if scope else ""): cam.overlay(crop),
-             "LIME (green supports, red opposes)" + (" (whole ensemble)" if pred.card.is_ensemble else ""): lime_img,
+             "LIME (green supports, red opposes" + ("; grey: outside the model's view" if lime_res.cut_away else "")
+             + ("; the whole ensemble)" if pred.card.is_ensemble else ")"): lime_img,
              "Suggested biopsy site": biopsy_img},
     clinical={"age": clinical.age, "sex": clinical.sex, "site": clinical.site},
     extra={**({f"prediction set ({level:.0%})": conformal.describe(pset, level, pred.taxonomy.display_names)}

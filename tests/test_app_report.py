@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import GPS_TEXT, exif_photo
 from derm_core.data.images import load_image
+from derm_core.triage.report import CROP_TITLE
 from derm_core.data.taxonomy import load_taxonomy
 from derm_core.triage.report import DISCLAIMER, case_report_html, case_report_pdf
 from derm_core.triage.rules import Thresholds, TriageResult
@@ -121,7 +122,7 @@ def test_pdf_report_has_the_html_reports_content_and_clean_images(case):
     for needed in ["DermTriage case report", "Risk tier", "dangerous", "Refer urgently - see a dermatologist",
                    "Differential diagnosis", "Melanoma", "55.0%", "Probability (calibrated)", "test thresholds",
                    "Clinical data: age: 55, sex: female", "clinical data used: age, sex", "biopsy site (original pixels): x=12, y=34",
-                   "crop box: (1, 2, 100, 120)", "Grad-CAM heat map", "Suggested biopsy site", "Lesion crop (model input)"]:
+                   "crop box: (1, 2, 100, 120)", "Grad-CAM heat map", "Suggested biopsy site", CROP_TITLE]:
         assert needed in flat, needed
         assert needed.replace(" - ", " — ") in html or needed in html, needed
     for word in DISCLAIMER.split():                 # wrapped over lines, every word is there

@@ -45,6 +45,7 @@ def test_upload_gives_differential_tier_explanations_and_report(tiny_model):
     text = page_text(at)
     assert "Risk tier:" in text
     assert any(tier in text for tier in ("low-risk", "high-risk", "dangerous"))
+    assert not re.search(r"\*\* — (Low risk|High risk|Dangerous):", text), "the banner says the tier once"
     assert "Biopsy site at x=" in text
     assert "no clinical data given" in text
     assert at.get("download_button")  # the case report

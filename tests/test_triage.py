@@ -35,6 +35,8 @@ def test_tiers_checked_from_most_urgent(ham7):
     r = triage(_p(ham7, nv=0.6, mel=0.15, bcc=0.25), ham7, th)
     assert r.tier_probs == pytest.approx({"low-risk": 0.6, "high-risk": 0.25, "dangerous": 0.15})
     assert r.action == ham7.tiers["high-risk"].action
+    assert r.what_to_do == "Refer to a dermatologist for assessment."     # the tier is not said twice
+    assert triage(_p(ham7, nv=0.75, mel=0.25), ham7, th).what_to_do == "Urgent referral for excision biopsy."
 
 
 def test_vectorised_tiers_match_single(ham7):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import re
 import time
 
 from PIL import Image
@@ -24,6 +23,8 @@ DISCLAIMER = ("DermTriage is a research and teaching tool, not a medical device.
 
 NOT_TRIAGED_COLOUR = "#616161"
 NO_DIFFERENTIAL = "No differential: the photo was not triaged."
+
+CROP_TITLE = "Lesion crop (the model sees its centre)"   # cut to the input's shape: the maps grey the rest
 
 
 def _img_tag(img: Image.Image, alt: str, width: int = 320) -> str:
@@ -58,11 +59,7 @@ def _content(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy, thresh
         tier, action, colour, tier_lines, rows = "Not triaged: out of scope", result.withheld, NOT_TRIAGED_COLOUR, [], []
         reason = ""
     else:
-        tier, action, colour = result.tier, result.action, taxonomy.tiers[result.tier].colour
-        # "high-risk — High risk: refer ..." says the tier twice: the banner keeps what to do
-        said = "[- ]".join(re.escape(w) for w in tier.split("-"))
-        action = re.sub(rf"^{said}\s*:\s*", "", action, flags=re.I)
-        action = action[:1].upper() + action[1:]
+        tier, action, colour = result.tier, result.what_to_do, taxonomy.tiers[result.tier].colour
         reason = result.tier_reason or explain_tier(result.probs, taxonomy, thresholds.tiers)
     return dict(
         generated=f"Generated {time.strftime('%Y-%m-%d %H:%M')} · model {model_name} (version {model_version}) · "
@@ -71,7 +68,7 @@ def _content(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy, thresh
         low=("Low confidence: no class reached its operating threshold; the most probable class is shown."
              if result.low_confidence else ""),
         header=("Class", "Probability (calibrated)", "Threshold", "In differential"), rows=rows,
-        images=[("Lesion crop (model input)", crop), *(figures or {}).items()], details=details)
+        images=[(CROP_TITLE, crop), *(figures or {}).items()], details=details)
 
 
 def case_report_html(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy, thresholds: Thresholds,

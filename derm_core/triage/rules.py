@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -52,6 +53,14 @@ class TriageResult:
     balanced: str | None = None        # the prior-corrected rule's class; None when the model has no such rule
     withheld: str | None = None        # why no triage is given (an out-of-scope photo); None: a normal result
     tier_reason: str = ""              # the score and threshold that decided the tier (:func:`explain_tier`)
+
+    @property
+    def what_to_do(self) -> str:
+        """The tier's action without the tier's own name in front ("High risk: refer ..." after
+        "high-risk" says the tier twice): what a banner shows after the tier."""
+        said = "[- ]".join(re.escape(w) for w in self.tier.split("-"))
+        action = re.sub(rf"^{said}\s*:\s*", "", self.action, flags=re.I) if self.tier else self.action
+        return action[:1].upper() + action[1:]
 
     def withhold(self, why: str) -> "TriageResult":
         """The same photo with nothing clinical left: no probabilities, differential, tier or action."""
