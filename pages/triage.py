@@ -14,6 +14,7 @@ from derm_core.evaluate.figures import differential_chart, mark_biopsy, tier_cha
 from derm_core.explain import lesion, mapquality, similar, skin_tone
 from derm_core.explain import maps as explain
 from derm_core.model import conformal
+from derm_core.model.transforms import to_pil_preview
 from derm_core.triage.report import case_report_html, case_report_pdf
 from derm_core.triage.rules import describe_tier_rule
 from pages._common import (
@@ -110,7 +111,10 @@ with right:
     sex = st.selectbox("Sex", ["not given", *SEXES], key="sex")
     site = st.selectbox("Body site", ["not given", *SITES], key="site")
     clinical = Clinical.parse(age, None if sex == "not given" else sex, None if site == "not given" else site)
-    st.image(crop, caption=f"Model input: crop {crop.size[0]}x{crop.size[1]} px of a {photo.size[0]}x{photo.size[1]} photo")
+    h_in, w_in = pred.card.input_size     # the model sees the crop's centre at its input's shape
+    st.image(to_pil_preview(crop, (h_in, w_in)),
+             caption=f"Model input: crop {crop.size[0]}x{crop.size[1]} px of a {photo.size[0]}x{photo.size[1]} photo, "
+                     f"seen at {w_in}x{h_in} (its centre, where the shapes differ)")
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def cached_ita(key, _crop: Image.Image, mask_path: str | None, box, size) -> float | None:

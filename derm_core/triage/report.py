@@ -202,7 +202,7 @@ def case_report_pdf(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy,
             pdf.image(img, x=x, y=y0, w=size(img)[0], h=size(img)[1])
             pdf.set_xy(x, y0 + row_h + 1)
             pdf.set_font("Helvetica", "", 8)
-            pdf.multi_cell(img_w, 3.5, t(name), new_x="RIGHT", new_y="TOP")
+            pdf.multi_cell(img_w, 3.5, t(name), align="L", new_x="RIGHT", new_y="TOP")
         pdf.set_xy(pdf.l_margin, y0 + row_h + 10)
     heading("Details", keep=3 * 5)
     for d in c["details"]:
