@@ -182,22 +182,24 @@ def train_section() -> None:
         d = st.columns(4)
         taxonomy = d[0].text_input("Taxonomy", TC.default("taxonomy"), key="lab_tax",
                                    help="ham7, han12 or a taxonomy JSON file")
-        limit = d[1].number_input("Use only the first N images", 0, TC.bounds("limit")[1], TC.default("limit") or 0,
-                                  key="lab_limit", help="0: all (smoke runs)")
+        limit = d[1].number_input("Image limit", 0, TC.bounds("limit")[1], TC.default("limit") or 0,
+                                  key="lab_limit", help="Use only the first N images (smoke runs); 0: all.")
         device = d[2].selectbox("Device", ["auto", *TC.DEVICES], key="lab_device", help="auto: the GPU when present")
         monitor_on = setting_select(d[3], "Best epoch by", "monitor", "lab_monitor")
         e = st.columns(4)
-        patience = setting_number(e[0], "Early-stopping patience", "patience", "lab_patience")
-        pretrained = setting_select(e[1], "ImageNet weights", "pretrained", "lab_pretrained",
-                                    help="offline: from an installed package; none: random start; hub: download")
-        workers = setting_number(e[2], "Data-loader workers", "workers", "lab_workers")
+        patience = setting_number(e[0], "Patience (epochs)", "patience", "lab_patience",
+                                  help="Early stopping: training ends after this many epochs without a better "
+                                       "validation score.")
+        pretrained = setting_select(e[1], "Pretrained", "pretrained", "lab_pretrained",
+                                    help="ImageNet weights. offline: from an installed package; none: random start; "
+                                         "hub: download")
         tta = e[3].checkbox("Flip TTA", TC.default("tta"), key="lab_tta",
                             help="Test-time augmentation: average the predictions of the photo and its mirror images.")
-        n_members = st.columns(4)[0].number_input(
-            "Ensemble members", 1, MAX_MEMBERS, 1, key="lab_members",
-            help="1: one model. 2 or more: that many models of this architecture (seeds 0, 1, ...) trained one after "
-                 "another on one split, then averaged into one ensemble with one calibration. Each member takes as "
-                 "long as one model.")
+        n_members = e[2].number_input(
+            "Members", 1, MAX_MEMBERS, 1, key="lab_members",
+            help="Ensemble members. 1: one model. 2 or more: that many models of this architecture (seeds 0, 1, "
+                 "...) trained one after another on one split, then averaged into one ensemble with one calibration. "
+                 "Each member takes as long as one model.")
     go = st.button("Start training", type="primary", key="lab_start", disabled=bool(active))
     if go and not data:
         st.error("Cannot start training: choose the dataset folder in the sidebar (or type one above).")
@@ -206,7 +208,7 @@ def train_section() -> None:
                              image_size=(int(h or h0), int(w or w0)) if (h or w) else None,
                              batch_size=int(batch) if batch else None,
                              taxonomy=taxonomy, limit=int(limit) or None, patience=int(patience),
-                             pretrained=pretrained, workers=int(workers), tta=tta,
+                             pretrained=pretrained, tta=tta,
                              device=None if device == "auto" else device, monitor=monitor_on,
                              init_from=None if start_from == NEW_MODEL else start_from)
         try:

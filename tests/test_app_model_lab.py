@@ -120,7 +120,6 @@ def test_train_from_the_page_watch_reattach_and_list(lab):
     at.number_input(key="lab_epochs").set_value(2)
     at.number_input(key="lab_batch").set_value(16)
     at.selectbox(key="lab_pretrained").set_value("none")
-    at.number_input(key="lab_workers").set_value(0)
     at.checkbox(key="lab_tta").uncheck()
     at.button(key="lab_start").click().run()
     assert not at.exception, at.exception
@@ -186,7 +185,7 @@ def test_the_training_form_starts_at_trainconfigs_defaults(lab):
     at = _lab()
     assert not at.exception, at.exception
     for key, name in (("lab_epochs", "epochs"), ("lab_lr", "lr"), ("lab_batch", "batch_size"),
-                      ("lab_patience", "patience"), ("lab_workers", "workers")):
+                      ("lab_patience", "patience")):
         box = at.number_input(key=key)
         assert box.value == getattr(cfg, name) and (box.min, box.max) == TC.bounds(name), key
     for key, name in (("lab_arch", "arch"), ("lab_monitor", "monitor"), ("lab_pretrained", "pretrained")):
