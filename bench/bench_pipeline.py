@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from derm_core.data.dataset import load_table  # noqa: E402
 from derm_core.data.taxonomy import load_taxonomy  # noqa: E402
 from derm_core.fit.batches import BatchAugment, TrainBatches, image_cache, metadata_matrix  # noqa: E402
-from derm_core.fit.config import DEVICE_BATCH  # noqa: E402
+from derm_core.fit.config import device_batch  # noqa: E402
 from derm_core.model.device import amp_dtype, pick_device  # noqa: E402
 from derm_core.model.networks import create_model, data_config, get_arch  # noqa: E402
 
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--device")
     a = ap.parse_args()
     device = pick_device(a.device)
-    bs = a.batch_size or DEVICE_BATCH.get(device.type, 32)
+    bs = a.batch_size or device_batch(device)
     amp = amp_dtype(device)
     tax = load_taxonomy("ham7")
     table = load_table(a.data, tax).iloc[: a.images].reset_index(drop=True)

@@ -246,12 +246,19 @@ def _add_clinical(p):
     p.add_argument("--site")
 
 
-def cmd_train(a) -> int:
+def _train_config(a):
+    """The training settings of ``train``/``train-ensemble`` (--no-resume and --new both set
+    resume=False), with the device's batch size filled in: it is part of the settings a
+    resume checks, and the run folder is claimed before ``train`` runs."""
     from derm_core.fit.config import config_from_args, for_device
-    from derm_core.fit.train import Stopped, train
     from derm_core.model.device import pick_device
-    cfg = config_from_args(a)        # --no-resume and --new both set resume=False
-    cfg = for_device(cfg, pick_device(cfg.device))   # the batch size is part of the settings a resume checks
+    cfg = config_from_args(a)
+    return for_device(cfg, pick_device(cfg.device))
+
+
+def cmd_train(a) -> int:
+    from derm_core.fit.train import Stopped, train
+    cfg = _train_config(a)
     command = _command(a)
     from derm_core.fit.run_folder import claim, validate_config
     validate_config(cfg)             # before any data is read (also checked again inside train)
@@ -278,13 +285,10 @@ def _member_plan(a, cfg) -> list:
 def cmd_train_ensemble(a) -> int:
     from dataclasses import replace
 
-    from derm_core.fit.config import config_from_args, for_device
     from derm_core.fit.ensemble import train_ensemble
     from derm_core.fit.run_folder import claim, validate_config
     from derm_core.fit.train import Stopped
-    from derm_core.model.device import pick_device
-    cfg = config_from_args(a)
-    cfg = for_device(cfg, pick_device(cfg.device))
+    cfg = _train_config(a)
     plan = _member_plan(a, cfg)
     command = _command(a)
     for m in plan:

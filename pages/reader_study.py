@@ -240,7 +240,7 @@ def show_model_output(study: Study, case: dict, width: int) -> None:
     except (ImageError, OSError, RuntimeError) as e:
         st.caption(f"Grad-CAM unavailable: {e}")
         return
-    scope = explain.cam_scope(pred.card, 0 if pred.card.is_ensemble else None)   # an ensemble's first member
+    scope = explain.cam_scope(pred.card, 0)   # cam_heatmap's default member; '' for one network
     st.image(overlay, width=min(GRADCAM_PX, width), caption=f"Grad-CAM for {tax.display_names[tax.classes[top]]}"
                                                             + (f" (ensemble {scope})" if scope else ""))
 

@@ -280,10 +280,11 @@ with lime_tab:
     # the two start at the same height)
     x1, x2, shown_w = two_columns("lime-row", min_width=0)
     lime_img = lime_res.overlay_on_image(crop, width=2 * shown_w)
+    lime_notes = "".join([f"; it explains the whole ensemble of {len(pred.card.members)} members"
+                          if pred.card.is_ensemble else "",
+                          "; greyed: outside the model's centre crop" if lime_res.cut_away else ""])
     x1.image(lime_img, width="stretch",
-             caption=f"Green supports, red opposes {pred.taxonomy.display_names[classes[lime_res.target]]}"
-                     + (f" (the whole ensemble of {len(pred.card.members)} members)" if pred.card.is_ensemble else "")
-                     + ("; greyed: outside the model's centre crop" if lime_res.cut_away else ""))
+             caption=f"Green supports, red opposes {pred.taxonomy.display_names[classes[lime_res.target]]}{lime_notes}")
     with x2:
         biopsy_img = mark_biopsy(crop, region, point, shown_w, mask) if site_.suggested else crop
         st.image(biopsy_img, width="stretch",
@@ -374,8 +375,7 @@ report_args = dict(
     crop=crop, result=result, taxonomy=pred.taxonomy, thresholds=thresholds, model_name=pred.card.name,
     model_version=pred.card.version,
     figures={f"{cam_name} heat map" + (f" (ensemble {scope})" if scope else ""): cam.overlay(crop),
-             "LIME (green supports, red opposes" + ("; grey: outside the model's view" if lime_res.cut_away else "")
-             + ("; the whole ensemble)" if pred.card.is_ensemble else ")"): lime_img,
+             f"LIME (green supports, red opposes{lime_notes})": lime_img,
              "Suggested biopsy site": biopsy_img},
     clinical={"age": clinical.age, "sex": clinical.sex, "site": clinical.site},
     extra={**({f"prediction set ({level:.0%})": conformal.describe(pset, level, pred.taxonomy.display_names)}

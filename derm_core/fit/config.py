@@ -112,11 +112,14 @@ BASE_BATCH = 32                            # the batch size ``lr`` is given for
 DEVICE_BATCH = {"cpu": 32, "cuda": 128}    # a GPU's raw step is ~2x faster at 128-256 than at 64 (issue 19)
 
 
+def device_batch(device) -> int:
+    """The default batch size on ``device`` (a torch.device or its name)."""
+    return DEVICE_BATCH.get(str(device).split(":")[0], BASE_BATCH)
+
+
 def for_device(cfg: TrainConfig, device) -> TrainConfig:
     """``cfg`` with its batch size set: the one asked for, or the device's default."""
-    if cfg.batch_size is not None:
-        return cfg
-    return replace(cfg, batch_size=DEVICE_BATCH.get(str(device).split(":")[0], BASE_BATCH))
+    return cfg if cfg.batch_size is not None else replace(cfg, batch_size=device_batch(device))
 
 
 def scaled_lr(cfg: TrainConfig) -> float:
