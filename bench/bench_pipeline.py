@@ -67,15 +67,15 @@ def main() -> None:
     def timed(batches_of) -> float:
         sync()
         t = time.perf_counter()
-        for x, meta, y in batches_of:
+        for x, meta, y, _ in batches_of:
             step(x, meta, y)
         sync()
         return a.steps * bs / (time.perf_counter() - t)
 
-    x0, m0, y0 = next(iter(batches))
+    x0, m0, y0, _ = next(iter(batches))
     for _ in range(3):
         step(x0, m0, y0)  # warm-up (cuDNN autotuning, allocator)
-    raw = timed([(x0, m0, y0)] * a.steps)
+    raw = timed([(x0, m0, y0, None)] * a.steps)
     it = iter(batches)
     fed = timed(next(it) for _ in range(a.steps))
     it = iter(batches)

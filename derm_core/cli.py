@@ -248,11 +248,12 @@ def _add_clinical(p):
 
 def _train_config(a):
     """The training settings of ``train``/``train-ensemble`` (--no-resume and --new both set
-    resume=False), with the device's batch size filled in: it is part of the settings a
-    resume checks, and the run folder is claimed before ``train`` runs."""
+    resume=False), with the device's batch size and a teacher's split filled in: they are part
+    of the settings a resume checks, and the run folder is claimed before ``train`` runs."""
     from derm_core.fit.config import config_from_args, for_device
+    from derm_core.fit.train import with_teacher_split
     from derm_core.model.device import pick_device
-    cfg = config_from_args(a)
+    cfg = with_teacher_split(config_from_args(a))
     return for_device(cfg, pick_device(cfg.device))
 
 

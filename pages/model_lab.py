@@ -33,6 +33,7 @@ from derm_core.explain.skin_tone import TONE_NAMES, UNKNOWN, table_itas, tone_gr
 from derm_core.fit import config as TC
 from derm_core.fit import jobs
 from derm_core.fit.ensemble import MemberPlan
+from derm_core.fit.train import with_teacher_split
 from derm_core.model.checkpoint import ModelError, read_card
 from derm_core.model.networks import get_arch
 from derm_core.settings import ENV_MODEL, ENV_PROFILES, ENV_RUNS, SHIPPED_MODEL, settings
@@ -200,6 +201,14 @@ def train_section() -> None:
             help="Ensemble members. 1: one model. 2 or more: that many models of this architecture (seeds 0, 1, "
                  "...) trained one after another on one split, then averaged into one ensemble with one calibration. "
                  "Each member takes as long as one model.")
+        f = st.columns(4)
+        teacher = f[0].selectbox("Distil from", [None, *models], key="lab_teacher",
+                                 format_func=lambda k: "no teacher" if k is None else models[k],
+                                 help="Train on this model's probabilities as well as the labels (distillation): "
+                                      "a single model that learns from an ensemble. It trains on the teacher's split.")
+        distill_weight = setting_number(f[1], "Teacher weight", "distill_weight", "lab_distill_weight", step=0.1,
+                                        help="With a teacher: the share of the loss that matches its probabilities; "
+                                             "the labels get the rest.")
     go = st.button("Start training", type="primary", key="lab_start", disabled=bool(active))
     if go and not data:
         st.error("Cannot start training: choose the dataset folder in the sidebar (or type one above).")
@@ -210,9 +219,11 @@ def train_section() -> None:
                              taxonomy=taxonomy, limit=int(limit) or None, patience=int(patience),
                              pretrained=pretrained, tta=tta,
                              device=None if device == "auto" else device, monitor=monitor_on,
-                             init_from=None if start_from == NEW_MODEL else start_from)
+                             init_from=None if start_from == NEW_MODEL else start_from,
+                             teacher=teacher, distill_weight=float(distill_weight))
         try:
             from derm_core.data.taxonomy import load_taxonomy
+            cfg = with_teacher_split(cfg)
             n = len(load_table(cfg.data, load_taxonomy(cfg.taxonomy), check_files=False))
             run = jobs.new_run_dir(name or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}")
             plan = [MemberPlan(arch, cfg.seed + i) for i in range(int(n_members))] if n_members > 1 else None

@@ -194,6 +194,36 @@ def test_the_training_form_starts_at_trainconfigs_defaults(lab):
         assert box.value == getattr(cfg, name) and options == TC.choices(name), key
     assert at.checkbox(key="lab_meta").value == cfg.metadata and at.checkbox(key="lab_tta").value == cfg.tta
     assert at.text_input(key="lab_tax").value == cfg.taxonomy and at.number_input(key="lab_limit").value == 0
+    assert at.selectbox(key="lab_teacher").value is None and at.number_input(key="lab_distill_weight").value == \
+        cfg.distill_weight
+
+
+def test_a_student_trains_on_its_teachers_split(lab, ham7):
+    """Distillation from the page: the job learns from the chosen model, on that model's split; a
+    model without a split file beside it is refused before any job starts."""
+    from derm_core.data.dataset import load_table
+    from derm_core.data.splits import make_splits, save_splits
+    at = _lab()
+    at.selectbox(key="lab_teacher").set_value(str(lab["card"]))
+    at.button(key="lab_start").click().run()
+    assert "Cannot start training" in page_text(at) and "no split file beside it" in page_text(at)
+    assert not jobs.list_runs()
+
+    table = load_table(lab["data"], ham7)
+    save_splits(table, make_splits(table, seed=5), lab["card"].parent / "split.csv")
+    at.text_input(key="lab_run_name").set_value("student")
+    at.selectbox(key="lab_arch").set_value("tiny_test")
+    at.number_input(key="lab_epochs").set_value(1)
+    at.number_input(key="lab_batch").set_value(16)
+    at.selectbox(key="lab_pretrained").set_value("none")
+    at.number_input(key="lab_distill_weight").set_value(0.8)
+    at.button(key="lab_start").click().run()
+    assert not at.exception, at.exception
+    st = jobs.wait(lab["tmp"] / "runs" / "student", timeout=900)
+    assert st.state == "done", (st.error, st.log_tail)
+    card = read_card(lab["tmp"] / "runs" / "student" / "model.json")
+    assert card.training.config["teacher"] == str(lab["card"]) and card.training.config["distill_weight"] == 0.8
+    assert card.split_file.read_text() == (lab["card"].parent / "split.csv").read_text()
 
 
 # ---------------------------------------------------------------------- issue 17

@@ -76,7 +76,7 @@ def test_order_and_augmentation_depend_only_on_seed_and_epoch(synthetic_data, ha
     assert len(first) == len(t) // 8
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(first, again))
     assert not torch.equal(first[0][2], other[0][2]) or not torch.equal(first[0][0], other[0][0])
-    seen = torch.cat([y for _, _, y in first])
+    seen = torch.cat([y for _, _, y, _ in first])
     assert len(seen) == 8 * (len(t) // 8)
 
 
@@ -87,7 +87,7 @@ def test_ranks_take_disjoint_shares(synthetic_data, ham7):
     for rank in range(2):
         b = TrainBatches(images, metadata_matrix(t), t["y"].to_numpy(), 4, BatchAugment([0] * 3, [1] * 3, **NO_AUG),
                          rank=rank, world=2)
-        ids.append({round(float(x[i, 0].mean()) * 255) for x, _, _ in b for i in range(len(x))})
+        ids.append({round(float(x[i, 0].mean()) * 255) for x, _, _, _ in b for i in range(len(x))})
     assert not ids[0] & ids[1]
 
 

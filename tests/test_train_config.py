@@ -17,7 +17,8 @@ NOT_CLI = {"weight_decay", "meta_dropout", "tier_sensitivity"}
 TRAIN_FLAGS = ["--data", "--csv", "--out", "--arch", "--taxonomy", "--split-file", "--seed", "--epochs", "--batch-size",
                "--lr", "--image-size", "--metadata", "--no-metadata", "--pretrained", "--freeze-early",
                "--no-freeze-early", "--freeze-epochs", "--class-weighting", "--loss", "--logit-tau", "--label-smoothing",
-               "--ema-decay", "--patience", "--monitor", "--workers", "--limit", "--init-from", "--tta", "--no-tta",
+               "--ema-decay", "--patience", "--monitor", "--workers", "--limit", "--init-from", "--teacher",
+               "--distill-weight", "--tta", "--no-tta",
                "--no-resume", "--new", "--force", "--device"]
 
 
@@ -80,7 +81,8 @@ def test_the_special_values_keep_their_meaning():
                 split_file="s.csv", seed=7, epochs=3, batch_size=5, lr=3e-4, image_size=(48, 64), metadata=False,
                 pretrained="none", freeze_early=False, freeze_epochs=None, class_weighting="sqrt", loss="cross_entropy",
                 logit_tau=0.5, label_smoothing=0.0, ema_decay=None, patience=9, monitor="val_macro_auc", workers=0,
-                limit=20, init_from="/m/model.json", tta=False, resume=False, device="cuda:1"),
+                limit=20, init_from="/m/model.json", teacher="/t/model.json", distill_weight=0.3, tta=False,
+                resume=False, device="cuda:1"),
     TrainConfig(out="o", freeze_epochs=3, ema_decay=0.99, lr=1e-6, seed=2**32 - 1),
 ])
 def test_config_argv_round_trips(cfg):

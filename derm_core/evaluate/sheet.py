@@ -66,7 +66,16 @@ def model_sheet(card) -> str:
                      f"split by lesion: " + " / ".join(f"{k} {v}" for k, v in details.get("split_counts", {}).items()))
         if data.get("license"):
             lines.append(f"* **Data licence:** {data['license'].removeprefix('License:').strip().split('. ')[0].rstrip('.')}")
-        lines += ["", "## Recipe", "", "Training (each command of the run, in order: a run resumes from its folder, so a "
+        lines += ["", "## Recipe", ""]
+        teacher = details.get("teacher")
+        if teacher:
+            lines += [f"Distilled from a teacher, {teacher['architecture']} (weights SHA-256 "
+                      f"`{teacher['weights_sha256'][:16]}…`, validation macro AUC {_f(teacher['val'].get('macro_auc'))}), "
+                      f"made by these commands (training wall time {_minutes(teacher.get('wall_time_s'))}):", "",
+                      "```bash", *teacher["commands"], "```", "",
+                      f"The student learns its probabilities at temperature {teacher['temperature']:g} with weight "
+                      f"{(t.config or {}).get('distill_weight', 'n/a')}, the labels with the rest.", ""]
+        lines += ["Training (each command of the run, in order: a run resumes from its folder, so a "
                   "repeated command is a resumed run):", "", "```bash",
                   *(details.get("commands") or [t.command or "n/a"]), "```", ""]
         wall = t.wall_time_s

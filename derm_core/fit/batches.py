@@ -161,14 +161,18 @@ class TrainBatches:
 
     The cache, the labels and the random generator live on ``device`` (0.8 GB of uint8 at
     150x200 for HAM10000's 9,000 photos), so on a GPU batches are cut and augmented there
-    and nothing crosses from the host during an epoch."""
+    and nothing crosses from the host during an epoch.
+
+    Each batch is ``(images, metadata, labels, soft)``: ``soft`` is the rows of ``soft_labels``
+    (a teacher's probabilities, for distillation) or None without them."""
 
     def __init__(self, images: torch.Tensor, meta: torch.Tensor, y: np.ndarray, batch_size: int,
                  augment: BatchAugment, meta_dropout: float = 0.0, seed: int = 0, rank: int = 0, world: int = 1,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", soft_labels: np.ndarray | None = None):
         self.device = torch.device(device)
         self.images, self.meta = images.to(self.device), meta.to(self.device)
         self.y = torch.tensor(np.asarray(y), dtype=torch.long, device=self.device)
+        self.soft = None if soft_labels is None else torch.as_tensor(soft_labels, dtype=torch.float32).to(self.device)
         self.batch_size, self.augment, self.meta_dropout = batch_size, augment, meta_dropout
         self.seed, self.rank, self.world = seed, rank, world
         self.epoch = 0
@@ -182,10 +186,10 @@ class TrainBatches:
     def __len__(self) -> int:
         return self._len
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         gen = torch.Generator(self.device).manual_seed(self.seed * 1000 + self.epoch)
         order = torch.randperm(len(self.images), generator=gen, device=self.device)[self.rank::self.world]
         for b in range(self._len):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield (self.augment(self.images[idx], gen), drop_fields(self.meta[idx], self.meta_dropout, gen),
-                   self.y[idx])
+                   self.y[idx], None if self.soft is None else self.soft[idx])

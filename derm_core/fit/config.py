@@ -94,6 +94,10 @@ class TrainConfig:
     tier_sensitivity: dict = _setting(factory=lambda: dict(DEFAULT_TIER_SENSITIVITY), cli=False)
     limit: int | None = _setting(None, bounds=(1, 10**7), help="use only the first N images (smoke runs)")
     init_from: str | None = _setting(None, help="fine-tune from this model card (default: ImageNet weights)")
+    # distillation (Hinton et al. 2015): the teacher's probabilities on the training photos as a second target
+    teacher: str | None = _setting(None, help="distil from this model card (e.g. an ensemble) trained on the same split")
+    distill_weight: float = _setting(0.5, bounds=(0.0, 1.0),
+                                     help="with --teacher: the weight of matching the teacher (the labels get the rest)")
     tta: bool = _setting(True, help="average over flips at evaluation and inference")
     resume: bool = _setting(True, flag="--no-resume", help="ignore an existing checkpoint in --out")
     device: str | None = _setting(None, help=f"force {' or '.join(DEVICES)}")    # None: CUDA when present, else CPU

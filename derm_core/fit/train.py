@@ -22,7 +22,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 
 from derm_core import __version__
 from derm_core.data.dataset import load_table, resolve_data_dir
-from derm_core.data.splits import get_splits
+from derm_core.data.splits import get_splits, load_splits
 from derm_core.data.taxonomy import load_taxonomy
+from derm_core.errors import ConfigError
 from derm_core.evaluate.evaluation import build_report, headline_metrics
 from derm_core.fit.batches import BatchAugment, TrainBatches, image_cache, metadata_matrix
 
@@ -109,6 +110,75 @@ def _init_from(model, card_path: str, arch: str) -> None:
     own = model.state_dict()
     model.load_state_dict({k: v for k, v in src.state_dict().items() if k in own and own[k].shape == v.shape},
                           strict=False)
+
+
+DISTILL_T = 2.0   # the softmax temperature of distillation: the teacher's runner-up classes carry its knowledge
+
+
+def teacher_split_file(card: ModelCard) -> Path:
+    """The split file a student of this teacher trains on: the teacher's own.
+
+    Raises:
+        ConfigError: the teacher has none beside it (the Model lab's form and ``train`` say why).
+    """
+    if not card.split_file or not card.split_file.is_file():
+        raise ConfigError(f"{card.path} has no split file beside it: a student must train on its teacher's split")
+    return card.split_file
+
+
+def with_teacher_split(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with a teacher's split file when it names a teacher and no split file (the command
+    line's and the Model lab's default: a student must train on its teacher's split)."""
+    if not cfg.teacher or cfg.split_file:
+        return cfg
+    return replace(cfg, split_file=str(teacher_split_file(read_card(cfg.teacher))))
+
+
+def teacher_record(card: ModelCard) -> dict:
+    """What a student's card keeps of its teacher: which model, and the commands that made it
+    (the model sheet prints them before the student's own, so the recipe stays whole)."""
+    tr = card.training
+    return {"card": str(card.path), "architecture": card.architecture, "weights_sha256": card.weights_sha256(),
+            "commands": (tr.details.get("commands") or [tr.command]) if tr else [], "temperature": DISTILL_T,
+            "wall_time_s": tr.wall_time_s if tr else None,
+            "val": {k: card.metrics.get("val", {}).get(k) for k in ("accuracy", "balanced_accuracy", "macro_auc")}}
+
+
+def teacher_soft_labels(card: ModelCard, table, split, classes, out: Path) -> np.ndarray:
+    """The teacher's probabilities at :data:`DISTILL_T` on the training photos, with its flip
+    averaging, computed once per teacher and kept in the run folder (a resumed run reuses them);
+    one row per training photo of ``table`` (``split == "train"``), in order.
+
+    Raises:
+        ConfigError: the teacher was not trained on this run's split (its members would have
+            seen this run's validation or test photos, and every figure would be optimistic),
+            or predicts other classes.
+    """
+    if not (load_splits(table, teacher_split_file(card)) == split).all():
+        raise ConfigError(f"--teacher {card.path} was not trained on this run's split: distil only from models "
+                          f"trained with the same --split-file")
+    if list(card.classes) != list(classes):
+        raise ConfigError(f"--teacher {card.path} predicts {card.classes}, not this run's classes")
+    cache = out / f"teacher-{card.weights_sha256()[:16]}.npy"
+    if not cache.is_file():
+        rows = table[(split == "train").to_numpy()].reset_index(drop=True)
+        logits = Predictor(load_model(card.path)[0], card, out_of_scope=False).predict_table(rows)["logits"]
+        with open(cache.with_suffix(".part"), "wb") as f:   # a crash leaves no half-written file
+            np.save(f, logits)
+        os.replace(cache.with_suffix(".part"), cache)
+    return softmax(np.load(cache), DISTILL_T)
+
+
+def distill_loss(logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None, cfg: TrainConfig,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy on the labels (``logits``: posterior logits, the logit adjustment added);
+    with a teacher's probabilities at :data:`DISTILL_T`, mixed with the KL divergence to them,
+    scaled by T^2 so its gradients keep their size (Hinton et al. 2015)."""
+    hard = torch.nn.functional.cross_entropy(logits, y, weight=weights, label_smoothing=cfg.label_smoothing)
+    if teacher is None:
+        return hard
+    soft = torch.nn.functional.kl_div(torch.log_softmax(logits / DISTILL_T, 1), teacher, reduction="batchmean")
+    return (1 - cfg.distill_weight) * hard + cfg.distill_weight * DISTILL_T ** 2 * soft
 
 
 def _lr_lambda(total_steps: int, warmup: int):
@@ -242,10 +312,12 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
     dcfg["input_size"] = list(size)
     if cfg.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
+    teacher = read_card(cfg.teacher) if cfg.teacher else None
+    soft = teacher_soft_labels(teacher, table, split, tax.classes, out) if teacher else None
     loader = TrainBatches(image_cache(parts["train"], size, progress=rank == 0), metadata_matrix(parts["train"]),
                           parts["train"]["y"].to_numpy(), cfg.batch_size, BatchAugment(dcfg["mean"], dcfg["std"]),
                           meta_dropout=cfg.meta_dropout if cfg.metadata else 0.0, seed=cfg.seed, rank=rank, world=world,
-                          device=device)
+                          device=device, soft_labels=soft)
 
     _seed_all(cfg.seed)
     model = create_model(cfg.arch, len(tax.classes), cfg.metadata, "none" if cfg.init_from else cfg.pretrained)
@@ -305,11 +377,10 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
             model.backbone.get_submodule(name).eval()
         t_epoch, losses = time.time(), []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False)
-        for b, (x, meta, y) in enumerate(bar):
+        for b, (x, meta, y, target) in enumerate(bar):
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = net(x, meta if cfg.metadata else None)
-                loss = torch.nn.functional.cross_entropy(logits.float() + adjust, y, weight=weights,
-                                                         label_smoothing=cfg.label_smoothing)
+                loss = distill_loss(logits.float() + adjust, y, target, cfg, weights)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -376,7 +447,8 @@ def _train(cfg: TrainConfig, command: str, device: torch.device, rank: int, worl
                      "wall_time_note": "sum of the epochs' training + validation seconds, over all resumed runs",
                      "device": str(device) + (f" x{world}" if world > 1 else ""),
                      "torch": torch.__version__, "derm_core": __version__, "cpu_threads": torch.get_num_threads(),
-                     "split_counts": {s: len(p) for s, p in parts.items()}}))
+                     "split_counts": {s: len(p) for s, p in parts.items()},
+                     **({"teacher": teacher_record(teacher)} if teacher else {})}))
     path = finish(model, card, table, split, out / "model", cfg.tier_sensitivity, device,
                   progress=lambda state: _write_progress(out, state=state, history=history, elapsed_s=time.time() - t0))
     _write_progress(out, state="done", history=history, elapsed_s=time.time() - t0, model=str(path))

@@ -11,7 +11,7 @@ import torch
 def fit_temperature(logits: np.ndarray, y_true: np.ndarray, max_iter: int = 200) -> float:
     """The T > 0 minimising the negative log-likelihood of ``softmax(logits / T)``."""
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(y_true), dtype=torch.long)
+    y = torch.tensor(np.asarray(y_true), dtype=torch.long)   # a copy: the labels may be read-only
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
