@@ -57,12 +57,12 @@ def score(logits: np.ndarray, y: np.ndarray, prior: np.ndarray, taxonomy, counts
     danger = tier_at_or_above(probs, taxonomy)[:, -1]
     is_danger = (true_tiers(y, taxonomy) == len(taxonomy.tier_names) - 1).astype(int)
     sens, spec = M.sens_spec_at(is_danger, danger, threshold=M.threshold_for_sensitivity(is_danger, danger, 0.90))
+    samples = macro_auc_samples(probs, y, counts)
     return {"accuracy": head["accuracy"],
             "balanced_rule_accuracy": M.balanced_accuracy_score(y, BalancedRule.fit(probs, y, prior).predict(probs)),
             "macro_auc": head["macro_auc"], "mel_auc": M.auc_score((y == mel).astype(int), probs[:, mel]),
             "dangerous_spec_at_90": spec, "dangerous_sens": sens,
-            "macro_auc_samples": macro_auc_samples(probs, y, counts),
-            "delta_macro_auc": None if base is None else M.interval(macro_auc_samples(probs, y, counts) - base)}
+            "macro_auc_samples": samples, "delta_macro_auc": None if base is None else M.interval(samples - base)}
 
 
 def markdown(cards: dict[str, str], head: str, table_lines: list[str]) -> str:
@@ -95,7 +95,7 @@ def main() -> None:
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
 
-    first = load_model(next(iter(cards.values())))[1]
+    first = read_card(next(iter(cards.values())))
     tax = first.taxonomy
     table = load_table(a.data, tax)
     split = load_splits(table, a.split_file)
@@ -107,10 +107,10 @@ def main() -> None:
     prior = class_prior(table[(split == "train").to_numpy()]["y"].to_numpy(), len(tax.classes))
 
     def logits(label: str, tta: bool = True, meta: bool = True) -> np.ndarray:
-        model, card = load_model(cards[label])
+        card = read_card(cards[label])
         f = cache / f"{card.weights_sha256()[:16]}_val_tta{int(tta)}_meta{int(meta)}.npy"
-        if not f.exists():
-            pred = Predictor(model, card, out_of_scope=False)
+        if not f.exists():   # the weights are loaded only when their logits are not cached yet
+            pred = Predictor(load_model(cards[label])[0], card, out_of_scope=False)
             np.save(f, pred.predict_table(val, use_metadata=meta and card.use_metadata, tta=tta)["logits"])
         return np.load(f)
 
