@@ -75,7 +75,7 @@ def markdown(cards: dict[str, str], head: str, table_lines: list[str]) -> str:
         card = read_card(path)
         t = card.training
         lines += [f"**{label}**: `{path}` ({card.architecture}, weights SHA-256 `{card.weights_sha256()[:16]}…`)", "",
-                  "```bash", *((t.details.get("commands") or [t.command]) if t else ["n/a"]), "```", ""]
+                  "```bash", *(t.commands if t else ["n/a"]), "```", ""]
     return "\n".join(lines)
 
 

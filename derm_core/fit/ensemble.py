@@ -89,8 +89,7 @@ def combine(runs: list, data, out, command: str = "", progress=print) -> Path:
         shutil.copyfile(first.split_file, out / "split.csv")
     members = tuple(member_record(c) for c in cards)
     seconds = [m.training.get("wall_time_s") for m in members]
-    commands = [cmd for c in cards for cmd in ((c.training.details.get("commands") or [c.training.command])
-                                                if c.training else [])]
+    commands = [cmd for c in cards for cmd in (c.training.commands if c.training else [])]
     counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
     card = ModelCard(
         arch=ENSEMBLE, taxonomy=first.taxonomy, use_metadata=first.use_metadata, preprocessing=first.preprocessing,

@@ -139,7 +139,7 @@ def teacher_record(card: ModelCard) -> dict:
     (the model sheet prints them before the student's own, so the recipe stays whole)."""
     tr = card.training
     return {"card": str(card.path), "architecture": card.architecture, "weights_sha256": card.weights_sha256(),
-            "commands": (tr.details.get("commands") or [tr.command]) if tr else [], "temperature": DISTILL_T,
+            "commands": tr.commands if tr else [], "temperature": DISTILL_T,
             "wall_time_s": tr.wall_time_s if tr else None,
             "val": {k: card.metrics.get("val", {}).get(k) for k in ("accuracy", "balanced_accuracy", "macro_auc")}}
 

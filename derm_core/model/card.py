@@ -79,6 +79,11 @@ class TrainingRecord:
                    split_file=d.get("split_file") or SPLIT_FILE, data=dict(d.get("data") or {}),
                    wall_time_s=d.get("wall_time_s"), details={k: v for k, v in d.items() if k not in cls._TYPED})
 
+    @property
+    def commands(self) -> list[str]:
+        """Every command of the run, in order (a resumed run repeats its command), or the one."""
+        return self.details.get("commands") or [self.command]
+
     def to_json(self) -> dict:
         out = {"command": self.command, "config": self.config, **self.details, "split_file": self.split_file,
                "data": self.data}
