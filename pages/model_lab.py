@@ -141,6 +141,7 @@ def setting_select(col, label: str, name: str, key: str, **kw):
 
 
 NEW_MODEL = "a new model"
+NO_TEACHER = "no teacher"
 MAX_MEMBERS = 10          # ensemble members the form offers
 
 
@@ -201,9 +202,9 @@ def train_section() -> None:
             help="Ensemble members. 1: one model. 2 or more: that many models of this architecture (seeds 0, 1, "
                  "...) trained one after another on one split, then averaged into one ensemble with one calibration. "
                  "Each member takes as long as one model.")
-        f = st.columns(4)
-        teacher = f[0].selectbox("Distil from", [None, *models], key="lab_teacher",
-                                 format_func=lambda k: "no teacher" if k is None else models[k],
+        f = st.columns([2, 1, 1])   # a teacher's label is as long as Start from's
+        teacher = f[0].selectbox("Distil from", [NO_TEACHER, *models], key="lab_teacher",
+                                 format_func=lambda k: k if k == NO_TEACHER else models[k],
                                  help="Train on this model's probabilities as well as the labels (distillation): "
                                       "a single model that learns from an ensemble. It trains on the teacher's split.")
         distill_weight = setting_number(f[1], "Teacher weight", "distill_weight", "lab_distill_weight", step=0.1,
@@ -220,7 +221,8 @@ def train_section() -> None:
                              pretrained=pretrained, tta=tta,
                              device=None if device == "auto" else device, monitor=monitor_on,
                              init_from=None if start_from == NEW_MODEL else start_from,
-                             teacher=teacher, distill_weight=float(distill_weight))
+                             teacher=None if teacher == NO_TEACHER else teacher,
+                             distill_weight=float(distill_weight))
         try:
             from derm_core.data.taxonomy import load_taxonomy
             cfg = with_teacher_split(cfg)

@@ -194,7 +194,7 @@ def test_the_training_form_starts_at_trainconfigs_defaults(lab):
         assert box.value == getattr(cfg, name) and options == TC.choices(name), key
     assert at.checkbox(key="lab_meta").value == cfg.metadata and at.checkbox(key="lab_tta").value == cfg.tta
     assert at.text_input(key="lab_tax").value == cfg.taxonomy and at.number_input(key="lab_limit").value == 0
-    assert at.selectbox(key="lab_teacher").value is None and at.number_input(key="lab_distill_weight").value == \
+    assert at.selectbox(key="lab_teacher").value == "no teacher" and at.number_input(key="lab_distill_weight").value == \
         cfg.distill_weight
 
 
