@@ -169,8 +169,11 @@ def browser_context(app_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(browser_context):
+def page(browser_context, app_server):
+    """The one tab, opened on the app, so any test (or ``-k`` selection) can start from the sidebar."""
     pg = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
+    pg.goto(app_server.url)
+    pg.locator('[data-testid="stSidebarNav"]').wait_for()
     return pg
 
 
