@@ -399,6 +399,7 @@ def cmd_explain(a) -> int:
     from derm_core.explain import maps as E
     from derm_core.explain.lesion import biopsy_site, suggest_mask
     from derm_core.model.predictor import Predictor
+    from derm_core.triage.rules import biopsy_class
     out = _check_out_dir(a.out, "--out")
     clinical = _clinical(a)
     photo = load_image(a.image)
@@ -419,8 +420,9 @@ def cmd_explain(a) -> int:
     if a.member is not None and a.member > len(pred.card.members):
         raise ConfigError(f"--member {a.member}: this ensemble has {len(pred.card.members)} members")
     if a.method == "lime":
-        lime = E.lime_explanation(pred, photo, clinical=clinical, num_samples=E.LIME_SAMPLES if a.samples is None else a.samples,
-                                  seed=a.seed)
+        target = pred.taxonomy.index(biopsy_class(gate, pred.taxonomy))    # the triage page's class
+        lime = E.lime_explanation(pred, photo, target, clinical=clinical, seed=a.seed,
+                                  num_samples=E.LIME_SAMPLES if a.samples is None else a.samples)
         site = biopsy_site(lime, outline, "the automatic lesion outline")   # the triage page's rule
         x, y = lime.geometry.point_to_photo(site.x, site.y)
         lime.overlay(photo).save(out / "lime.png")

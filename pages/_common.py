@@ -6,8 +6,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 import streamlit.components.v1 as components
+from PIL import Image
 
 from derm_core.data.dataset import DataError
+from derm_core.data.images import ImageError, data_uri, load_image
 from derm_core.data.splits import held_out_cases
 from derm_core.errors import DermTriageError
 from derm_core.model.checkpoint import model_stamp, read_card
@@ -17,6 +19,17 @@ from derm_core.model.predictor import Predictor
 from derm_core.settings import ENV_DATA, SHIPPED_MODEL, settings
 from derm_core.triage.report import DISCLAIMER
 from derm_core.triage.rules import Thresholds
+
+
+def thumbnail(path, width: int) -> str:
+    """A dataset photo for ``st.image`` at ``width`` px (sent at twice that, for sharp screens):
+    a data URI (:func:`derm_core.data.images.data_uri`); a grey tile when it cannot be read, so the
+    captions beside it still line up."""
+    try:
+        img = load_image(path)
+    except (ImageError, OSError):
+        img = Image.new("RGB", (4, 3), (189, 189, 189))
+    return data_uri(img, 2 * width, "JPEG")
 
 
 def disclaimer() -> None:

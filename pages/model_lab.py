@@ -39,7 +39,15 @@ from derm_core.model.networks import get_arch
 from derm_core.settings import ENV_MODEL, ENV_PROFILES, ENV_RUNS, SHIPPED_MODEL, settings
 from derm_core.triage import profiles as P
 from derm_core.triage.rules import Thresholds
-from pages._common import ACTIVE_PROFILE, column_width, data_dir_setting, disclaimer, two_columns, words_table
+from pages._common import (
+    ACTIVE_PROFILE,
+    column_width,
+    data_dir_setting,
+    disclaimer,
+    thumbnail,
+    two_columns,
+    words_table,
+)
 
 SECTIONS = ["Train", "Runs", "Evaluate & tune"]
 ALL = "all images"
@@ -490,7 +498,7 @@ def embedding_view(card, res: dict, folder: str, split: str, thr: Thresholds) ->
         rows = L.selected_rows(event.selection.points if event else [])
         if rows:
             table = res["table"]
-            st.image([table["path"].iloc[i] for i in rows], width=110,
+            st.image([thumbnail(table["path"].iloc[i], 110) for i in rows], width=110,
                      caption=[f"{table['image_id'].iloc[i]} ({table['label'].iloc[i]})" for i in rows])
         else:
             st.caption("Hover for image ids; select points (click, box or lasso) to see their images.")
@@ -660,14 +668,19 @@ def conformal_view(card, ev: O.EvalSet, folder: str, split: str) -> None:
         c1.plotly_chart(coverage_figure(C.coverage_curve(cal, ev.y, ev.probs), target_colours(ev)),
                         key="lab_conformal_coverage")
         c2.plotly_chart(set_size_figure(r["set_size_counts"], level), key="lab_conformal_sizes")
-        st.dataframe(C.per_class_rows(r), hide_index=True, key="lab_conformal_classes",
-                     column_config={"coverage": st.column_config.NumberColumn(format="percent")})
+        coverage = st.column_config.NumberColumn(format="%.1f%%")   # one decimal, as the metric above
+
+        def in_percent(rows: list[dict]) -> pd.DataFrame:
+            return pd.DataFrame(rows).assign(coverage=lambda d: d["coverage"] * 100)
+
+        st.dataframe(in_percent(C.per_class_rows(r)), hide_index=True, key="lab_conformal_classes",
+                     column_config={"coverage": coverage})
         if "skin_tone" in ev.groups:
             st.markdown(f"**Coverage by skin tone** at {level:.0%} (ITA of the skin around each lesion)")
-            st.dataframe(C.per_group_rows(cal, ev.y, ev.probs, ev.groups["skin_tone"], (*TONE_NAMES, UNKNOWN), level),
+            st.dataframe(in_percent(C.per_group_rows(cal, ev.y, ev.probs, ev.groups["skin_tone"],
+                                                     (*TONE_NAMES, UNKNOWN), level)),
                          hide_index=True, key="lab_conformal_tones",
-                         column_config={"group": "skin tone",
-                                        "coverage": st.column_config.NumberColumn(format="percent"),
+                         column_config={"group": "skin tone", "coverage": coverage,
                                         "mean set size": st.column_config.NumberColumn(format="%.2f")})
             st.caption("The guarantee holds on average over photos like the validation set; a tone with few photos "
                        "can fall below it by chance or because the model knows it less.")

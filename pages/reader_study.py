@@ -14,7 +14,7 @@ import streamlit as st
 
 from derm_core.data.clinical import Clinical
 from derm_core.data.dataset import DataError
-from derm_core.data.images import ImageError, load_image, strip_metadata
+from derm_core.data.images import ImageError, data_uri, load_image
 from derm_core.evaluate.figures import confusion_figure, reader_roc_figure
 from derm_core.explain import maps as explain
 from derm_core.settings import ENV_HOME, ENV_STUDY_DB
@@ -241,7 +241,7 @@ def show_model_output(study: Study, case: dict, width: int) -> None:
         st.caption(f"Grad-CAM unavailable: {e}")
         return
     scope = explain.cam_scope(pred.card, 0)   # cam_heatmap's default member; '' for one network
-    st.image(overlay, width=min(GRADCAM_PX, width), caption=f"Grad-CAM for {tax.display_names[tax.classes[top]]}"
+    st.image(data_uri(overlay, 2 * GRADCAM_PX, "JPEG"), width=min(GRADCAM_PX, width), caption=f"Grad-CAM for {tax.display_names[tax.classes[top]]}"
                                                             + (f" (ensemble {scope})" if scope else ""))
 
 
@@ -265,7 +265,7 @@ def debrief(study: Study, answers: pd.DataFrame, me: dict) -> None:
         for col, r in zip(cols, rows.iloc[start:start + per_row].itertuples(index=False)):
             with col:
                 try:
-                    col.image(strip_metadata(load_image(r.image_path)), width="stretch")
+                    col.image(data_uri(load_image(r.image_path), 600, "JPEG"), width="stretch")
                 except (ImageError, OSError):
                     col.caption("(image unavailable)")
                 col.markdown(f"Case {r.case} · advice shown: **{r.advice}** · correct: **{r.correct_answer}** · "
@@ -332,7 +332,7 @@ def read_section() -> None:
     left_col, right_col, col_px = two_columns("rs-case-row", min_width=SIDE_BY_SIDE_PX)
     with left_col:
         try:
-            image = strip_metadata(load_image(case["image_path"]))
+            image = data_uri(load_image(case["image_path"]), 2 * CASE_PHOTO_PX, "JPEG")
         except (ImageError, OSError) as e:
             st.error(f"The case image {case['image_path']} cannot be shown: {e}. Ask the teacher to restore the "
                      "dataset folder.")

@@ -9,14 +9,22 @@ import streamlit as st
 
 from derm_core.data.clinical import SEXES, SITES, Clinical
 from derm_core.data.dataset import DataError
-from derm_core.data.images import UPLOAD_EXTENSIONS, ImageError, crop_photo, describe_crop, load_image, load_mask
+from derm_core.data.images import (
+    UPLOAD_EXTENSIONS,
+    ImageError,
+    crop_photo,
+    data_uri,
+    describe_crop,
+    load_image,
+    load_mask,
+)
 from derm_core.evaluate.figures import differential_chart, mark_biopsy, tier_chart
 from derm_core.explain import lesion, mapquality, similar, skin_tone
 from derm_core.explain import maps as explain
 from derm_core.model import conformal
 from derm_core.model.transforms import to_pil_preview
 from derm_core.triage.report import case_report_html, case_report_pdf
-from derm_core.triage.rules import describe_tier_rule
+from derm_core.triage.rules import biopsy_class, describe_tier_rule
 from pages._common import (
     ACTIVE_PROFILE,
     active_thresholds,
@@ -26,6 +34,7 @@ from pages._common import (
     example_cases,
     get_predictor,
     model_caption,
+    thumbnail,
     two_columns,
 )
 
@@ -60,6 +69,7 @@ with left:
     source = st.radio("Photo", ["Upload a photo", "Example case from a dataset"], horizontal=True, key="source")
     truth = None
     if source == "Upload a photo":
+        data_dir_setting()     # the sidebar's dataset folder (similar cases), drawn before any stop below
         up = st.file_uploader("Lesion photo", type=UPLOAD_EXTENSIONS, key="upload",
                               help="Stays in memory; nothing is written to disk unless you download a report.")
         if up is None:
@@ -112,7 +122,7 @@ with right:
     site = st.selectbox("Body site", ["not given", *SITES], key="site")
     clinical = Clinical.parse(age, None if sex == "not given" else sex, None if site == "not given" else site)
     h_in, w_in = pred.card.input_size     # the model sees the crop's centre at its input's shape
-    st.image(to_pil_preview(crop, (h_in, w_in)),
+    st.image(data_uri(to_pil_preview(crop, (h_in, w_in))),
              caption=f"Model input: crop {crop.size[0]}x{crop.size[1]} px of a {photo.size[0]}x{photo.size[1]} photo, "
                      f"seen at {w_in}x{h_in} (its centre, where the shapes differ)")
 
@@ -147,9 +157,8 @@ if result.withheld:
     d3.download_button("Report (PDF)", case_report_pdf(**report_args), file_name="dermtriage-report.pdf",
                        mime="application/pdf", key="report_pdf_withheld", icon=":material/picture_as_pdf:")
     st.stop()
-if result.out_of_scope:
-    st.warning("**Triaged anyway.** The out-of-scope check flagged this photo as unlike the dermatoscopic lesion "
-               "photos the model was trained on; the output below may mean nothing.", icon=":material/report:")
+if result.anyway_warning:
+    st.warning(f"**{result.anyway_warning}**", icon=":material/report:")
 tier_rank = pred.taxonomy.tiers[result.tier].rank
 TIER_BOX[min(tier_rank, 2)](f"**Risk tier: {result.tier}** — {result.what_to_do}")
 st.markdown(f"**Why this tier:** {result.tier_reason}")
@@ -205,6 +214,7 @@ st.subheader("Why? Explanations")
 crop_key = (digest, box, clinical)
 classes = list(pred.taxonomy.classes)
 top = classes.index(result.differential[0][0])
+urgent = classes.index(biopsy_class(result, pred.taxonomy))    # LIME's class: the biopsy site is for it
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -234,7 +244,10 @@ with cam_tab:
     a, b = st.columns(2)
     method = a.selectbox("Method", list(explain.CAM_METHODS), key="cam_method", format_func=explain.CAM_NAMES.get,
                          help="Grad-CAM and Grad-CAM++ use gradients; EigenCAM and ScoreCAM do not.")
-    target = b.selectbox("Explain class", range(len(classes)), index=top, key="cam_class",
+    if "cam_class" not in st.session_state or st.session_state.get("cam_class_top") != top:
+        # first shown, or a new top class (another photo, crop or clinical data): explain the new top class
+        st.session_state["cam_class"] = st.session_state["cam_class_top"] = top
+    target = b.selectbox("Explain class", range(len(classes)), key="cam_class",
                          format_func=lambda i: pred.taxonomy.display_names[classes[i]])
     if method == "scorecam":   # issue 13: say so before it runs
         st.warning("ScoreCAM runs the network once per feature channel: it can take tens of seconds on a CPU.")
@@ -248,7 +261,7 @@ with cam_tab:
     with st.spinner(f"Computing {cam_name} ..."):
         cam = cached_cam(crop_key, method, target, crop, clinical, model_id, member)
     scope = explain.cam_scope(pred.card, cam.member)
-    st.image(cam.overlay(crop), width=420,
+    st.image(data_uri(cam.overlay(crop), 2 * 420, "JPEG"), width=420,
              caption=f"{cam_name} for {pred.taxonomy.display_names[classes[cam.target]]} ({cam.seconds:.2f} s): "
                      "red = regions that raised this class's score"
                      + (f". It explains ensemble {scope}, not the whole ensemble" if scope else ""))
@@ -262,7 +275,7 @@ with lime_tab:
                        help="More samples: more stable explanations, slower.")
     segments = b.slider("Superpixels", 10, 80, explain.LIME_SEGMENTS, step=5, key="lime_segments")
     with st.status("Running LIME ...", expanded=False) as status:
-        lime_res = cached_lime(crop_key, samples, segments, top, crop, clinical, model_id)
+        lime_res = cached_lime(crop_key, samples, segments, urgent, crop, clinical, model_id)
         full, mask_note = None, ""      # a bad mask file falls back to the automatic outline (issue 13)
         if truth is not None and isinstance(truth.get("mask_path"), str):
             full, mask_note = load_mask(truth["mask_path"], photo.size)
@@ -273,6 +286,10 @@ with lime_tab:
         site_ = lesion.biopsy_site(lime_res, mask, mask_src)
         took = f"{lime_res.seconds:.1f} s" if lime_res.seconds >= 0.05 else "under 0.1 s"
         status.update(label=f"LIME done in {took}", state="complete")
+    if urgent != top:
+        st.caption(f"LIME explains **{names[classes[urgent]]}**, the most urgent class in the differential (the most "
+                   f"probable is {names[classes[top]]}): a biopsy is taken where the evidence for the most serious "
+                   "possible diagnosis is strongest.")
     geo = lime_res.geometry
     region = geo.mask_to_original(site_.region)
     point = geo.point_to_original(site_.x, site_.y)
@@ -283,18 +300,18 @@ with lime_tab:
     lime_notes = "".join([f"; it explains the whole ensemble of {len(pred.card.members)} members"
                           if pred.card.is_ensemble else "",
                           "; greyed: outside the model's centre crop" if lime_res.cut_away else ""])
-    x1.image(lime_img, width="stretch",
+    x1.image(data_uri(lime_img, fmt="JPEG"), width="stretch",
              caption=f"Green supports, red opposes {pred.taxonomy.display_names[classes[lime_res.target]]}{lime_notes}")
     with x2:
         biopsy_img = mark_biopsy(crop, region, point, shown_w, mask) if site_.suggested else crop
-        st.image(biopsy_img, width="stretch",
+        st.image(data_uri(biopsy_img, 2 * shown_w, "JPEG"), width="stretch",
                  caption=f"Suggested biopsy site (cyan: point and region) inside {mask_src} (yellow)"
                  if site_.suggested else "No biopsy site suggested")
     ox, oy = geo.point_to_photo(site_.x, site_.y, box)
     if mask_note:
         st.warning(mask_note)
-    lime_quality = cached_quality(crop_key, ("lime", samples, segments, top, mask_src), lime_res, crop, mask, clinical,
-                                  model_id)
+    lime_quality = cached_quality(crop_key, ("lime", samples, segments, urgent, mask_src), lime_res, crop, mask,
+                                  clinical, model_id)
     if site_.suggested:
         st.caption(f"Biopsy site at x={ox}, y={oy} in the original photo's pixels. {site_.note}")
         if not lime_quality.faithful:     # the site comes from this map: say when the check does not back it
@@ -316,8 +333,8 @@ def similar_index(network_key: str, data_dir: str) -> similar.FolderIndex:
     return similar.folder_index(pred.card, data_dir, build=False)
 
 
-# the dataset folder field is in the sidebar in both modes (drawn by example_cases in example mode)
-sim_dir = data_dir_setting() if source == "Upload a photo" else st.session_state.get("data_dir_value", "")
+# the dataset folder field is in the sidebar in both modes (drawn at the top, by example_cases in example mode)
+sim_dir = st.session_state.get("data_dir_value", "")
 if not sim_dir:
     st.caption("Set the dataset folder in the sidebar (the model's own training data) to see similar cases.")
 else:
@@ -364,7 +381,7 @@ else:
             hits = []
             st.warning(f"Ignored the similar-case index: {e}.")
         if hits:
-            st.image([h.path for h in hits], width=120,
+            st.image([thumbnail(h.path, 120) for h in hits], width=120,
                      caption=[f"{pred.taxonomy.display_names[h.label]} · similarity {h.similarity:.2f}" for h in hits])
             st.caption("Nearest by cosine similarity of the network's image features, among the model's training "
                        "and validation images, with their recorded diagnoses. Similar-looking is not the same "
@@ -374,9 +391,11 @@ else:
 report_args = dict(
     crop=crop, result=result, taxonomy=pred.taxonomy, thresholds=thresholds, model_name=pred.card.name,
     model_version=pred.card.version,
-    figures={f"{cam_name} heat map" + (f" (ensemble {scope})" if scope else ""): cam.overlay(crop),
-             f"LIME (green supports, red opposes{lime_notes})": lime_img,
-             "Suggested biopsy site": biopsy_img},
+    figures={f"{cam_name} heat map for {names[classes[cam.target]]}" + (f" (ensemble {scope})" if scope else ""):
+             cam.overlay(crop),
+             f"LIME for {names[classes[lime_res.target]]} (green supports, red opposes{lime_notes})": lime_img,
+             f"Suggested biopsy site (from the LIME map for {names[classes[lime_res.target]]})"
+             if site_.suggested else "No biopsy site suggested": biopsy_img},
     clinical={"age": clinical.age, "sex": clinical.sex, "site": clinical.site},
     extra={**({f"prediction set ({level:.0%})": conformal.describe(pset, level, pred.taxonomy.display_names)}
               if pset is not None else {}),

@@ -254,6 +254,8 @@ def test_lime_overlay_covers_the_whole_crop_like_the_biopsy_picture():
     grey = img[150, 50]
     assert abs(grey[0] - grey[1]) < 40                            # cut away: greyed, not tinted
     assert not LimeResult(seg, {}, 0, 0.0, 10, (80, 60)).cut_away
+    assert not LimeResult(seg, {}, 0, 0.0, 10, (203, 150)).cut_away    # a 1% strip: nothing a caption should name
+    assert LimeResult(seg, {}, 0, 0.0, 10, (150, 150)).cut_away         # a quarter cut away (top and bottom)
 
 
 def test_differential_chart_has_a_key_and_values_clear_of_the_threshold_ticks(ham7):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import zlib
+from html import escape
 
 import numpy as np
 import pytest
@@ -13,9 +14,8 @@ from PIL import Image
 
 from conftest import GPS_TEXT, exif_photo
 from derm_core.data.images import load_image
-from derm_core.triage.report import CROP_TITLE
 from derm_core.data.taxonomy import load_taxonomy
-from derm_core.triage.report import DISCLAIMER, case_report_html, case_report_pdf
+from derm_core.triage.report import CROP_TITLE, DISCLAIMER, _pdf_text, case_report_html, case_report_pdf
 from derm_core.triage.rules import Thresholds, TriageResult
 
 
@@ -261,3 +261,22 @@ def test_the_tier_banner_says_the_tier_once_and_keeps_the_degree_sign(case):
         assert banner[1].lower() in tax.tiers[tier].action.lower()        # what to do, as the taxonomy says it
         text = re.sub(r"\s+", " ", pdf_text(pdf_objects(case_report_pdf(**case))))
         assert f"{tier} - {banner[1]}" in text and "ITA 41°" in text
+
+
+def test_a_photo_triaged_anyway_carries_the_warning_above_its_tier(case):
+    """A cat triaged anyway can come out "dangerous": the report says before that banner, on page 1,
+    that the out-of-scope check flagged the photo; an in-scope result has no such warning."""
+    res = case["result"]
+    assert res.anyway_warning == "" and "flagged" not in case_report_html(**case)
+    case["result"] = TriageResult(**{**res.__dict__, "out_of_scope": True, "ood_score": 9.0})
+    warning = case["result"].anyway_warning
+    html = case_report_html(**case)
+    assert 0 < html.index(escape(warning)) < html.index('<p class="tier">')
+    first_page = [s for h, s in pdf_objects(case_report_pdf(**case)).values()
+                  if s is not None and b"/Subtype /Image" not in h][0]      # fpdf2 writes page 1's content first
+    text = re.sub(r"\s+", " ", pdf_text({0: (b"", first_page)}))
+    banner = f"{res.tier} - {res.what_to_do}"
+    assert _pdf_text(warning) in text and text.index(_pdf_text(warning)) < text.index(_pdf_text(banner)[:20])
+    # a withheld photo says "not triaged", not "triaged anyway"
+    case["result"] = case["result"].withhold("the photo does not look like a skin lesion")
+    assert case["result"].anyway_warning == "" and "Triaged anyway" not in case_report_html(**case)

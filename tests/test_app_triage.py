@@ -223,3 +223,62 @@ def test_an_index_built_by_another_session_shows_on_the_next_run(indexed_setup):
     at.run()
     assert not at.exception, at.exception
     assert len(_thumbnails(at)) == 6 and "not indexed yet" not in page_text(at)
+
+
+def _biased_model(tmp_path, ham7, monkeypatch, bias: dict[str, float], male: str | None = None) -> list[str]:
+    """A tiny model that ignores the photo: its class scores are ``bias``, plus 10 for ``male``'s
+    class when the patient is male. Set as the page's model; returns the class order."""
+    torch.manual_seed(0)
+    model = create_model("tiny_test", 7, use_metadata=True, pretrained="none")
+    classes, n = list(ham7.classes), model.head[1].in_features - model.meta[2].out_features
+    with torch.no_grad():
+        for layer in (model.meta[0], model.meta[2], model.head[1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        model.meta[0].weight[0, 2] = 1.0        # metadata unit 0: "sex male" (encode: [age, missing, male, ...])
+        model.meta[2].weight[0, 0] = 1.0
+        if male:
+            model.head[1].weight[classes.index(male), n] = 10.0
+        for c, b in bias.items():
+            model.head[1].bias[classes.index(c)] = b
+    monkeypatch.setenv("DERMTRIAGE_MODEL", str(save_model(model, tiny_card(ham7), tmp_path / "model" / "model")))
+    monkeypatch.delenv("DERMTRIAGE_DATA", raising=False)
+    return classes
+
+
+def _captions(at) -> list[str]:
+    return [i.caption for e in at.get("image") for i in e.proto.imgs]
+
+
+def test_explain_class_follows_a_new_top_class_but_keeps_a_users_choice(tmp_path, ham7, monkeypatch):
+    """Top class bkl without clinical data, mel for a male patient: giving the sex moves the
+    Grad-CAM's class to mel (it kept bkl while LIME followed mel); a class the user picks stays
+    picked while the top class does not change."""
+    classes = _biased_model(tmp_path, ham7, monkeypatch, {"bkl": 5.0}, male="mel")
+    at = _app().run()
+    at.file_uploader[0].set_value(("lesion.png", _png(lesion_image(CLASS_COLOURS["nv"], (200, 150))), "image/png"))
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="cam_class").value == classes.index("bkl")
+    at.selectbox(key="cam_class").set_value(classes.index("nv")).run()        # the user's own choice ...
+    at.number_input(key="age").set_value(40).run()                             # ... survives a change of age
+    assert at.selectbox(key="cam_class").value == classes.index("nv")
+    at.selectbox(key="sex").set_value("male").run()                            # a new top class: explained
+    assert not at.exception, at.exception
+    assert at.selectbox(key="cam_class").value == classes.index("mel")
+    assert any(c.startswith("Grad-CAM for Melanoma") for c in _captions(at)), _captions(at)
+    assert any(c.startswith("Green supports, red opposes Melanoma") for c in _captions(at)), _captions(at)
+
+
+def test_lime_and_the_biopsy_site_explain_the_most_urgent_class_of_the_differential(tmp_path, ham7, monkeypatch):
+    """Nevus 58% and melanoma 39% (both over their 30% thresholds): Grad-CAM starts on the nevus,
+    LIME and the biopsy site explain the melanoma, and the page says so."""
+    _biased_model(tmp_path, ham7, monkeypatch, {"nv": 5.0, "mel": 4.6})
+    at = _app().run()
+    at.file_uploader[0].set_value(("lesion.png", _png(lesion_image(CLASS_COLOURS["nv"], (200, 150))), "image/png"))
+    at.run()
+    assert not at.exception, at.exception
+    text = page_text(at)
+    assert "LIME explains **Melanoma**, the most urgent class in the differential" in text
+    assert any(c.startswith("Grad-CAM for Melanocytic nevus") for c in _captions(at)), _captions(at)
+    assert any(c.startswith("Green supports, red opposes Melanoma") for c in _captions(at)), _captions(at)

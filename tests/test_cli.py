@@ -104,6 +104,7 @@ def test_explain_maps_the_biopsy_site_as_the_triage_page_does(trained, tmp_path,
     from derm_core.explain import lesion
     from derm_core.explain import maps as E
     from derm_core.model.predictor import Predictor
+    from derm_core.triage.rules import biopsy_class
     root, _ = trained
     lesion_image(CLASS_COLOURS["mel"], (300, 220), seed=4).save(tmp_path / "photo.png")
     photo = load_image(tmp_path / "photo.png")
@@ -112,11 +113,14 @@ def test_explain_maps_the_biopsy_site_as_the_triage_page_does(trained, tmp_path,
     crop.save(tmp_path / "crop.png")
     assert main(["explain", str(tmp_path / "crop.png"), "--method", "lime", "--out", str(tmp_path / "out"),
                  "--samples", "40", "--seed", "0", "--model", str(root / "run"), "--anyway", "--json"]) == 0
-    cli = json.loads(capsys.readouterr().out)["biopsy_site"]
+    out = json.loads(capsys.readouterr().out)
+    cli = out["biopsy_site"]
     pred = Predictor.from_path(root / "run")                  # what pages/triage.py does with the crop
-    lime = E.lime_explanation(pred, crop, num_samples=40, seed=0, clinical=Clinical.parse(None, None, None))
+    clinical = Clinical.parse(None, None, None)
+    target = pred.taxonomy.index(biopsy_class(pred.predict(crop, clinical, anyway=True), pred.taxonomy))
+    lime = E.lime_explanation(pred, crop, target, num_samples=40, seed=0, clinical=clinical)
     site = lesion.biopsy_site(lime, lesion.suggest_mask(crop), "the automatic lesion outline")
     assert site.suggested and cli is not None
     page = lime.geometry.point_to_photo(site.x, site.y, box)
     assert page == (cli["x"] + box[0], cli["y"] + box[1])
-    assert cli["note"] == site.note
+    assert cli["note"] == site.note and out["target"] == pred.taxonomy.classes[target]

@@ -79,6 +79,12 @@ def test_runs_table_and_card_summary(tmp_path):
     assert t.loc["r1", "state"] == "finished" and t.loc["r1", "architecture"] == "tiny_test" and t.loc["r1", "epochs"] == 2
     assert t.loc["r1", "val macro AUC"] == 0.9 and pd.isna(t.loc["r1", "test macro AUC"])
     assert t.loc["r2", "architecture"] == "tiny" and t.loc["r2", "state"] == "failed"
+    # a run folder restored with its card only (no progress file): the card's epochs, not 0
+    restored = [RunInfo("r3", tmp_path, JobStatus(tmp_path, "done"), card.with_(
+        training=TrainingRecord(details={"epochs_run": 12, "history": [{}] * 12})), modified=0.0),
+                RunInfo("r4", tmp_path, JobStatus(tmp_path, "done"), card.with_(
+                    training=TrainingRecord(details={"history": [{}] * 5})), modified=0.0)]
+    assert list(L.runs_table(restored)["epochs"]) == [12, 5]
     assert t.loc["r1", "modified"] == time.strftime("%Y-%m-%d %H:%M", time.localtime(0.0))
     shown = L.card_summary(card)
     assert "history" not in shown["training"] and shown["training"]["epochs"] == 3 and "taxonomy" not in shown

@@ -146,6 +146,7 @@ def test_the_triage_page_refuses_the_cat_and_offers_triage_anyway(monkeypatch):
     text = page_text(at)
     assert "Not triaged: out of scope" in text and "Risk tier:" not in text and "Biopsy site" not in text
     assert [b.label for b in at.get("download_button")] == ["Report (HTML)", "Report (PDF)"]
+    assert [t.key for t in at.sidebar.text_input] == ["data_dir"]    # the sidebar keeps its dataset folder
     at.button(key="triage_anyway").click().run()
     assert not at.exception, at.exception
     text = page_text(at)

@@ -182,6 +182,13 @@ def _app(page: str | None = None) -> AppTest:
     return at
 
 
+def _shown_images(at, media) -> list[bytes]:
+    """Every image the page sends to the browser: inline as a ``data:`` URI, or as a media file."""
+    inline = [base64.b64decode(i.url.split(",", 1)[1]) for e in at.get("image") for i in e.proto.imgs
+              if i.url.startswith("data:image/")]
+    return inline + [d for m, d in media if m.startswith("image/")]
+
+
 def _images_in_html(html: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r'src="data:image/[a-z]+;base64,([A-Za-z0-9+/=]+)"', html)]
 
@@ -214,9 +221,10 @@ def test_triage_offline_and_the_report_carries_no_exif(app_env, offline, media):
     assert len(images) >= 4                       # crop, CAM, LIME, biopsy site
     for i, img in enumerate(images):
         assert_no_metadata(img, f"report image {i}")
-    for mime, data in media:                      # and nothing the page shows in the browser carries it either
-        if mime.startswith("image/"):
-            assert_no_metadata(data, f"page image ({mime})")
+    shown = _shown_images(at, media)              # and nothing the page shows in the browser carries it either
+    assert len(shown) >= 4                        # model input, Grad-CAM, LIME, biopsy site
+    for i, data in enumerate(shown):
+        assert_no_metadata(data, f"page image {i}")
 
 
 def test_model_lab_offline_evaluate_and_publish(app_env, offline):
@@ -247,7 +255,7 @@ def test_reader_study_offline_and_cases_shown_without_exif(app_env, offline, med
     at.text_input(key="rs_reader_name").set_value("Dr Test")
     at.button(key="rs_start").click().run()
     assert not at.exception, at.exception
-    shown = [d for m, d in media if m.startswith("image/")]
+    shown = _shown_images(at, media)
     assert shown, "the case photo is shown"
     for data in shown:
         assert_no_metadata(data, "reader-study case image")
@@ -368,6 +376,19 @@ def test_strip_metadata_removes_exif_but_keeps_pixels():
     clean.save(buf, "JPEG")
     assert_no_metadata(buf.getvalue(), "re-saved JPEG")
     assert photo.size == (150, 200)
+
+
+def test_data_uri_sends_pixels_only_and_at_most_the_width_asked():
+    """What the pages send inline (st.image) and the report embeds: no EXIF or GPS, the aspect kept."""
+    from derm_core.data.images import data_uri
+    raw = Image.open(io.BytesIO(exif_photo()))               # EXIF and GPS still attached
+    assert raw.getexif()
+    for fmt, width, want in (("JPEG", 100, (100, 75)), ("PNG", None, raw.size), ("PNG", 400, raw.size)):
+        uri = data_uri(raw, width, fmt)
+        assert uri.startswith(f"data:image/{fmt.lower()};base64,")
+        data = base64.b64decode(uri.split(",", 1)[1])
+        assert_no_metadata(data, f"{fmt} data URI")
+        assert Image.open(io.BytesIO(data)).size == want
 
 
 # =========================================================================== issue 18: a hostile Origin

@@ -140,7 +140,7 @@ def test_picker_lists_this_models_profiles_first_and_marks_the_rest(tmp_path, ca
     assert list(labels) == [P.MODEL_DEFAULT, str(mine.path), str(theirs.path)]
     assert labels[P.MODEL_DEFAULT] == P.MODEL_DEFAULT == card.thresholds.name      # not "model default (model default)"
     named = card.with_(thresholds=replace(card.thresholds, name="Youden (validation)"))
-    assert P.profile_choices(named, None, folder)[0][P.MODEL_DEFAULT] == f"{P.MODEL_DEFAULT} (Youden (validation))"
+    assert P.profile_choices(named, None, folder)[0][P.MODEL_DEFAULT] == "default: Youden (validation)"
     assert labels[str(mine.path)] == "mine v1" and labels[str(theirs.path)] == "theirs v1 — for another model (m2)"
     assert len(unreadable) == 1 and "broken.json" in str(unreadable[0])
     gone = str(folder / "gone@v1.json")                                       # chosen, then removed

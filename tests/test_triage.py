@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from derm_core.triage.rules import Thresholds, assign_tiers, fit_thresholds, triage, true_tiers
+from derm_core.triage.rules import Thresholds, assign_tiers, biopsy_class, fit_thresholds, triage, true_tiers
 
 
 def _th(ham7, cls=0.3, high=0.3, danger=0.2):
@@ -19,6 +19,16 @@ def test_differential_lists_every_class_over_its_threshold_ranked(ham7):
     r = triage(_p(ham7, nv=0.35, mel=0.45, bkl=0.2), ham7, _th(ham7))
     assert r.differential == [("mel", 0.45), ("nv", 0.35)]
     assert not r.low_confidence
+
+
+def test_the_biopsy_site_is_for_the_most_urgent_class_of_the_differential(ham7):
+    """A melanoma in the differential beside a more probable nevus: the biopsy is for the melanoma;
+    within one tier the more probable class; a class outside the differential never counts."""
+    assert biopsy_class(triage(_p(ham7, nv=0.6, mel=0.32, bcc=0.05), ham7, _th(ham7)), ham7) == "mel"
+    assert biopsy_class(triage(_p(ham7, bcc=0.4, akiec=0.35, nv=0.25), ham7, _th(ham7)), ham7) == "bcc"
+    assert biopsy_class(triage(_p(ham7, bkl=0.55, nv=0.35, mel=0.1), ham7, _th(ham7)), ham7) == "bkl"
+    low = triage(np.full(7, 1 / 7), ham7, _th(ham7, cls=0.5))     # low confidence: its one class
+    assert biopsy_class(low, ham7) == low.differential[0][0]
 
 
 def test_low_confidence_when_nothing_passes(ham7):

@@ -312,3 +312,19 @@ def strip_metadata(img: Image.Image) -> Image.Image:
     clean = Image.new(img.mode, img.size)
     clean.putdata(list(img.getdata())) if img.mode == "P" else clean.paste(img)
     return clean
+
+
+def data_uri(img: Image.Image, max_width: int | None = None, fmt: str = "PNG") -> str:
+    """The image as a ``data:`` URI, pixels only (no EXIF or GPS), at most ``max_width`` px wide.
+
+    The case report embeds its images so; the pages pass it to ``st.image``, which then sends
+    the picture with the page instead of through Streamlit's media server, whose files a rerun
+    interrupted early deletes while the browser may still fetch them (an "Image source error")."""
+    import base64
+
+    img = img.convert("RGB")
+    if max_width and img.width > max_width:
+        img = img.resize((max_width, max(1, round(img.height * max_width / img.width))), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    strip_metadata(img).save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"

@@ -572,6 +572,7 @@ def set_size_figure(counts: list[int], level: float) -> go.Figure:
     n = max(sum(counts), 1)
     return _figure([dict(type="bar", x=list(range(len(counts))), y=[c / n for c in counts], marker=dict(color="#1565c0"),
                          customdata=counts, hovertemplate="%{x} classes: %{customdata} photos (%{y:.1%})<extra></extra>")],
-                   dict(xaxis=dict(title=dict(text=f"set size at {level:.0%} (number of diagnoses)"), dtick=1),
+                   dict(xaxis=dict(title=dict(text=f"diagnoses in the set ({level:.0%})"), dtick=1,
+                                   automargin=True),     # short: the chart sits in a third of a 1024-px page
                         yaxis=dict(title=dict(text="share of photos"), tickformat=".0%"), height=300,
                         margin=dict(l=10, r=10, t=10, b=10)))

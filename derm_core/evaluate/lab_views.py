@@ -84,7 +84,9 @@ def runs_table(runs) -> pd.DataFrame:
         m = r.card.metrics if r.card else {}
         rows.append({"run": r.name, "state": r.status.describe(),
                      "architecture": r.card.arch if r.card else (r.status.request or {}).get("arch"),
-                     "epochs": len(r.status.history),
+                     # a run folder restored without its progress file: the card's record
+                     "epochs": len(r.status.history) or (r.card.training.epochs_run
+                                                         if r.card and r.card.training else None),
                      "val balanced acc.": m.get("val", {}).get("balanced_accuracy"),
                      "val macro AUC": m.get("val", {}).get("macro_auc"),
                      "test balanced acc.": m.get("test", {}).get("balanced_accuracy"),

@@ -42,6 +42,7 @@ from derm_core.model.transforms import to_pil_preview
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "scorecam": ScoreCAM}
 CAM_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM", "scorecam": "Score-CAM"}  # as written
 SEGMENTATIONS = ("slic", "quickshift")
+CUT_AWAY_SHARE = 0.02   # a greyed strip thinner than this share of the crop is not worth a caption
 
 # LIME defaults, for < 3 s LIME + biopsy with lite0 at 150x200 on a 2-core CPU (README
 # "Explanations" has the measurements; bench/bench_explain.py re-measures speed and agreement):
@@ -363,10 +364,11 @@ class LimeResult:
 
     @property
     def cut_away(self) -> bool:
-        """Whether the model's centre-crop left part of the explained image out (an image not of
-        the model input's aspect): :meth:`overlay_on_image` greys that part."""
+        """Whether the model's centre-crop left a visible part of the explained image out (more
+        than :data:`CUT_AWAY_SHARE` of it; an image not of the model input's aspect):
+        :meth:`overlay_on_image` greys that part, and a caption says so only when it shows."""
         g, (w, h), (H, W) = self.geometry, self.image_size, self.segments.shape
-        return round(w * g.scale_x) > W or round(h * g.scale_y) > H
+        return 1 - min(1.0, W / (w * g.scale_x)) * min(1.0, H / (h * g.scale_y)) > CUT_AWAY_SHARE
 
     def segments_on_image(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """int (h, w) superpixel label of each pixel of the explained image drawn at ``size`` (w, h)

@@ -84,6 +84,12 @@ class TrainingRecord:
         """Every command of the run, in order (a resumed run repeats its command), or the one."""
         return self.details.get("commands") or [self.command]
 
+    @property
+    def epochs_run(self) -> int | None:
+        """How many epochs the run trained (None: not recorded)."""
+        n = self.details.get("epochs_run")
+        return int(n) if isinstance(n, (int, float)) else (len(self.details.get("history") or []) or None)
+
     def to_json(self) -> dict:
         out = {"command": self.command, "config": self.config, **self.details, "split_file": self.split_file,
                "data": self.data}

@@ -224,7 +224,8 @@ def profile_choices(card: ModelCard, current: str | None = None,
     listed = list_profiles(folder)
     found = sorted((p for p in listed if isinstance(p, Profile)), key=lambda p: p.model.get("weights_sha256") != mine)
     own = card.thresholds.name        # the card's thresholds, named unless that repeats the label
-    labels = {MODEL_DEFAULT: MODEL_DEFAULT if own in (None, "", MODEL_DEFAULT) else f"{MODEL_DEFAULT} ({own})"}
+    # "default: Youden (validation)": short enough for the sidebar at 1024 px (it cut "model default (Youden (v")
+    labels = {MODEL_DEFAULT: MODEL_DEFAULT if own in (None, "", MODEL_DEFAULT) else f"default: {own}"}
     for p in found:
         other = p.model.get("weights_sha256") != mine
         labels[str(p.path)] = p.id + (f" — for another model ({p.model.get('name')})" if other else "")

@@ -5,15 +5,13 @@ photo ends up in the report.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import time
 
 from PIL import Image
 
 from derm_core.data.clinical import NONE_GIVEN_NOTE
-from derm_core.data.images import strip_metadata
+from derm_core.data.images import data_uri, strip_metadata
 from derm_core.data.taxonomy import Taxonomy
 from derm_core.triage.rules import Thresholds, TriageResult, explain_tier, tier_score_name
 
@@ -28,10 +26,8 @@ CROP_TITLE = "Lesion crop (the model sees its centre)"   # cut to the input's sh
 
 
 def _img_tag(img: Image.Image, alt: str, width: int = 320) -> str:
-    buf = io.BytesIO()
-    strip_metadata(img.convert("RGB")).save(buf, format="PNG")
-    b64 = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<figure><img alt="{html.escape(alt)}" width="{width}" src="data:image/png;base64,{b64}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    return (f'<figure><img alt="{html.escape(alt)}" width="{width}" src="{data_uri(img)}">'
+            f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
 def _plain(v):
@@ -64,7 +60,8 @@ def _content(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy, thresh
     return dict(
         generated=f"Generated {time.strftime('%Y-%m-%d %H:%M')} · model {model_name} (version {model_version}) · "
                   f"thresholds: {thresholds.name}",
-        tier=tier, action=action, tier_colour=colour, tier_reason=reason, tier_lines=tier_lines,
+        tier=tier, action=action, tier_colour=colour, warning=result.anyway_warning, tier_reason=reason,
+        tier_lines=tier_lines,
         low=("Low confidence: no class reached its operating threshold; the most probable class is shown."
              if result.low_confidence else ""),
         header=("Class", "Probability (calibrated)", "Threshold", "In differential"), rows=rows,
@@ -84,16 +81,18 @@ def case_report_html(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy
     details = "".join(f"<li>{e(str(d))}</li>" for d in c["details"])
     low = f"<p><b>{e(c['low'])}</b></p>" if c["low"] else ""
     reason = f'<p class="reason">Why this tier: {e(c["tier_reason"])}</p>' if c["tier_reason"] else ""
+    warning = f'<p class="warning">{e(c["warning"])}</p>' if c["warning"] else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>DermTriage case report</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
 figure{{display:inline-block;margin:0 1em 1em 0}}.tier{{padding:.6em 1em;color:white;border-radius:6px;background:{c['tier_colour']}}}
-.disclaimer{{border:2px solid #c62828;padding:.6em 1em;background:#fff3f3}}</style></head><body>
+.disclaimer{{border:2px solid #c62828;padding:.6em 1em;background:#fff3f3}}
+.warning{{border:2px solid #ef6c00;padding:.6em 1em;background:#fff8e1;font-weight:bold}}</style></head><body>
 <h1>DermTriage case report</h1>
 <p class="disclaimer">{e(DISCLAIMER)}</p>
 <p>{e(c['generated'])}</p>
-<h2>Risk tier</h2><p class="tier"><b>{e(c['tier'])}</b> — {e(c['action'])}</p>{reason}<ul>{tiers}</ul>
+<h2>Risk tier</h2>{warning}<p class="tier"><b>{e(c['tier'])}</b> — {e(c['action'])}</p>{reason}<ul>{tiers}</ul>
 <h2>Differential diagnosis</h2>{low}
 {f"<table><tr>{head}</tr>{rows}</table>" if c["rows"] else f"<p>{e(NO_DIFFERENTIAL)}</p>"}
 <h2>Images and explanations</h2>{figs}
@@ -152,6 +151,13 @@ def case_report_pdf(crop: Image.Image, result: TriageResult, taxonomy: Taxonomy,
         pdf.set_font("Helvetica", "", 10)
 
     heading("Risk tier")
+    if c["warning"]:     # before the banner: a triaged-anyway photo's tier must not be read without it
+        pdf.set_draw_color(239, 108, 0)
+        pdf.set_fill_color(255, 248, 225)
+        pdf.set_font("Helvetica", "B", 10)
+        pdf.multi_cell(0, 5, t(c["warning"]), border=1, fill=True, padding=2, align="L", new_x="LMARGIN",
+                       new_y="NEXT")
+        pdf.ln(2)
     pdf.set_fill_color(*_rgb(c["tier_colour"]))
     pdf.set_text_color(255, 255, 255)
     pdf.set_font("Helvetica", "B", 11)

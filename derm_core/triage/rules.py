@@ -55,6 +55,15 @@ class TriageResult:
     tier_reason: str = ""              # the score and threshold that decided the tier (:func:`explain_tier`)
 
     @property
+    def anyway_warning(self) -> str:
+        """What the page and the report say above the tier of a photo triaged although the
+        out-of-scope check flagged it ("" for an in-scope photo or a withheld result)."""
+        if not self.out_of_scope or self.withheld:
+            return ""
+        return ("Triaged anyway: the out-of-scope check flagged this photo as unlike the dermatoscopic lesion photos "
+                "the model was trained on, so the tier and differential below may mean nothing.")
+
+    @property
     def what_to_do(self) -> str:
         """The tier's action without the tier's own name in front ("High risk: refer ..." after
         "high-risk" says the tier twice): what a banner shows after the tier."""
@@ -175,6 +184,15 @@ def triage(probs: np.ndarray, taxonomy: Taxonomy, thresholds: Thresholds) -> Tri
         tier_probs={t: float(s) for t, s in zip(taxonomy.tier_names, ts)}, thresholds=thresholds.name,
         most_likely=classes[int(np.argmax(probs))], tier_reason=explain_tier(probs, taxonomy, thresholds.tiers),
     )
+
+
+def biopsy_class(result: TriageResult, taxonomy: Taxonomy) -> str:
+    """The class whose LIME map places the biopsy site: the most urgent class of the differential,
+    the more probable one within a tier. A biopsy is taken for the lesion's most serious possible
+    diagnosis: with a nevus at 60% and a melanoma at 30% both in the differential, the site is
+    where the evidence for melanoma is strongest, not for the nevus."""
+    rank = {c: taxonomy.tiers[taxonomy.class_tier[c]].rank for c in taxonomy.classes}
+    return max(result.differential, key=lambda cp: (rank[cp[0]], cp[1]))[0]
 
 
 DEFAULT_TIER_TARGET = 0.90   # share of the cases at a referral tier or above to flag at least that urgent

@@ -161,6 +161,9 @@ LAYOUT_JS = """() => {
     } catch (e) { inner = {error: String(e)}; }
     out.frames.push({title: f.title, w: r.width, h: r.height, canvas: inner});
   }
+  // every image shown loaded (a media file a rerun deleted first shows as a broken image)
+  out.broken = [...document.querySelectorAll('img')].filter(i => visible(i) && i.complete && i.naturalWidth === 0)
+                 .map(i => i.alt || i.src.slice(0, 80));
   return out;
 }"""
 
@@ -191,6 +194,7 @@ def visual_check(page, name: str, widths=WIDTHS, expect_figures: int = 0, expect
                     assert -ROC_MARGIN <= lo < hi <= 1 + ROC_MARGIN, (width, "ROC axes left the unit square", f)
                 assert abs(f["xlen"] - f["ylen"]) <= 2, (width, "ROC aspect not equal", f)
                 assert f["xlen"] >= MIN_PLOT_SHARE * f["box"], (width, "ROC square too small for its box", f)
+            assert got["broken"] == [], (width, "images that did not load", got["broken"])
             assert got["overflow"] == [], (width, got["overflow"])
             assert got["overlaps"] == [], (width, got["overlaps"])
             assert got["truncated"] == [], (width, "labels cut off", got["truncated"])
