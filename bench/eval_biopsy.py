@@ -34,6 +34,7 @@ from derm_core.explain import maps as E  # noqa: E402
 from derm_core.explain.lesion import biopsy_site, box_iou, mask_box, mask_iou, suggest_box, suggest_crop, suggest_mask  # noqa: E402
 from derm_core.model.predictor import Predictor  # noqa: E402
 from derm_core.settings import SHIPPED_MODEL  # noqa: E402
+from derm_core.triage.rules import biopsy_class  # noqa: E402
 
 
 def inside(mask: np.ndarray, point: tuple[int, int]) -> bool:
@@ -81,14 +82,16 @@ def main() -> None:
         truth = np.asarray(Image.open(r.mask_path).convert("L")) > 127
         left, top, right, bottom = suggest_crop(photo)       # the page's suggested crop
         crop = photo.crop((left, top, right, bottom))
+        # the page's class: the differential's most urgent (rules.biopsy_class)
+        target = pred.taxonomy.index(biopsy_class(pred.predict(crop, anyway=True), pred.taxonomy))
         t0 = time.perf_counter()
         hit = cache / f"{r.image_id}.npz" if cache else None
-        if hit is not None and hit.is_file():
-            z = np.load(hit)
+        z = np.load(hit) if hit is not None and hit.is_file() else None
+        if z is not None and int(z["target"]) == target:      # a cached map of another class is made again
             lime = E.LimeResult(z["segments"], dict(zip(z["ids"].tolist(), z["w"].tolist())), int(z["target"]),
                                 float(z["seconds"]), int(z["num_samples"]), tuple(z["image_size"].tolist()))
         else:
-            lime = E.lime_explanation(pred, crop)
+            lime = E.lime_explanation(pred, crop, target)
             if hit is not None:
                 np.savez_compressed(hit, segments=lime.segments, ids=np.array(list(lime.weights)),
                                     w=np.array(list(lime.weights.values())), target=lime.target, seconds=lime.seconds,
@@ -115,15 +118,17 @@ def main() -> None:
         hits["Grad-CAM peak"].append(inside(truth, orig(*E.cam_peak(cam.heatmap))))
         hits["crop centre"].append(inside(truth, orig(*E.crop_centre(pred.card.input_size))))
 
-    res = {"n_box": len(test), "box_iou_mean": float(np.mean(box_ious)), "box_iou_median": float(np.median(box_ious)),
-           "box_iou_ge_0.5": float(np.mean(np.array(box_ious) >= 0.5)), "mask_iou_mean": float(np.mean(mask_ious)),
-           "metadata_bbox_iou_mean": float(np.mean(bbox_ious)) if bbox_ious else None,
-           "n_biopsy": len(sample), "lime_biopsy_seconds_median": float(np.median(seconds)),
+    boxes = {} if a.skip_boxes else {
+        "n_box": len(test), "box_iou_mean": float(np.mean(box_ious)), "box_iou_median": float(np.median(box_ious)),
+        "box_iou_ge_0.5": float(np.mean(np.array(box_ious) >= 0.5)), "mask_iou_mean": float(np.mean(mask_ious)),
+        "metadata_bbox_iou_mean": float(np.mean(bbox_ious)) if bbox_ious else None}
+    res = {**boxes, "n_biopsy": len(sample), "lime_biopsy_seconds_median": float(np.median(seconds)),
            "inside_mask": {k: float(np.mean(v)) for k, v in hits.items()},
            "inside_count": {k: int(np.sum(v)) for k, v in hits.items()}, "biopsy_misses": misses}
-    print(f"automatic lesion box vs dataset masks ({len(test)} test photos): IoU mean {res['box_iou_mean']:.3f}, "
-          f"median {res['box_iou_median']:.3f}, share >= 0.5: {res['box_iou_ge_0.5']:.3f}; mask IoU mean {res['mask_iou_mean']:.3f}; "
-          f"IoU with metadata.csv boxes {res['metadata_bbox_iou_mean']}")
+    if boxes:
+        print(f"automatic lesion box vs dataset masks ({len(test)} test photos): IoU mean {res['box_iou_mean']:.3f}, "
+              f"median {res['box_iou_median']:.3f}, share >= 0.5: {res['box_iou_ge_0.5']:.3f}; "
+              f"mask IoU mean {res['mask_iou_mean']:.3f}; IoU with metadata.csv boxes {res['metadata_bbox_iou_mean']}")
     print(f"point inside the ground-truth lesion mask ({len(sample)} test photos):")
     for k, v in res["inside_mask"].items():
         print(f"  {k:<40} {v:.3f} ({res['inside_count'][k]}/{len(sample)})")

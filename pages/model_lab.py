@@ -258,7 +258,10 @@ def runs_section() -> None:
     if not runs:
         st.info(f"No runs yet in {jobs.runs_root()}: start one in **Train**.")
         return
-    st.dataframe(L.runs_table(runs), hide_index=True, key="lab_runs_table")
+    three = st.column_config.NumberColumn(format="%.3f")     # one number of digits for every score
+    st.dataframe(L.runs_table(runs), hide_index=True, key="lab_runs_table",
+                 column_config={c: three for c in ("val balanced acc.", "val macro AUC", "test balanced acc.",
+                                                   "test macro AUC")})
     names = [r.name for r in runs]
     pick = st.selectbox("Run", names, key="lab_run_pick")
     r = runs[names.index(pick)]

@@ -24,7 +24,7 @@ from derm_core.explain import maps as explain
 from derm_core.model import conformal
 from derm_core.model.transforms import to_pil_preview
 from derm_core.triage.report import case_report_html, case_report_pdf
-from derm_core.triage.rules import biopsy_class, describe_tier_rule
+from derm_core.triage.rules import biopsy_caveat, biopsy_class, describe_tier_rule
 from pages._common import (
     ACTIVE_PROFILE,
     active_thresholds,
@@ -174,6 +174,9 @@ with c1:
         st.markdown(f"- **{pred.taxonomy.display_names[code]}** ({code}): {p:.1%}")
     names = pred.taxonomy.display_names
     rules = f"Most likely diagnosis: **{names[result.most_likely]}**"
+    if all(c != result.most_likely for c, _ in result.differential):    # a class with a high threshold of its own
+        rules += (f" (under its own threshold of {thresholds.classes[result.most_likely]:.1%}, so not in the "
+                  "differential)")
     if result.balanced is not None:
         rules += f" · balanced rule (every class counted as equally common): **{names[result.balanced]}**"
     st.caption(rules)
@@ -204,7 +207,8 @@ with c2:
     mask_path = truth.get("mask_path") if truth is not None else None
     ita = cached_ita((digest, box), crop, mask_path if isinstance(mask_path, str) else None, box, photo.size)
     tone = skin_tone.tone_group(ita)
-    st.markdown(f"**Skin tone around the lesion:** {tone}" + (f" (ITA {ita:.0f}°)" if ita is not None else ""))
+    st.markdown(f"**Skin tone around the lesion:** {tone}" + (f" ({skin_tone.ita_text(ita)})" if ita is not None
+                                                                else ""))
     st.caption(skin_tone.training_note(tone, pred.card.extra.get("skin_tones", {}).get("train")) +
                " ITA is estimated from the photo's colours: lighting and white balance shift it.")
 
@@ -288,8 +292,8 @@ with lime_tab:
         status.update(label=f"LIME done in {took}", state="complete")
     if urgent != top:
         st.caption(f"LIME explains **{names[classes[urgent]]}**, the most urgent class in the differential (the most "
-                   f"probable is {names[classes[top]]}): a biopsy is taken where the evidence for the most serious "
-                   "possible diagnosis is strongest.")
+                   f"probable is {names[classes[top]]}): a biopsy site is placed where the evidence for the most "
+                   "serious possible diagnosis is strongest.")
     geo = lime_res.geometry
     region = geo.mask_to_original(site_.region)
     point = geo.point_to_original(site_.x, site_.y)
@@ -312,8 +316,11 @@ with lime_tab:
         st.warning(mask_note)
     lime_quality = cached_quality(crop_key, ("lime", samples, segments, urgent, mask_src), lime_res, crop, mask,
                                   clinical, model_id)
+    caveat = biopsy_caveat(result, pred.taxonomy) if site_.suggested else ""
     if site_.suggested:
         st.caption(f"Biopsy site at x={ox}, y={oy} in the original photo's pixels. {site_.note}")
+        if caveat:
+            st.info(caveat, icon=":material/info:")
         if not lime_quality.faithful:     # the site comes from this map: say when the check does not back it
             st.warning("The map check below does not show this LIME map to be faithful: read the biopsy site as a "
                        "weak hint, and choose the site clinically.")
@@ -395,13 +402,13 @@ report_args = dict(
              cam.overlay(crop),
              f"LIME for {names[classes[lime_res.target]]} (green supports, red opposes{lime_notes})": lime_img,
              f"Suggested biopsy site (from the LIME map for {names[classes[lime_res.target]]})"
-             if site_.suggested else "No biopsy site suggested": biopsy_img},
+             + (f". {caveat}" if caveat else "") if site_.suggested else "No biopsy site suggested": biopsy_img},
     clinical={"age": clinical.age, "sex": clinical.sex, "site": clinical.site},
     extra={**({f"prediction set ({level:.0%})": conformal.describe(pset, level, pred.taxonomy.display_names)}
               if pset is not None else {}),
            f"map check, {cam_name}": cam_quality.summary(), "map check, LIME": lime_quality.summary(),
            "biopsy site (original pixels)": f"x={ox}, y={oy}" if site_.suggested else site_.note,
-           "skin tone around the lesion": tone + (f" (ITA {ita:.0f}°, estimated from the photo's colours)"
+           "skin tone around the lesion": tone + (f" ({skin_tone.ita_text(ita)}; estimated from the photo's colours)"
                                                    if ita is not None else ""),
            "crop box": describe_crop(box, photo.size)})
 d1, d2 = st.columns(2)     # wide enough for the labels at a 1024-px window

@@ -1,6 +1,7 @@
 """The triage page, run headless with Streamlit's AppTest on a tiny untrained model."""
 import io
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -225,9 +226,11 @@ def test_an_index_built_by_another_session_shows_on_the_next_run(indexed_setup):
     assert len(_thumbnails(at)) == 6 and "not indexed yet" not in page_text(at)
 
 
-def _biased_model(tmp_path, ham7, monkeypatch, bias: dict[str, float], male: str | None = None) -> list[str]:
+def _biased_model(tmp_path, ham7, monkeypatch, bias: dict[str, float], male: str | None = None,
+                  thresholds: dict[str, float] | None = None) -> list[str]:
     """A tiny model that ignores the photo: its class scores are ``bias``, plus 10 for ``male``'s
-    class when the patient is male. Set as the page's model; returns the class order."""
+    class when the patient is male, with class ``thresholds`` changed from the tiny card's 30%.
+    Set as the page's model; returns the class order."""
     torch.manual_seed(0)
     model = create_model("tiny_test", 7, use_metadata=True, pretrained="none")
     classes, n = list(ham7.classes), model.head[1].in_features - model.meta[2].out_features
@@ -241,7 +244,9 @@ def _biased_model(tmp_path, ham7, monkeypatch, bias: dict[str, float], male: str
             model.head[1].weight[classes.index(male), n] = 10.0
         for c, b in bias.items():
             model.head[1].bias[classes.index(c)] = b
-    monkeypatch.setenv("DERMTRIAGE_MODEL", str(save_model(model, tiny_card(ham7), tmp_path / "model" / "model")))
+    card = tiny_card(ham7)
+    card = card.with_(thresholds=replace(card.thresholds, classes={**card.thresholds.classes, **(thresholds or {})}))
+    monkeypatch.setenv("DERMTRIAGE_MODEL", str(save_model(model, card, tmp_path / "model" / "model")))
     monkeypatch.delenv("DERMTRIAGE_DATA", raising=False)
     return classes
 
@@ -282,3 +287,16 @@ def test_lime_and_the_biopsy_site_explain_the_most_urgent_class_of_the_different
     assert "LIME explains **Melanoma**, the most urgent class in the differential" in text
     assert any(c.startswith("Grad-CAM for Melanocytic nevus") for c in _captions(at)), _captions(at)
     assert any(c.startswith("Green supports, red opposes Melanoma") for c in _captions(at)), _captions(at)
+
+
+def test_a_most_likely_class_outside_the_differential_says_why(tmp_path, ham7, monkeypatch):
+    """Nevus 58% under its own 71% threshold, melanoma 39% over 30%: the differential is melanoma
+    and the most-likely line says why the nevus is not in it."""
+    _biased_model(tmp_path, ham7, monkeypatch, {"nv": 5.0, "mel": 4.6}, thresholds={"nv": 0.714})
+    at = _app().run()
+    at.file_uploader[0].set_value(("lesion.png", _png(lesion_image(CLASS_COLOURS["nv"], (200, 150))), "image/png"))
+    at.run()
+    assert not at.exception, at.exception
+    assert [m.value for m in at.markdown if m.value.startswith("- **")] == ["- **Melanoma** (mel): 39.3%"]
+    assert ("Most likely diagnosis: **Melanocytic nevus** (under its own threshold of 71.4%, so not in the "
+            "differential)") in page_text(at)

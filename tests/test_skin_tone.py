@@ -68,6 +68,15 @@ def test_categories_and_their_ranges():
     assert list(T.tone_counts(["dark", "very light"])) == ["very light", "dark"]   # lightest first
 
 
+def test_an_ita_off_the_usual_scale_says_so():
+    """atan2 keeps bluish skin (b* < 0) light, but past 90° it is no value of the usual scale."""
+    assert T.ita_text(41.4) == "ITA 41°" and T.ita_text(-30.0) == "ITA -30°"
+    assert T.ita_text(112.0).startswith("ITA 112°, beyond the usual scale of ±90°")
+    rgb = (lab2rgb(np.array([[[80.0, 0.0, -6.0]]])) * 255).round().astype(np.uint8)   # light, a little blue
+    ita = T.estimate_ita(Image.fromarray(np.tile(rgb, (60, 80, 1))))
+    assert ita > 90 and T.tone_group(ita) == "very light" and "beyond" in T.ita_text(ita)
+
+
 def test_the_training_note_says_how_thin_the_data_are():
     counts = {"very light": 900, "light": 80, "dark": 20}
     note = T.training_note("dark", counts)

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from derm_core.triage.rules import Thresholds, assign_tiers, biopsy_class, fit_thresholds, triage, true_tiers
+from derm_core.triage.rules import (
+    Thresholds,
+    assign_tiers,
+    biopsy_caveat,
+    biopsy_class,
+    fit_thresholds,
+    triage,
+    true_tiers,
+)
 
 
 def _th(ham7, cls=0.3, high=0.3, danger=0.2):
@@ -29,6 +37,10 @@ def test_the_biopsy_site_is_for_the_most_urgent_class_of_the_differential(ham7):
     assert biopsy_class(triage(_p(ham7, bkl=0.55, nv=0.35, mel=0.1), ham7, _th(ham7)), ham7) == "bkl"
     low = triage(np.full(7, 1 / 7), ham7, _th(ham7, cls=0.5))     # low confidence: its one class
     assert biopsy_class(low, ham7) == low.differential[0][0]
+
+    # a low-risk tier ("monitor") does not call for a biopsy: the site says so; a referral tier needs no caveat
+    assert "does not call for a biopsy" in biopsy_caveat(triage(_p(ham7, nv=0.95, bkl=0.05), ham7, _th(ham7)), ham7)
+    assert biopsy_caveat(triage(_p(ham7, nv=0.6, mel=0.32, bcc=0.08), ham7, _th(ham7)), ham7) == ""
 
 
 def test_low_confidence_when_nothing_passes(ham7):

@@ -551,7 +551,7 @@ def coverage_figure(curve: dict, colours: dict[str, str] | None = None) -> go.Fi
     guarantee promises (``curve``: :func:`derm_core.model.conformal.coverage_curve`). The y axis is
     fixed at 0-1 so a class far below the level stays in view instead of off the bottom."""
     lv = curve["level"]
-    data = [dict(type="scatter", x=[lv[0], lv[-1]], y=[lv[0], lv[-1]], mode="lines", name="guaranteed (coverage = level)",
+    data = [dict(type="scatter", x=[lv[0], lv[-1]], y=[lv[0], lv[-1]], mode="lines", name="guarantee (= level)",
                  line=dict(color="#bbbbbb", dash="dot"), hoverinfo="skip"),
             dict(type="scatter", x=lv, y=curve["coverage"], mode="lines", name="all photos",
                  line=dict(color="#000000", width=3),

@@ -39,6 +39,15 @@ def tone_range(name: str) -> str:
     return f"> {low:g}°" if not np.isfinite(high) else f"{low:g}° to {high:g}°"
 
 
+def ita_text(ita: float) -> str:
+    """ITA as shown beside its tone, e.g. "ITA 41°". Beyond ±90° (b* below 0: the skin looks bluish,
+    from the light or the white balance) it is off the usual scale, and the text says so."""
+    if abs(ita) > 90:
+        return (f"ITA {ita:.0f}°, beyond the usual scale of ±90°: the skin looks bluish in this photo (light or "
+                "white balance)")
+    return f"ITA {ita:.0f}°"
+
+
 def tone_group(ita: float | None) -> str:
     """The ITA category name; ``unknown`` for None or NaN."""
     if ita is None or not np.isfinite(ita):

@@ -195,6 +195,16 @@ def biopsy_class(result: TriageResult, taxonomy: Taxonomy) -> str:
     return max(result.differential, key=lambda cp: (rank[cp[0]], cp[1]))[0]
 
 
+
+def biopsy_caveat(result: TriageResult, taxonomy: Taxonomy) -> str:
+    """What a biopsy site needs beside it when the tier does not call for a biopsy (the least
+    urgent tier, "monitor"): where one would be taken if it is chosen clinically. "" otherwise."""
+    if result.tier != taxonomy.tier_names[0]:
+        return ""
+    return (f"The tier is {result.tier}: it does not call for a biopsy. The site shows where one would be taken if "
+            "it is chosen clinically.")
+
+
 DEFAULT_TIER_TARGET = 0.90   # share of the cases at a referral tier or above to flag at least that urgent
 DEFAULT_TIER_SENSITIVITY = {"high-risk": DEFAULT_TIER_TARGET, "dangerous": DEFAULT_TIER_TARGET}
 
