@@ -441,6 +441,18 @@ def _classifier_fn(predictor, clinical: Clinical | None, tta: bool = False):
     return predict
 
 
+def _labels(data, image, fudged_image, segments, classifier_fn, batch_size) -> np.ndarray:
+    """The classifier's output on each perturbed photo: superpixels on in ``data`` from ``image``,
+    the rest from ``fudged_image``. The fill is cast to the photo's uint8 once (as the classifier
+    would cast every batch), so each batch is built in uint8 rather than float64."""
+    fill = fudged_image.astype(image.dtype)
+    labels = []
+    for i in range(0, len(data), batch_size):
+        keep = data[i:i + batch_size][:, segments].astype(bool)[..., None]   # (b, H, W, 1)
+        labels.append(classifier_fn(np.where(keep, image, fill)))
+    return np.concatenate(labels)
+
+
 class PairedLimeExplainer(LimeImageExplainer):
     """lime's image explainer with antithetic sampling: every random on/off pattern of the
     superpixels is followed by its complement. Each superpixel is then on in exactly half of
@@ -454,11 +466,7 @@ class PairedLimeExplainer(LimeImageExplainer):
         half[0] = 1                                   # the photo itself (and, paired, all switched off)
         data = np.empty((num_samples, n), dtype=half.dtype)
         data[0::2], data[1::2] = half, 1 - half[: num_samples // 2]
-        labels = []
-        for i in range(0, num_samples, batch_size):
-            keep = data[i:i + batch_size][:, segments].astype(bool)[..., None]   # (b, H, W, 1)
-            labels.append(classifier_fn(np.where(keep, image, fudged_image)))
-        return data, np.concatenate(labels)
+        return data, _labels(data, image, fudged_image, segments, classifier_fn, batch_size)
 
 
 class OrthogonalLimeExplainer(PairedLimeExplainer):
@@ -484,11 +492,7 @@ class OrthogonalLimeExplainer(PairedLimeExplainer):
         half[0] = 1                                                    # the photo itself (and all switched off)
         data = np.empty((num_samples, n), dtype=half.dtype)
         data[0::2], data[1::2] = half, 1 - half[: num_samples // 2]
-        labels = []
-        for i in range(0, num_samples, batch_size):
-            keep = data[i:i + batch_size][:, segments].astype(bool)[..., None]
-            labels.append(classifier_fn(np.where(keep, image, fudged_image)))
-        return data, np.concatenate(labels)
+        return data, _labels(data, image, fudged_image, segments, classifier_fn, batch_size)
 
 
 SAMPLINGS = {"paired": PairedLimeExplainer, "random": LimeImageExplainer, "orthogonal": OrthogonalLimeExplainer}
