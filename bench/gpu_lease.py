@@ -103,7 +103,8 @@ def pack(a) -> None:
             shutil.copy2(p, out / "images" / p.name)
     weights = {arch: pack_weights(arch, CARRY / "site") for arch in a.arch}
     size = sum(f.stat().st_size for f in CARRY.rglob("*") if f.is_file()) + tracked_bytes()
-    print(f"{len(photos)} photos; weight stand-ins {', '.join(f'{k} {v / 2**20:.1f} MiB' for k, v in weights.items())}; "
+    sizes = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in weights.items())
+    print(f"{len(photos)} photos; weight stand-ins {sizes}; "
           f"with the tracked files {size / 2**20:.1f} MiB of the {LIMIT / 2**20:.0f} MiB a call may carry")
     if size > LIMIT:
         raise SystemExit("too large to travel: pack fewer architectures")

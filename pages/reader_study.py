@@ -241,8 +241,8 @@ def show_model_output(study: Study, case: dict, width: int) -> None:
         st.caption(f"Grad-CAM unavailable: {e}")
         return
     scope = explain.cam_scope(pred.card, 0)   # cam_heatmap's default member; '' for one network
-    st.image(data_uri(overlay, 2 * GRADCAM_PX, "JPEG"), width=min(GRADCAM_PX, width), caption=f"Grad-CAM for {tax.display_names[tax.classes[top]]}"
-                                                            + (f" (ensemble {scope})" if scope else ""))
+    st.image(data_uri(overlay, 2 * GRADCAM_PX, "JPEG"), width=min(GRADCAM_PX, width),
+             caption=f"Grad-CAM for {tax.display_names[tax.classes[top]]}" + (f" (ensemble {scope})" if scope else ""))
 
 
 def debrief(study: Study, answers: pd.DataFrame, me: dict) -> None:
