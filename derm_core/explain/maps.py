@@ -443,13 +443,11 @@ def _classifier_fn(predictor, clinical: Clinical | None, tta: bool = False):
 
 def _labels(data, image, fudged_image, segments, classifier_fn, batch_size) -> np.ndarray:
     """The classifier's output on each perturbed photo: superpixels on in ``data`` from ``image``,
-    the rest from ``fudged_image``. The fill is cast to the photo's uint8 once (as the classifier
-    would cast every batch), so each batch is built in uint8 rather than float64."""
-    fill = fudged_image.astype(image.dtype)
+    the rest from ``fudged_image`` (lime fills a copy of the photo, so both are uint8)."""
     labels = []
     for i in range(0, len(data), batch_size):
         keep = data[i:i + batch_size][:, segments].astype(bool)[..., None]   # (b, H, W, 1)
-        labels.append(classifier_fn(np.where(keep, image, fill)))
+        labels.append(classifier_fn(np.where(keep, image, fudged_image)))
     return np.concatenate(labels)
 
 

@@ -195,7 +195,6 @@ def biopsy_class(result: TriageResult, taxonomy: Taxonomy) -> str:
     return max(result.differential, key=lambda cp: (rank[cp[0]], cp[1]))[0]
 
 
-
 def biopsy_caveat(result: TriageResult, taxonomy: Taxonomy) -> str:
     """What a biopsy site needs beside it when the tier does not call for a biopsy (the least
     urgent tier, "monitor"): where one would be taken if it is chosen clinically. "" otherwise."""
